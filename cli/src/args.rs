@@ -1,0 +1,213 @@
+//! The command line, as clap types. Conventions follow restic where they fit.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Encrypted, deduplicating backups of VM disks, restorable bit for bit.
+#[derive(Debug, Parser)]
+#[command(name = "vmstash", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Repository location (a directory).
+    #[arg(short = 'r', long = "repo", env = "VMSTASH_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// Read the password from this file (first line).
+    #[arg(long, env = "VMSTASH_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command and use its first line of output as the password.
+    #[arg(long, env = "VMSTASH_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Say more (repeat for more detail).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Say nothing but errors and results.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up disk images into a new snapshot.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// Write a snapshot's disks back out as image files.
+    Restore(RestoreArgs),
+    /// Verify the repository's structure, and with --read-data all of its data.
+    Check(CheckArgs),
+    /// Print a decoded repository file as JSON.
+    Cat(CatArgs),
+    /// Manage the passwords (key files) that open the repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show how much is stored, and how well it deduplicates and compresses.
+    Stats,
+}
+
+/// `vmstash init`
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Chunk size: a power of two from 64KiB to 8MiB (fixed for the repository's life).
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    pub chunk_size: u64,
+    /// zstd compression level for new data (1 fastest … 19 smallest).
+    #[arg(long, default_value_t = vmstash_repo::config::DEFAULT_COMPRESSION_LEVEL,
+          value_parser = clap::value_parser!(i32).range(-7..=22))]
+    pub compression_level: i32,
+}
+
+/// `vmstash backup`
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// A disk image to back up: raw file, block device or qcow2 (detected by content). Repeatable.
+    #[arg(long = "disk", required = true, value_name = "PATH")]
+    pub disks: Vec<PathBuf>,
+    /// Name of the snapshot series (default: the first disk's file name without extension).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+/// `vmstash snapshots`
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this name.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Image format of restored disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestoreFormat {
+    /// Sparse raw image.
+    Raw,
+    /// qcow2 (through qemu-img).
+    Qcow2,
+}
+
+/// `vmstash restore`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot id (or a unique prefix of it), or "latest".
+    pub snapshot: String,
+    /// Directory to write `<disk>.raw` (or `.qcow2`) files into; created if missing.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Restore only this disk (repeatable).
+    #[arg(long = "disk", value_name = "NAME")]
+    pub disks: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = RestoreFormat::Raw)]
+    pub format: RestoreFormat,
+}
+
+/// `vmstash check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also read and verify every byte of every pack.
+    #[arg(long)]
+    pub read_data: bool,
+}
+
+/// What `cat` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CatWhat {
+    /// The repository config.
+    Config,
+    /// An index file.
+    Index,
+    /// A snapshot manifest.
+    Snapshot,
+    /// A key file (its public, wrapped form).
+    Key,
+}
+
+/// `vmstash cat`
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// Which kind of file.
+    #[arg(value_enum)]
+    pub what: CatWhat,
+    /// The file's id (or a unique prefix; "latest" for snapshots).
+    pub id: Option<String>,
+}
+
+/// `vmstash key …`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add a password.
+    Add(NewPassword),
+    /// List key files.
+    List,
+    /// Remove a key file (not the one in use).
+    Remove {
+        /// Key id (or a unique prefix).
+        id: String,
+    },
+    /// Change the password in use.
+    Passwd(NewPassword),
+}
+
+/// Where a new password comes from.
+#[derive(Debug, Args)]
+pub struct NewPassword {
+    /// Read the new password from this file (else VMSTASH_NEW_PASSWORD, else a prompt).
+    #[arg(long)]
+    pub new_password_file: Option<PathBuf>,
+}
+
+/// Parses "256KiB", "1MiB", "65536".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256KiB"), Ok(262_144));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,30 @@
+//! `vmstash`: back up VM disks into an encrypted, deduplicating repository
+//! and restore them bit for bit. See README.md for the commands and the
+//! exit codes, spec/FORMAT.md for the repository format.
+
+// A binary has no public API: `pub` here marks each module's interface.
+#![allow(unreachable_pub)]
+
+mod args;
+mod backup;
+mod cmd;
+mod exit;
+mod password;
+mod progress;
+mod restore;
+mod source;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    match cmd::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("vmstash: {err:#}");
+            exit::code_for(&err)
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The local-filesystem backend.
+//!
+//! Every write goes to a temporary name in the target directory, is
+//! fsynced, made read-only, renamed into place, and the directory is
+//! fsynced: a crash leaves either the whole file or a `.tmp-*` file that
+//! no reader looks at.
+
+use std::fs;
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{relative_path, Backend, FileKind};
+use crate::{Error, Result};
+
+/// Prefix of temporary files; readers skip them.
+pub(crate) const TMP_PREFIX: &str = ".tmp-";
+
+/// A repository in a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
+        LocalBackend { root: root.into() }
+    }
+
+    fn path(&self, kind: FileKind, name: &str) -> PathBuf {
+        self.root.join(relative_path(kind, name))
+    }
+
+    fn dir_of(&self, kind: FileKind, name: &str) -> PathBuf {
+        let p = self.path(kind, name);
+        p.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone())
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::io(path, e)
+}
+
+fn valid_name(name: &str) -> Result<()> {
+    let ok = name == "config" || (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter(format!("bad file name {name:?}")))
+    }
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self) -> Result<()> {
+        if let Ok(mut rd) = fs::read_dir(&self.root) {
+            if rd.next().is_some() {
+                return Err(Error::AlreadyExists(self.location()));
+            }
+        }
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        for kind in FileKind::DIRS {
+            let d = self.root.join(kind.dir());
+            fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        for i in 0..=255u8 {
+            let d = self.root.join("data").join(hex::encode([i]));
+            fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(())
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        if kind == FileKind::Config {
+            let p = self.path(kind, "config");
+            return match fs::metadata(&p) {
+                Ok(m) => Ok(vec![("config".to_string(), m.len())]),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(Error::io(p, e)),
+            };
+        }
+        let dir = self.root.join(kind.dir());
+        let mut dirs = vec![dir.clone()];
+        if kind == FileKind::Pack {
+            dirs = (0..=255u8).map(|i| dir.join(hex::encode([i]))).collect();
+        }
+        let mut out = Vec::new();
+        for d in dirs {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound && kind == FileKind::Pack => continue,
+                Err(e) => return Err(Error::io(d, e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(io_err(&d))?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if valid_name(&name).is_err() {
+                    continue;
+                }
+                let len = ent.metadata().map_err(io_err(&ent.path()))?.len();
+                out.push((name, len));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        valid_name(name)?;
+        let p = self.path(kind, name);
+        fs::read(&p).map_err(io_err(&p))
+    }
+
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
+        valid_name(name)?;
+        let p = self.path(kind, name);
+        let mut f = fs::File::open(&p).map_err(io_err(&p))?;
+        f.seek(SeekFrom::Start(offset)).map_err(io_err(&p))?;
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        f.read_exact(&mut buf).map_err(io_err(&p))?;
+        Ok(buf)
+    }
+
+    fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<()> {
+        valid_name(name)?;
+        let dir = self.dir_of(kind, name);
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{}",
+            hex::encode(crate::crypto::random_salt())
+        ));
+        let result = write_durably(&tmp, bytes).and_then(|()| {
+            let dest = self.path(kind, name);
+            fs::rename(&tmp, &dest).map_err(io_err(&dest))
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        let d = fs::File::open(&dir).map_err(io_err(&dir))?;
+        d.sync_all().map_err(io_err(&dir))
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        valid_name(name)?;
+        let p = self.path(kind, name);
+        fs::remove_file(&p).map_err(io_err(&p))
+    }
+}
+
+fn write_durably(tmp: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(io_err(tmp))?;
+    f.write_all(bytes).map_err(io_err(tmp))?;
+    f.sync_all().map_err(io_err(tmp))?;
+    f.set_permissions(fs::Permissions::from_mode(0o444))
+        .map_err(io_err(tmp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Id;
+
+    #[test]
+    fn write_list_read_remove() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = LocalBackend::new(dir.path().join("repo"));
+        b.create().expect("create");
+        assert!(matches!(b.create(), Err(Error::AlreadyExists(_))));
+        let name = Id::of(b"x").to_hex();
+        b.write(FileKind::Pack, &name, b"hello world")
+            .expect("write");
+        assert_eq!(
+            b.list(FileKind::Pack).expect("list"),
+            vec![(name.clone(), 11)]
+        );
+        assert_eq!(
+            b.read_range(FileKind::Pack, &name, 6, 5).expect("range"),
+            b"world"
+        );
+        assert!(b.read_range(FileKind::Pack, &name, 6, 50).is_err());
+        assert!(b.list(FileKind::Config).expect("list").is_empty());
+        b.remove(FileKind::Pack, &name).expect("remove");
+        assert!(b.read(FileKind::Pack, &name).is_err());
+        assert!(b.read(FileKind::Pack, "../../etc/passwd").is_err());
+    }
+}

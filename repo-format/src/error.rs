@@ -1,0 +1,90 @@
+//! The one error type of the repository engine.
+//!
+//! Split by whose fault it is, as in ext4-view: the storage failed (`Io`),
+//! the bytes are wrong (`Corrupt`), the bytes are valid but of a version or
+//! feature this build does not support (`Incompatible`), or the user's input
+//! does not open the repository (`WrongPassword`, `NotARepository`, `Locked`).
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the repository engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The backend could not read or write a file.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory the operation was on.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A repository file does not decode: damaged or tampered with.
+    #[error("{file} is corrupt: {what}")]
+    Corrupt {
+        /// The repository file, relative to the repository root.
+        file: String,
+        /// What was found, and where.
+        what: String,
+    },
+    /// A valid file of a version or feature this build does not know.
+    #[error("{file}: {what}")]
+    Incompatible {
+        /// The repository file, relative to the repository root.
+        file: String,
+        /// What is not supported, and what to do about it.
+        what: String,
+    },
+    /// No key file opens with the given password.
+    #[error("wrong password, or no key file in this repository matches it")]
+    WrongPassword,
+    /// The location holds no vmstash repository.
+    #[error("{0} is not a vmstash repository (no config file); create one with `vmstash init`")]
+    NotARepository(String),
+    /// The location already holds a repository (or other files).
+    #[error("{0} already exists and is not empty; choose another location")]
+    AlreadyExists(String),
+    /// Another process holds a conflicting lock.
+    #[error(
+        "repository is locked {kind} by {holder}; if that process is gone, remove locks/{file}"
+    )]
+    Locked {
+        /// "exclusively" or "shared".
+        kind: &'static str,
+        /// user@host, pid and time of the holder.
+        holder: String,
+        /// The lock file's name.
+        file: String,
+    },
+    /// A blob the caller asked for is in no index.
+    #[error("blob {0} is not in any index (the repository is missing data; run `vmstash check`)")]
+    BlobNotFound(String),
+    /// A parameter given by the caller is out of range.
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+}
+
+/// Result with the engine's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A `Corrupt` error for `file`.
+    pub fn corrupt(file: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::Corrupt {
+            file: file.into(),
+            what: what.into(),
+        }
+    }
+
+    /// An `Io` error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the error says the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
+}

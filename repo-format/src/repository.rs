@@ -1,0 +1,337 @@
+//! An open repository: its backend, master key and config, and the
+//! operations on whole files (spec/FORMAT.md §1–§14).
+
+use std::sync::Arc;
+
+use crate::backend::{relative_path, Backend, FileKind};
+use crate::chunkmap::{self, SEGMENT_ENTRIES};
+use crate::config::{ChunkSize, Config};
+use crate::crypto::MasterKey;
+use crate::id::Id;
+use crate::index::{self, IndexedPack, MasterIndex};
+use crate::keyfile::{KdfParams, KeyFile};
+use crate::sealed::{self, FileType};
+use crate::snapshot::{Disk, Manifest};
+use crate::{pack, Error, Result};
+
+/// Who is using the repository: written into keys, locks and snapshots.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Login name.
+    pub username: String,
+    /// Host name.
+    pub hostname: String,
+}
+
+impl Identity {
+    /// The current user on this host.
+    pub fn current() -> Identity {
+        let hostname = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        let username = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| format!("uid{}", rustix::process::getuid().as_raw()));
+        Identity { username, hostname }
+    }
+}
+
+/// The current time as RFC 3339 UTC with seconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    master: MasterKey,
+    config: Config,
+    key_name: String,
+    identity: Identity,
+}
+
+/// An open, unlocked repository. Cheap to clone.
+#[derive(Clone)]
+pub struct Repository(Arc<Inner>);
+
+impl Repository {
+    /// Creates a repository in an empty `backend`.
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        chunk_size: ChunkSize,
+        compression_level: i32,
+        kdf: KdfParams,
+    ) -> Result<Repository> {
+        let identity = Identity::current();
+        let now = now_rfc3339();
+        let config = Config::new(chunk_size, compression_level, &now)?;
+        backend.create()?;
+        let master = MasterKey::generate();
+        let key = KeyFile::create(
+            &master,
+            password,
+            kdf,
+            &identity.username,
+            &identity.hostname,
+            &now,
+        )?;
+        let key_bytes = key.encode();
+        let key_name = Id::of(&key_bytes).to_hex();
+        backend.write(FileKind::Key, &key_name, &key_bytes)?;
+        let cfg = sealed::seal(&master, FileType::Config, &config.encode(), 3);
+        backend.write(FileKind::Config, "config", &cfg)?;
+        Ok(Repository(Arc::new(Inner {
+            backend,
+            master,
+            config,
+            key_name,
+            identity,
+        })))
+    }
+
+    /// Opens the repository in `backend` with `password`.
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        if backend.list(FileKind::Config)?.is_empty() {
+            return Err(Error::NotARepository(backend.location()));
+        }
+        let (key_name, master) = unlock(backend.as_ref(), password)?;
+        let bytes = backend.read(FileKind::Config, "config")?;
+        let plain = sealed::open(&master, FileType::Config, &bytes, "config")?;
+        let config = Config::decode(&plain)?;
+        Ok(Repository(Arc::new(Inner {
+            backend,
+            master,
+            config,
+            key_name,
+            identity: Identity::current(),
+        })))
+    }
+
+    /// The storage.
+    pub fn backend(&self) -> &dyn Backend {
+        self.0.backend.as_ref()
+    }
+
+    pub(crate) fn master(&self) -> &MasterKey {
+        &self.0.master
+    }
+
+    /// The decoded config.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// Who is using it.
+    pub fn identity(&self) -> &Identity {
+        &self.0.identity
+    }
+
+    /// The key file the password opened.
+    pub fn key_name(&self) -> &str {
+        &self.0.key_name
+    }
+
+    /// Seals and stores a metadata file named by its hash; returns the
+    /// name and the stored size.
+    pub fn save_file(&self, kind: FileKind, ty: FileType, plain: &[u8]) -> Result<(Id, u64)> {
+        let bytes = sealed::seal(self.master(), ty, plain, self.config().compression_level);
+        let id = Id::of(&bytes);
+        self.backend().write(kind, &id.to_hex(), &bytes)?;
+        Ok((id, u64::try_from(bytes.len()).unwrap_or(u64::MAX)))
+    }
+
+    /// Reads, checks against its name, and opens a metadata file.
+    pub fn read_file(&self, kind: FileKind, ty: FileType, name: &str) -> Result<Vec<u8>> {
+        let file = relative_path(kind, name);
+        let bytes = self.backend().read(kind, name)?;
+        if Id::of(&bytes).to_hex() != name {
+            return Err(Error::corrupt(
+                &file,
+                "content does not match its name (SHA-256)",
+            ));
+        }
+        sealed::open(self.master(), ty, &bytes, &file)
+    }
+
+    /// Every index file, decoded, with its name.
+    pub fn index_files(&self) -> Result<Vec<(String, Vec<IndexedPack>)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend().list(FileKind::Index)? {
+            let plain = self.read_file(FileKind::Index, FileType::Index, &name)?;
+            let packs = index::decode(&plain, &relative_path(FileKind::Index, &name))?;
+            out.push((name, packs));
+        }
+        Ok(out)
+    }
+
+    /// The index of every blob in the repository.
+    pub fn load_index(&self) -> Result<MasterIndex> {
+        Ok(MasterIndex::build(
+            self.index_files()?.into_iter().map(|(_, packs)| packs),
+        ))
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Manifest)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend().list(FileKind::Snapshot)? {
+            let file = relative_path(FileKind::Snapshot, &name);
+            let plain = self.read_file(FileKind::Snapshot, FileType::Snapshot, &name)?;
+            let m = Manifest::decode(&plain, &file)?;
+            let id = Id::from_hex(&name).ok_or_else(|| Error::corrupt(&file, "bad name"))?;
+            out.push((id, m));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// The snapshot named by `spec`: "latest", or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Manifest)> {
+        let mut all = self.snapshots()?;
+        if spec == "latest" {
+            return all
+                .pop()
+                .ok_or_else(|| Error::InvalidParameter("the repository has no snapshots".into()));
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        let mut hits: Vec<_> = all
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec_lc))
+            .collect();
+        match hits.len() {
+            1 if !spec.is_empty() => Ok(hits.remove(0)),
+            0 => Err(Error::InvalidParameter(format!(
+                "no snapshot matches {spec:?}"
+            ))),
+            _ => Err(Error::InvalidParameter(format!(
+                "{spec:?} matches several snapshots; give more of the id"
+            ))),
+        }
+    }
+
+    /// Stores a manifest: the commit point of a backup.
+    pub fn save_snapshot(&self, m: &Manifest) -> Result<(Id, u64)> {
+        self.save_file(FileKind::Snapshot, FileType::Snapshot, &m.encode())
+    }
+
+    /// Reads and verifies one blob.
+    pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
+        let loc = index
+            .find(id)
+            .ok_or_else(|| Error::BlobNotFound(id.to_hex()))?;
+        let name = loc.pack.to_hex();
+        let file = relative_path(FileKind::Pack, &name);
+        let sealed = self.backend().read_range(
+            FileKind::Pack,
+            &name,
+            u64::from(loc.entry.offset),
+            loc.entry.length,
+        )?;
+        pack::open_blob(self.master(), loc.salt, &loc.entry, &sealed, &file)
+    }
+
+    /// The chunk ids of segment `seg` of `disk` (all [`Id::ZERO`] for a
+    /// zero segment).
+    pub fn map_segment(&self, index: &MasterIndex, disk: &Disk, seg: usize) -> Result<Vec<Id>> {
+        let chunks = chunkmap::chunk_count(disk.size, disk.chunk_size);
+        let first = u64::try_from(seg.saturating_mul(SEGMENT_ENTRIES)).unwrap_or(u64::MAX);
+        let want = usize::try_from(chunks.saturating_sub(first))
+            .unwrap_or(usize::MAX)
+            .min(SEGMENT_ENTRIES);
+        let id = disk.map.get(seg).ok_or_else(|| {
+            Error::InvalidParameter(format!("disk {} has no map segment {seg}", disk.name))
+        })?;
+        if id.is_zero() {
+            return Ok(vec![Id::ZERO; want]);
+        }
+        let plain = self.read_blob(index, id)?;
+        let ids = chunkmap::decode_segment(&plain, &format!("map blob {}", id.short()))?;
+        if ids.len() != want {
+            return Err(Error::corrupt(
+                format!("map blob {}", id.short()),
+                format!(
+                    "{} entries where disk {} needs {want}",
+                    ids.len(),
+                    disk.name
+                ),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// Adds a key file for `password`; returns its name.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<String> {
+        let who = self.identity();
+        let key = KeyFile::create(
+            self.master(),
+            password,
+            kdf,
+            &who.username,
+            &who.hostname,
+            &now_rfc3339(),
+        )?;
+        let bytes = key.encode();
+        let name = Id::of(&bytes).to_hex();
+        self.backend().write(FileKind::Key, &name, &bytes)?;
+        Ok(name)
+    }
+
+    /// Every key file, decoded.
+    pub fn list_keys(&self) -> Result<Vec<(String, KeyFile)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend().list(FileKind::Key)? {
+            let bytes = self.backend().read(FileKind::Key, &name)?;
+            out.push((
+                name.clone(),
+                KeyFile::decode(&bytes, &relative_path(FileKind::Key, &name))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Removes a key file; refuses the one in use (use `change_password`).
+    pub fn remove_key(&self, name: &str) -> Result<()> {
+        if name == self.key_name() {
+            return Err(Error::InvalidParameter(
+                "refusing to remove the key in use; open the repository with another password first".into(),
+            ));
+        }
+        self.backend().remove(FileKind::Key, name)
+    }
+
+    /// Replaces the key in use by one for `new_password`; returns its name.
+    pub fn change_password(&self, new_password: &[u8], kdf: KdfParams) -> Result<String> {
+        let name = self.add_key(new_password, kdf)?;
+        self.backend().remove(FileKind::Key, self.key_name())?;
+        Ok(name)
+    }
+}
+
+fn unlock(backend: &dyn Backend, password: &[u8]) -> Result<(String, MasterKey)> {
+    let mut incompatible = None;
+    let mut corrupt = None;
+    let mut any_readable = false;
+    for (name, _) in backend.list(FileKind::Key)? {
+        let file = relative_path(FileKind::Key, &name);
+        let attempt = backend
+            .read(FileKind::Key, &name)
+            .and_then(|b| KeyFile::decode(&b, &file))
+            .and_then(|k| k.unwrap_key(password, &file));
+        match attempt {
+            Ok(Some(master)) => return Ok((name, master)),
+            Ok(None) => any_readable = true,
+            Err(e @ Error::Incompatible { .. }) => incompatible = Some(e),
+            Err(e) => {
+                corrupt.get_or_insert(e);
+            }
+        }
+    }
+    // A newer format is the most useful thing to tell; then a plain
+    // mismatch; a damaged key file only when no key could be tried at all.
+    match (incompatible, any_readable, corrupt) {
+        (Some(e), _, _) => Err(e),
+        (None, true, _) | (None, false, None) => Err(Error::WrongPassword),
+        (None, false, Some(e)) => Err(e),
+    }
+}

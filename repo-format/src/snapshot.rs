@@ -1,0 +1,157 @@
+//! Snapshot manifests (spec/FORMAT.md §13 "Snapshots").
+//!
+//! A sealed file (§6, type 3) in `snapshots/`, JSON plaintext. Writing it
+//! is the commit point of a backup: it is written only after every pack
+//! and index file it depends on is durable.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::Id;
+use crate::keyfile::check_version;
+use crate::{Error, Result};
+
+/// A snapshot: one backup of one VM (or of a set of disk files).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Format version: 1.
+    pub version: u32,
+    /// When the backup started (RFC 3339, UTC).
+    pub time: String,
+    /// The machine that made it.
+    pub hostname: String,
+    /// The user that made it.
+    pub username: String,
+    /// The VM name, or the name given to a set of disk files.
+    pub name: String,
+    /// User tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The previous snapshot of the same name, if any.
+    #[serde(default)]
+    pub parent: Option<Id>,
+    /// The disks, in the order they were given.
+    pub disks: Vec<Disk>,
+    /// The libvirt domain XML, for VM backups.
+    #[serde(default)]
+    pub domain_xml: Option<String>,
+    /// What the backup did.
+    pub summary: Summary,
+}
+
+/// One disk of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Disk {
+    /// Name in the snapshot (the libvirt target, or the file's stem).
+    pub name: String,
+    /// Where it was read from.
+    pub source: String,
+    /// The source's image format: "raw" or "qcow2".
+    pub format: String,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Chunk size used, in bytes (the repository's).
+    pub chunk_size: u32,
+    /// Map segment ids (§9), `ZERO` for an all-zero segment.
+    pub map: Vec<Id>,
+}
+
+/// Counters of one backup.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Sum of the disks' virtual sizes.
+    pub disk_bytes: u64,
+    /// Bytes actually read from the sources (holes are skipped).
+    pub bytes_read: u64,
+    /// Bytes of new pack, index and snapshot files written.
+    pub bytes_added: u64,
+    /// Chunks in all disks.
+    pub chunks: u64,
+    /// Chunks that were all zero.
+    pub zero_chunks: u64,
+    /// Chunks that were new to the repository.
+    pub new_chunks: u64,
+    /// Wall-clock seconds.
+    pub duration_seconds: f64,
+}
+
+impl Manifest {
+    /// Parses a snapshot's plaintext; `file` names it in errors.
+    pub fn decode(plain: &[u8], file: &str) -> Result<Manifest> {
+        let v: serde_json::Value = serde_json::from_slice(plain)
+            .map_err(|e| Error::corrupt(file, format!("not JSON: {e}")))?;
+        check_version(v.get("version"), file)?;
+        let m: Manifest = serde_json::from_value(v)
+            .map_err(|e| Error::corrupt(file, format!("bad snapshot: {e}")))?;
+        m.validate(file)?;
+        Ok(m)
+    }
+
+    /// The JSON plaintext.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| unreachable!("plain struct"))
+    }
+
+    fn validate(&self, file: &str) -> Result<()> {
+        for d in &self.disks {
+            crate::config::ChunkSize::new(d.chunk_size)
+                .map_err(|e| Error::corrupt(file, format!("disk {}: {e}", d.name)))?;
+            let chunks = crate::chunkmap::chunk_count(d.size, d.chunk_size);
+            let segments = crate::chunkmap::segment_count(chunks);
+            if u64::try_from(d.map.len()).ok() != Some(segments) {
+                return Err(Error::corrupt(
+                    file,
+                    format!(
+                        "disk {} of {} bytes needs {segments} map segments, has {}",
+                        d.name,
+                        d.size,
+                        d.map.len()
+                    ),
+                ));
+            }
+            if d.name.is_empty() || d.name.contains(['/', '\0']) || d.name == "." || d.name == ".."
+            {
+                return Err(Error::corrupt(file, format!("bad disk name {:?}", d.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            version: 1,
+            time: "2026-11-26T10:00:00Z".into(),
+            hostname: "h".into(),
+            username: "u".into(),
+            name: "web1".into(),
+            tags: vec!["t".into()],
+            parent: None,
+            disks: vec![Disk {
+                name: "vda".into(),
+                source: "/x".into(),
+                format: "raw".into(),
+                size: 300 * 1024 * 1024,
+                chunk_size: 256 * 1024,
+                map: vec![Id::ZERO, Id::of(b"s")],
+            }],
+            domain_xml: None,
+            summary: Summary::default(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_validation() {
+        let m = sample();
+        assert_eq!(Manifest::decode(&m.encode(), "s").expect("decode"), m);
+        let mut short = m.clone();
+        short.disks[0].map.pop();
+        assert!(Manifest::decode(&short.encode(), "s").is_err());
+        let mut evil = m;
+        evil.disks[0].name = "../etc".into();
+        assert!(Manifest::decode(&evil.encode(), "s").is_err());
+    }
+}
