@@ -20,7 +20,7 @@ use serde_json::json;
 use vmstash_repo::blob::BlobType;
 use vmstash_repo::chunkmap::{encode_segment, SEGMENT_ENTRIES};
 use vmstash_repo::repository::now_rfc3339;
-use vmstash_repo::snapshot::{Disk, Manifest, Summary};
+use vmstash_repo::snapshot::{is_safe_name, Disk, Manifest, Summary};
 use vmstash_repo::writer::WriteSession;
 use vmstash_repo::{Id, Repository};
 
@@ -55,6 +55,12 @@ pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<_>>>()?;
     let names = disk_names(&a.disks);
     let name = a.name.clone().unwrap_or_else(|| names[0].clone());
+    if let Some(bad) = std::iter::once(&name)
+        .chain(&names)
+        .find(|n| !is_safe_name(n))
+    {
+        anyhow::bail!("{bad:?} cannot be a snapshot or disk name: it must be a non-empty file name without '/'");
+    }
     let index = repo.load_index().context("loading the repository index")?;
     let parent = repo
         .snapshots()?

@@ -141,6 +141,14 @@ fn write_raw(
                 s.spawn(move || -> Result<()> {
                     for (offset, id) in rx {
                         let plain = repo.read_blob(index, &id)?;
+                        let expected = chunk.min(disk.size - offset);
+                        if u64::try_from(plain.len()).ok() != Some(expected) {
+                            bail!(
+                                "chunk at offset {offset} (blob {}) has {} bytes, the disk needs {expected}; the repository is damaged, run `vmstash check`",
+                                id.short(),
+                                plain.len()
+                            );
+                        }
                         write_sparse(file, offset, &plain)
                             .with_context(|| format!("writing {}", path.display()))?;
                         bar.inc(u64::try_from(plain.len()).unwrap_or(0));

@@ -11,7 +11,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::backend::{relative_path, FileKind};
-use crate::blob::BlobType;
 use crate::id::Id;
 use crate::index::{IndexedPack, MasterIndex};
 use crate::pack;
@@ -246,8 +245,9 @@ fn snapshot_problems(
                 }
             };
             for id in ids.iter().filter(|id| !id.is_zero()) {
-                let ok = !bad.contains(id)
-                    && index.find(id).is_some_and(|l| l.entry.ty == BlobType::Data);
+                // Blobs are deduplicated by id whatever their type, so a
+                // chunk may be stored as a map blob with the same bytes.
+                let ok = !bad.contains(id) && index.contains(id);
                 damaged += u64::from(!ok);
             }
         }

@@ -64,7 +64,7 @@ impl BlobEntry {
         let ok = self.raw_length <= MAX_BLOB_LEN
             && self.length > u32::try_from(SEAL_OVERHEAD).unwrap_or(u32::MAX)
             && self.length <= max_sealed
-            && self.offset.checked_add(self.length).is_some();
+            && self.end() <= crate::pack::MAX_PACK_LEN;
         if ok {
             Ok(())
         } else {

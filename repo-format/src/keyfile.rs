@@ -10,7 +10,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto::{random_salt, FileKey, MasterKey, KEY_LEN};
+use crate::crypto::{random_salt, FileKey, MasterKey, KEY_LEN, SEAL_OVERHEAD};
 use crate::{Error, Result, FORMAT_VERSION};
 
 /// Associated data of the sealed master key.
@@ -63,7 +63,6 @@ impl KdfParams {
 
 /// The JSON of a key file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeyFile {
     /// Repository format version.
     pub version: u32,
@@ -149,6 +148,9 @@ impl KeyFile {
             .map_err(|_| Error::corrupt(file, "sealed_key is not hex"))?;
         if salt.len() < 8 {
             return Err(Error::corrupt(file, "salt shorter than 8 bytes"));
+        }
+        if sealed.len() != KEY_LEN + SEAL_OVERHEAD {
+            return Err(Error::corrupt(file, "sealed_key is not 60 bytes"));
         }
         let Ok(plain) = wrapping_key(password, &salt, params)?.open(&sealed, KEY_AAD) else {
             return Ok(None);

@@ -70,6 +70,9 @@ impl PackWriter {
         let too_big = || Error::InvalidParameter("pack exceeds 2 GiB".into());
         let offset = u32::try_from(self.buf.len()).map_err(|_| too_big())?;
         let length = u32::try_from(sealed.len()).map_err(|_| too_big())?;
+        if u64::from(offset) + u64::from(length) > MAX_PACK_LEN {
+            return Err(too_big());
+        }
         self.buf.extend_from_slice(&sealed);
         self.entries.push(BlobEntry {
             ty,
@@ -84,6 +87,11 @@ impl PackWriter {
     /// Bytes so far.
     pub fn len(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Blobs so far.
+    pub fn blob_count(&self) -> usize {
+        self.entries.len()
     }
 
     /// True before the first blob.

@@ -95,8 +95,9 @@ impl Repository {
         if backend.list(FileKind::Config)?.is_empty() {
             return Err(Error::NotARepository(backend.location()));
         }
-        let (key_name, master) = unlock(backend.as_ref(), password)?;
         let bytes = backend.read(FileKind::Config, "config")?;
+        sealed::check_header(&bytes, FileType::Config, "config")?;
+        let (key_name, master) = unlock(backend.as_ref(), password)?;
         let plain = sealed::open(&master, FileType::Config, &bytes, "config")?;
         let config = Config::decode(&plain)?;
         Ok(Repository(Arc::new(Inner {

@@ -92,6 +92,19 @@ impl Manifest {
     }
 
     fn validate(&self, file: &str) -> Result<()> {
+        if !is_safe_name(&self.name) {
+            return Err(Error::corrupt(
+                file,
+                format!("bad snapshot name {:?}", self.name),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.disks.iter().find(|d| !seen.insert(d.name.as_str())) {
+            return Err(Error::corrupt(
+                file,
+                format!("disk name {:?} appears twice", dup.name),
+            ));
+        }
         for d in &self.disks {
             crate::config::ChunkSize::new(d.chunk_size)
                 .map_err(|e| Error::corrupt(file, format!("disk {}: {e}", d.name)))?;
@@ -108,13 +121,22 @@ impl Manifest {
                     ),
                 ));
             }
-            if d.name.is_empty() || d.name.contains(['/', '\0']) || d.name == "." || d.name == ".."
-            {
+            if !is_safe_name(&d.name) {
                 return Err(Error::corrupt(file, format!("bad disk name {:?}", d.name)));
             }
         }
         Ok(())
     }
+}
+
+/// True for a name usable as one path component: the mount and restore
+/// turn snapshot and disk names into directory and file names.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && name.len() <= 255
 }
 
 #[cfg(test)]

@@ -23,6 +23,11 @@ use crate::{payload, Error, Result};
 
 /// Packs per index file while a backup runs.
 pub const INDEX_FLUSH_PACKS: usize = 64;
+/// Blobs per index file at most (about 9 MiB of entries), so that packs of
+/// tiny, well-compressed blobs cannot make an index too large to read.
+pub const INDEX_FLUSH_BLOBS: usize = 200_000;
+/// Blobs per pack at most, for the same reason.
+pub const PACK_MAX_BLOBS: usize = 100_000;
 
 /// Counters of a write session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +109,8 @@ impl<'a> WriteSession<'a> {
         let w =
             open.get_or_insert_with(|| PackWriter::new(self.repo.master(), target + target / 8));
         w.add(ty, id, raw, framed)?;
-        Ok(if w.len() >= target { open.take() } else { None })
+        let full = w.len() >= target || w.blob_count() >= PACK_MAX_BLOBS;
+        Ok(if full { open.take() } else { None })
     }
 
     fn store_pack(&self, w: PackWriter) -> Result<()> {
@@ -127,7 +133,8 @@ impl<'a> WriteSession<'a> {
                 salt,
                 blobs: entries,
             });
-            if pending.len() >= INDEX_FLUSH_PACKS {
+            let blobs: usize = pending.iter().map(|p| p.blobs.len()).sum();
+            if pending.len() >= INDEX_FLUSH_PACKS || blobs >= INDEX_FLUSH_BLOBS {
                 std::mem::take(&mut *pending)
             } else {
                 Vec::new()

@@ -270,16 +270,31 @@ pub fn partitioned_image(dir: &Path, size_mib: u64) -> PathBuf {
     f.set_len(size_mib << 20).expect("size");
     drop(f);
     let img_s = img.display().to_string();
-    sh("sgdisk", &["-q", "-n", "1:2048:0", "-t", "1:8300", &img_s]);
-    let loopdev = sh("losetup", &["--find", "--show", "--partscan", &img_s])
-        .trim()
-        .to_string();
-    let part = format!("{loopdev}p1");
+    sh("sgdisk", &["-o", "-n", "1:2048:0", "-t", "1:8300", &img_s]);
+    // Containers often lack udev, so partition nodes (loopNp1) never
+    // appear: attach the partition itself by offset and size instead.
+    let (first, last) = partition_sectors(&img_s);
+    let offset = (first * 512).to_string();
+    let limit = ((last - first + 1) * 512).to_string();
+    let loopdev = sh(
+        "losetup",
+        &[
+            "--find",
+            "--show",
+            "--offset",
+            &offset,
+            "--sizelimit",
+            &limit,
+            &img_s,
+        ],
+    )
+    .trim()
+    .to_string();
+    let part = loopdev.clone();
     let mnt = dir.join(format!("mnt{}", unique()));
     std::fs::create_dir_all(&mnt).expect("mkdir");
     let mnt_s = mnt.display().to_string();
     let result = std::panic::catch_unwind(|| {
-        wait_for(Path::new(&part));
         sh("mkfs.ext4", &["-q", "-F", &part]);
         sh("mount", &[&part, &mnt_s]);
         fill_filesystem(&mnt);
@@ -293,14 +308,17 @@ pub fn partitioned_image(dir: &Path, size_mib: u64) -> PathBuf {
     img
 }
 
-fn wait_for(p: &Path) {
-    for _ in 0..100 {
-        if p.exists() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("{} did not appear", p.display());
+/// First and last sector of partition 1, from `sgdisk -i 1`.
+fn partition_sectors(img: &str) -> (u64, u64) {
+    let info = sh("sgdisk", &["-i", "1", img]);
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+    };
+    (field("First sector:"), field("Last sector:"))
 }
 
 fn fill_filesystem(root: &Path) {

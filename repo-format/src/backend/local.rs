@@ -45,7 +45,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 fn valid_name(name: &str) -> Result<()> {
-    let ok = name == "config" || (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+    let ok = name == "config"
+        || (name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
     if ok {
         Ok(())
     } else {
@@ -73,6 +74,11 @@ impl Backend for LocalBackend {
             let d = self.root.join("data").join(hex::encode([i]));
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
+        for d in [self.root.join("data"), self.root.clone()] {
+            fs::File::open(&d)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&d))?;
+        }
         Ok(())
     }
 
@@ -94,7 +100,8 @@ impl Backend for LocalBackend {
         for d in dirs {
             let rd = match fs::read_dir(&d) {
                 Ok(rd) => rd,
-                Err(e) if e.kind() == ErrorKind::NotFound && kind == FileKind::Pack => continue,
+                // A directory git or a copy did not keep is an empty one.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io(d, e)),
             };
             for ent in rd {
@@ -130,6 +137,9 @@ impl Backend for LocalBackend {
     fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<()> {
         valid_name(name)?;
         let dir = self.dir_of(kind, name);
+        if !dir.is_dir() {
+            create_dir_durably(&dir)?;
+        }
         let tmp = dir.join(format!(
             "{TMP_PREFIX}{}",
             hex::encode(crate::crypto::random_salt())
@@ -151,6 +161,18 @@ impl Backend for LocalBackend {
         let p = self.path(kind, name);
         fs::remove_file(&p).map_err(io_err(&p))
     }
+}
+
+/// Creates `dir` (and its parents) and fsyncs its parent, so that a file
+/// renamed into it survives a crash.
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if let Some(parent) = dir.parent() {
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(parent))?;
+    }
+    Ok(())
 }
 
 fn write_durably(tmp: &Path, bytes: &[u8]) -> Result<()> {
