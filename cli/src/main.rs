@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("vmstash: {err:#}");
+            if exit::is_disk_full(&err) {
+                eprintln!("vmstash: the disk is full: free space and run the command again; the repository was not changed by the failed write");
+            }
             exit::code_for(&err)
         }
     }
