@@ -290,6 +290,13 @@ fn report(g: &Global, what: &str, key: &str) {
     }
 }
 
+/// A byte count as a float, for ratios: exact below 2^53, which every
+/// real byte count is.
+#[allow(clippy::as_conversions)]
+fn approx(n: u64) -> f64 {
+    n as f64
+}
+
 fn stats(g: &Global, repo: &Repository) -> Result<ExitCode> {
     let _lock = repo.lock(false)?;
     let idx = repo.load_index()?;
@@ -327,7 +334,7 @@ fn stats(g: &Global, repo: &Repository) -> Result<ExitCode> {
             .map(|(_, s)| s)
             .sum::<u64>();
     }
-    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { approx(a) / approx(b) };
     let v = json!({
         "snapshots": snaps.len(), "blobs": idx.len(), "logical_bytes": logical,
         "nonzero_logical_bytes": nonzero, "unique_data_bytes": unique,

@@ -32,8 +32,10 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
 /// True when the error chain says a disk is full.
 pub fn is_disk_full(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
-        e.downcast_ref::<RepoError>().is_some_and(RepoError::is_disk_full)
-            || e.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(28))
+        e.downcast_ref::<RepoError>()
+            .is_some_and(RepoError::is_disk_full)
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error() == Some(28))
     })
 }
 

@@ -242,7 +242,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("f");
         let f = File::create(&p).expect("create");
-        f.set_len(5 * BLOCK as u64).expect("len");
+        f.set_len(5 * 4096).expect("len");
         let mut data = vec![0u8; 3 * BLOCK + 100];
         data[5] = 1;
         data[3 * BLOCK + 99] = 2;

@@ -14,6 +14,7 @@ use crate::{Error, Result};
 
 /// Chunk ids per map segment: 32 KiB of ids; 256 MiB of disk at 256 KiB chunks.
 pub const SEGMENT_ENTRIES: usize = 1024;
+const SEGMENT_ENTRIES_U64: u64 = 1024;
 
 /// The plaintext of one map blob.
 pub fn encode_segment(ids: &[Id]) -> Vec<u8> {
@@ -45,7 +46,7 @@ pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
 
 /// Number of map segments for `chunks` chunks.
 pub fn segment_count(chunks: u64) -> u64 {
-    chunks.div_ceil(SEGMENT_ENTRIES as u64)
+    chunks.div_ceil(SEGMENT_ENTRIES_U64)
 }
 
 #[cfg(test)]

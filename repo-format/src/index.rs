@@ -125,7 +125,7 @@ impl MasterIndex {
                     | if b.ty == BlobType::Map { MAP_BIT } else { 0 },
             }));
         }
-        entries.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        entries.sort_unstable_by_key(|e| e.id);
         entries.dedup_by(|a, b| a.id == b.id);
         entries.shrink_to_fit();
         MasterIndex { packs, entries }

@@ -93,7 +93,7 @@ mod tests {
         assert_eq!(decode(&framed, text.len(), "t").expect("decode"), text);
 
         let random: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13).to_le_bytes()[0])
             .collect();
         let framed = encode(&random, 3);
         assert_eq!(decode(&framed, random.len(), "t").expect("decode"), random);

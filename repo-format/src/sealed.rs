@@ -23,24 +23,29 @@ pub const MAX_PLAINTEXT: usize = 256 * 1024 * 1024;
 
 /// What an encrypted metadata file is; bound into its authentication tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum FileType {
     /// `config`
-    Config = 1,
+    Config,
     /// `index/<id>`
-    Index = 2,
+    Index,
     /// `snapshots/<id>`
-    Snapshot = 3,
+    Snapshot,
     /// `locks/<id>`
-    Lock = 4,
+    Lock,
     /// `data/<xx>/<id>` (first two bytes of a pack file)
-    Pack = 5,
+    Pack,
 }
 
 impl FileType {
     /// The type byte.
     pub const fn byte(self) -> u8 {
-        self as u8
+        match self {
+            FileType::Config => 1,
+            FileType::Index => 2,
+            FileType::Snapshot => 3,
+            FileType::Lock => 4,
+            FileType::Pack => 5,
+        }
     }
 }
 
@@ -58,10 +63,8 @@ pub fn seal(master: &MasterKey, ty: FileType, plaintext: &[u8], level: i32) -> V
 }
 
 /// The version byte every file of this format starts with.
-pub(crate) const FORMAT_VERSION_BYTE: u8 = {
-    assert!(FORMAT_VERSION <= 255);
-    FORMAT_VERSION as u8
-};
+pub(crate) const FORMAT_VERSION_BYTE: u8 = 1;
+const _: () = assert!(u32::from_le_bytes([FORMAT_VERSION_BYTE, 0, 0, 0]) == FORMAT_VERSION);
 
 /// Checks the two header bytes of any repository file.
 pub(crate) fn check_header(bytes: &[u8], ty: FileType, file: &str) -> Result<()> {

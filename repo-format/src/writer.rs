@@ -211,7 +211,9 @@ mod tests {
         for b in &blobs {
             assert!(s.save(BlobType::Data, Id::of(b), b).expect("save"));
         }
-        assert!(!s.save(BlobType::Data, Id::of(&blobs[0]), &blobs[0]).expect("dup"));
+        assert!(!s
+            .save(BlobType::Data, Id::of(&blobs[0]), &blobs[0])
+            .expect("dup"));
         let stats = s.finish().expect("finish");
         assert_eq!(stats.blobs, 50);
 

@@ -2,6 +2,9 @@
 //! Every test uses real files, real tools and the real release binary;
 //! see `util.rs` for prerequisites.
 
+// Test helpers are shared between modules of one binary, not a public API.
+#![allow(unreachable_pub)]
+
 mod concurrency;
 mod failures;
 mod keys;
