@@ -65,7 +65,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Chunk size: a power of two from 64KiB to 8MiB (fixed for the repository's life).
-    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
     pub chunk_size: u64,
     /// zstd compression level for new data (1 fastest … 19 smallest).
     #[arg(long, default_value_t = vmstash_repo::config::DEFAULT_COMPRESSION_LEVEL,

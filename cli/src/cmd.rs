@@ -125,7 +125,7 @@ fn snapshots(g: &Global, repo: &Repository, a: &SnapshotsArgs) -> Result<ExitCod
         println!(
             "{:<8}  {:<20}  {:<12}  {:<16}  {:>10}  {}{}",
             id.short(),
-            m.time,
+            m.time.get(..19).unwrap_or(&m.time).replace('T', " "),
             m.hostname,
             m.name,
             progress::human(m.summary.disk_bytes),

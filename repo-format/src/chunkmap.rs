@@ -12,7 +12,7 @@
 use crate::id::{Id, ID_LEN};
 use crate::{Error, Result};
 
-/// Chunk ids per map segment: 32 KiB of ids; 256 MiB of disk at 256 KiB chunks.
+/// Chunk ids per map segment: 32 KiB of ids; 512 MiB of disk at 512 KiB chunks.
 pub const SEGMENT_ENTRIES: usize = 1024;
 const SEGMENT_ENTRIES_U64: u64 = 1024;
 

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::keyfile::check_version;
 use crate::{Error, Result, FORMAT_VERSION};
 
-/// Default chunk size: 256 KiB (the reasoning is in spec/FORMAT.md §12).
-pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
+/// Default chunk size: 512 KiB (the reasoning is in spec/FORMAT.md §12).
+pub const DEFAULT_CHUNK_SIZE: u32 = 512 * 1024;
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;
 /// Largest chunk size accepted.

@@ -9,7 +9,7 @@
 //!
 //! In memory every blob costs one 48-byte [`IndexEntry`] in a sorted
 //! vector (binary search, no hash-table slack): 1 TiB of unique data at the
-//! default 256 KiB chunks is 4 Mi blobs, 192 MiB; at 1 MiB chunks, 48 MiB.
+//! default 512 KiB chunks is 2 Mi blobs, 96 MiB; at 1 MiB chunks, 48 MiB.
 
 use std::collections::HashMap;
 

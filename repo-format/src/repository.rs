@@ -37,9 +37,15 @@ impl Identity {
     }
 }
 
-/// The current time as RFC 3339 UTC with seconds.
+/// The current time as RFC 3339 UTC with microseconds, so that snapshots
+/// taken within one second still sort in the order they were made.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
+
+/// Sort key of an RFC 3339 time; unparsable times sort first.
+fn time_key(t: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339_weak(t).unwrap_or(std::time::UNIX_EPOCH)
 }
 
 struct Inner {
@@ -183,7 +189,11 @@ impl Repository {
             let id = Id::from_hex(&name).ok_or_else(|| Error::corrupt(&file, "bad name"))?;
             out.push((id, m));
         }
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        out.sort_by(|a, b| {
+            time_key(&a.1.time)
+                .cmp(&time_key(&b.1.time))
+                .then(a.0.cmp(&b.0))
+        });
         Ok(out)
     }
 

@@ -176,4 +176,18 @@ mod tests {
         evil.disks[0].name = "../etc".into();
         assert!(Manifest::decode(&evil.encode(), "s").is_err());
     }
+
+    #[test]
+    fn duration_round_trips_to_the_bit() {
+        // Written as "7.3588302070000005"; serde_json without its
+        // float_roundtrip feature reads that back as 7.358830207, breaking
+        // the decode ∘ encode = id property of the `manifest` fuzz target.
+        let mut m = sample();
+        m.summary.duration_seconds = std::time::Duration::new(7, 358_830_207).as_secs_f64();
+        let back = Manifest::decode(&m.encode(), "s").expect("decode");
+        assert_eq!(
+            back.summary.duration_seconds.to_bits(),
+            m.summary.duration_seconds.to_bits()
+        );
+    }
 }

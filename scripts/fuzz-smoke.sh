@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every fuzz target in fuzz/ briefly: FUZZ_SECONDS each (default 10),
+# starting from fuzz/seeds/<target> and the corpus fuzz/corpus/<target> that
+# earlier runs left. Fails on the first crash, failed assertion, leak,
+# timeout or allocation past 1 GiB; libFuzzer then saves the input under
+# fuzz/artifacts/<target>/ and the log's tail says how to replay it.
+#
+# Needs the nightly toolchain (rustup); installs cargo-fuzz if missing.
+# Long runs by hand: see fuzz/README.md.
+set -euo pipefail
+
+CARGO_FUZZ_VERSION=0.13.2
+seconds=${FUZZ_SECONDS:-10}
+# Release build with overflow checks and debug assertions on: an overflow
+# in a decoder is a crash, as in the tests.
+build_flags=(--debug-assertions)
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root/fuzz"
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+  echo "fuzz-smoke: the nightly toolchain is missing (rustup toolchain install nightly)" >&2
+  exit 1
+fi
+if [ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+  cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked
+fi
+
+start=$(date +%s)
+cargo +nightly fuzz build "${build_flags[@]}"
+echo "fuzz-smoke: built every target in $(($(date +%s) - start)) s"
+
+logs="$root/fuzz/target/fuzz-smoke"
+mkdir -p "$logs"
+mapfile -t targets < <(cargo +nightly fuzz list)
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t"
+  dirs=("corpus/$t")
+  [ -d "seeds/$t" ] && dirs+=("seeds/$t")
+  if ! cargo +nightly fuzz run "${build_flags[@]}" "$t" "${dirs[@]}" -- \
+      -max_total_time="$seconds" -rss_limit_mb=1024 >"$logs/$t.log" 2>&1; then
+    grep -A 4 "panicked at" "$logs/$t.log" >&2 || true
+    tail -n 25 "$logs/$t.log" >&2
+    echo "fuzz-smoke: target $t FAILED (log: $logs/$t.log)" >&2
+    exit 1
+  fi
+  echo "fuzz-smoke: $t ok: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$logs/$t.log" | tail -n 1)"
+done
+echo "fuzz-smoke: ${#targets[@]} targets passed, ${seconds} s each, $(($(date +%s) - start)) s after install"
