@@ -74,8 +74,23 @@ pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
     let session = WriteSession::new(repo, &index);
     let mut disks = Vec::new();
     let mut counts = DiskCounts::default();
+    if g.verbose > 0 {
+        let parent = parent.map_or_else(|| "none".to_string(), |p| p.short());
+        eprintln!(
+            "snapshot name {name:?}, parent snapshot {parent}, {} blobs already in the repository",
+            index.len()
+        );
+    }
     for ((src, path), disk_name) in sources.iter().zip(&a.disks).zip(&names) {
         bar.set_message(disk_name.clone());
+        if g.verbose > 0 {
+            eprintln!(
+                "disk {disk_name}: {} ({}), {} virtual",
+                path.display(),
+                src.format().name(),
+                progress::human(src.size())
+            );
+        }
         let (disk, c) = back_up_disk(repo, &session, src.as_ref(), &bar)
             .with_context(|| format!("backing up {}", path.display()))?;
         disks.push(Disk {
@@ -86,6 +101,15 @@ pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
             chunk_size: repo.config().chunk_size,
             map: disk,
         });
+        if g.verbose > 0 {
+            eprintln!(
+                "disk {disk_name}: {} chunks, {} all-zero, {} new, {} read",
+                c.chunks,
+                c.zero,
+                c.new,
+                progress::human(c.read)
+            );
+        }
         counts.read += c.read;
         counts.chunks += c.chunks;
         counts.zero += c.zero;

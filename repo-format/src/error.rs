@@ -35,7 +35,7 @@ pub enum Error {
         what: String,
     },
     /// No key file opens with the given password.
-    #[error("wrong password, or no key file in this repository matches it")]
+    #[error("wrong password: no key file of this repository opens with it (check VMSTASH_PASSWORD, --password-file or --password-command)")]
     WrongPassword,
     /// The location holds no vmstash repository.
     #[error("{0} is not a vmstash repository (no config file); create one with `vmstash init`")]
