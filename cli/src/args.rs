@@ -37,6 +37,16 @@ pub struct Global {
     /// Say nothing but errors and results.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// SSH private key for hypervisors (else ssh-agent, else ~/.ssh/id_*).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// known_hosts file to check hypervisor host keys against [default: ~/.ssh/known_hosts].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Accept and remember the host key of a hypervisor never seen before
+    /// (a changed key is always refused).
+    #[arg(long, global = true)]
+    pub accept_new_host_key: bool,
 }
 
 /// The commands.
@@ -59,6 +69,29 @@ pub enum Command {
     Key(KeyCommand),
     /// Show how much is stored, and how well it deduplicates and compresses.
     Stats,
+    /// List the VMs of a hypervisor with their disks.
+    Vms(VmsArgs),
+    /// Commit overlays left on a VM by a backup that was killed.
+    VmRepair(VmRepairArgs),
+}
+
+/// `vmstash vms`
+#[derive(Debug, Args)]
+pub struct VmsArgs {
+    /// libvirt URI: qemu:///system, or qemu+ssh://user@host[:port]/system.
+    #[arg(long, value_name = "URI")]
+    pub connect: String,
+}
+
+/// `vmstash vm-repair`
+#[derive(Debug, Args)]
+pub struct VmRepairArgs {
+    /// libvirt URI: qemu:///system, or qemu+ssh://user@host[:port]/system.
+    #[arg(long, value_name = "URI")]
+    pub connect: String,
+    /// The VM to repair.
+    #[arg(long)]
+    pub vm: String,
 }
 
 /// `vmstash init`
@@ -77,8 +110,30 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// A disk image to back up: raw file, block device or qcow2 (detected by content). Repeatable.
-    #[arg(long = "disk", required = true, value_name = "PATH")]
+    #[arg(
+        long = "disk",
+        value_name = "PATH",
+        required_unless_present = "connect",
+        conflicts_with = "connect"
+    )]
     pub disks: Vec<PathBuf>,
+    /// Back up VMs of this libvirt hypervisor: qemu:///system or qemu+ssh://user@host[:port]/system.
+    #[arg(long, value_name = "URI")]
+    pub connect: Option<String>,
+    /// A VM to back up (repeatable); with --connect.
+    #[arg(
+        long = "vm",
+        value_name = "NAME",
+        requires = "connect",
+        conflicts_with = "all"
+    )]
+    pub vms: Vec<String>,
+    /// Back up every VM of the hypervisor; with --connect.
+    #[arg(long, requires = "connect")]
+    pub all: bool,
+    /// Leave out this disk (guest device name, e.g. vdb) of every VM; repeatable.
+    #[arg(long = "exclude-disk", value_name = "TARGET", requires = "connect")]
+    pub exclude_disks: Vec<String>,
     /// Name of the snapshot series (default: the first disk's file name without extension).
     #[arg(long)]
     pub name: Option<String>,

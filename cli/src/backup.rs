@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::json;
 use vmstash_repo::blob::BlobType;
@@ -43,23 +43,80 @@ struct DiskCounts {
     new: u64,
 }
 
-/// Runs `vmstash backup`.
+/// One disk to back up.
+pub struct DiskInput {
+    /// Name in the snapshot.
+    pub name: String,
+    /// Where it is read from, for the manifest and messages.
+    pub source: String,
+    /// The reader.
+    pub src: Box<dyn DiskSource>,
+}
+
+/// Everything a new snapshot is made of.
+pub struct SnapshotPlan {
+    /// Snapshot series name (VM name, or the first disk's name).
+    pub name: String,
+    /// User and automatic tags.
+    pub tags: Vec<String>,
+    /// The libvirt domain XML of a VM backup.
+    pub domain_xml: Option<String>,
+    /// The disks, in order.
+    pub disks: Vec<DiskInput>,
+}
+
+/// Runs `vmstash backup --disk …`.
 pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
-    let started = Instant::now();
-    let time = now_rfc3339();
     let _lock = repo.lock(false)?;
-    let sources = a
+    let names = disk_names(&a.disks);
+    let disks = a
         .disks
         .iter()
-        .map(|p| source::open(p).with_context(|| format!("opening disk {}", p.display())))
+        .zip(names)
+        .map(|(p, name)| {
+            let src = source::open(p).with_context(|| format!("opening disk {}", p.display()))?;
+            Ok(DiskInput {
+                name,
+                source: p.display().to_string(),
+                src,
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
-    let names = disk_names(&a.disks);
-    let name = a.name.clone().unwrap_or_else(|| names[0].clone());
+    let name = a.name.clone().unwrap_or_else(|| disks[0].name.clone());
+    let plan = SnapshotPlan {
+        name,
+        tags: a.tags.clone(),
+        domain_xml: None,
+        disks,
+    };
+    let (id, manifest) = store(g, repo, plan, &|| false)?;
+    print_summary(g, &id, &manifest);
+    Ok(exit::ok())
+}
+
+/// Reads every disk of `plan` into the repository and commits the
+/// snapshot. The caller holds the repository lock. `interrupted` is polled
+/// while reading; when it turns true the backup stops with an error and
+/// no snapshot is written.
+pub fn store(
+    g: &Global,
+    repo: &Repository,
+    plan: SnapshotPlan,
+    interrupted: &(dyn Fn() -> bool + Sync),
+) -> Result<(Id, Manifest)> {
+    let started = Instant::now();
+    let time = now_rfc3339();
+    let SnapshotPlan {
+        name,
+        tags,
+        domain_xml,
+        disks: inputs,
+    } = plan;
     if let Some(bad) = std::iter::once(&name)
-        .chain(&names)
+        .chain(inputs.iter().map(|d| &d.name))
         .find(|n| !is_safe_name(n))
     {
-        anyhow::bail!("{bad:?} cannot be a snapshot or disk name: it must be a non-empty file name without '/'");
+        bail!("{bad:?} cannot be a snapshot or disk name: it must be a non-empty file name without '/'");
     }
     let index = repo.load_index().context("loading the repository index")?;
     let parent = repo
@@ -69,7 +126,7 @@ pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
         .find(|(_, m)| m.name == name)
         .map(|(id, _)| id);
 
-    let total: u64 = sources.iter().map(|s| s.size()).sum();
+    let total: u64 = inputs.iter().map(|d| d.src.size()).sum();
     let bar = progress::bytes(g, total, "backup");
     let session = WriteSession::new(repo, &index);
     let mut disks = Vec::new();
@@ -81,29 +138,32 @@ pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
             index.len()
         );
     }
-    for ((src, path), disk_name) in sources.iter().zip(&a.disks).zip(&names) {
-        bar.set_message(disk_name.clone());
+    for input in &inputs {
+        let src = input.src.as_ref();
+        bar.set_message(input.name.clone());
         if g.verbose > 0 {
             eprintln!(
-                "disk {disk_name}: {} ({}), {} virtual",
-                path.display(),
+                "disk {}: {} ({}), {} virtual",
+                input.name,
+                input.source,
                 src.format().name(),
                 progress::human(src.size())
             );
         }
-        let (disk, c) = back_up_disk(repo, &session, src.as_ref(), &bar)
-            .with_context(|| format!("backing up {}", path.display()))?;
+        let (map, c) = back_up_disk(repo, &session, src, &bar, interrupted)
+            .with_context(|| format!("backing up disk {} ({})", input.name, input.source))?;
         disks.push(Disk {
-            name: disk_name.clone(),
-            source: path.display().to_string(),
+            name: input.name.clone(),
+            source: input.source.clone(),
             format: src.format().name().to_string(),
             size: src.size(),
             chunk_size: repo.config().chunk_size,
-            map: disk,
+            map,
         });
         if g.verbose > 0 {
             eprintln!(
-                "disk {disk_name}: {} chunks, {} all-zero, {} new, {} read",
+                "disk {}: {} chunks, {} all-zero, {} new, {} read",
+                input.name,
                 c.chunks,
                 c.zero,
                 c.new,
@@ -125,10 +185,10 @@ pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
         hostname: repo.identity().hostname.clone(),
         username: repo.identity().username.clone(),
         name,
-        tags: a.tags.clone(),
+        tags,
         parent,
         disks,
-        domain_xml: None,
+        domain_xml,
         summary: Summary {
             disk_bytes: total,
             bytes_read: counts.read,
@@ -145,11 +205,11 @@ pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
     let (id, _) = repo
         .save_snapshot(&manifest)
         .context("saving the snapshot")?;
-    print_summary(g, &id, &manifest);
-    Ok(exit::ok())
+    Ok((id, manifest))
 }
 
-fn print_summary(g: &Global, id: &Id, m: &Manifest) {
+/// Prints what a backup did: one line, or the JSON summary.
+pub fn print_summary(g: &Global, id: &Id, m: &Manifest) {
     let s = &m.summary;
     if g.json {
         print_json(&json!({
@@ -215,6 +275,7 @@ fn back_up_disk(
     session: &WriteSession<'_>,
     src: &dyn DiskSource,
     bar: &indicatif::ProgressBar,
+    interrupted: &(dyn Fn() -> bool + Sync),
 ) -> Result<(Vec<Id>, DiskCounts)> {
     let chunk = u64::from(repo.config().chunk_size);
     let size = src.size();
@@ -233,7 +294,9 @@ fn back_up_disk(
     let mut map = MapBuilder::new(session);
     std::thread::scope(|s| -> Result<()> {
         let (ranges, abort_r) = (&ranges, &abort);
-        let reader = s.spawn(move || read_chunks(src, ranges, chunk, &job_tx, &free_rx, abort_r));
+        let reader = s.spawn(move || {
+            read_chunks(src, ranges, chunk, &job_tx, &free_rx, abort_r, interrupted)
+        });
         for _ in 0..WORKERS {
             let (job_rx, done_tx, free_tx, abort) =
                 (job_rx.clone(), done_tx.clone(), free_tx.clone(), &abort);
@@ -284,6 +347,7 @@ fn read_chunks(
     jobs: &Sender<Job>,
     free: &Receiver<Vec<u8>>,
     abort: &AtomicBool,
+    interrupted: &(dyn Fn() -> bool + Sync),
 ) -> Result<u64> {
     let size = src.size();
     let mut data = DataCursor::new(ranges);
@@ -292,6 +356,9 @@ fn read_chunks(
     while no * chunk < size {
         if abort.load(Ordering::Relaxed) {
             return Ok(read);
+        }
+        if interrupted() {
+            bail!("interrupted");
         }
         let start = no * chunk;
         let end = (start + chunk).min(size);

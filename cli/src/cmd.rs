@@ -15,14 +15,21 @@ use vmstash_repo::snapshot::Manifest;
 use vmstash_repo::{index, Id, Repository};
 
 use crate::args::{CatArgs, CatWhat, Cli, Command, Global, InitArgs, KeyCommand, SnapshotsArgs};
-use crate::{backup, exit, password, progress, restore};
+use crate::{backup, exit, password, progress, restore, vmbackup};
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match &cli.command {
         Command::Init(a) => init(g, a),
-        Command::Backup(a) => backup::run(g, &open(g)?, a),
+        Command::Backup(a) => match &a.connect {
+            Some(uri) => {
+                vmbackup::run_backup(g, &open(g)?, uri, &a.vms, a.all, &a.exclude_disks, &a.tags)
+            }
+            None => backup::run(g, &open(g)?, a),
+        },
+        Command::Vms(a) => vmbackup::run_list(g, a),
+        Command::VmRepair(a) => vmbackup::run_repair(g, a),
         Command::Snapshots(a) => snapshots(g, &open(g)?, a),
         Command::Restore(a) => restore::run(g, &open(g)?, a),
         Command::Check(a) => check_cmd(g, &open(g)?, a.read_data),

@@ -9,10 +9,12 @@ mod args;
 mod backup;
 mod cmd;
 mod exit;
+mod libvirt;
 mod password;
 mod progress;
 mod restore;
 mod source;
+mod vmbackup;
 
 use std::process::ExitCode;
 

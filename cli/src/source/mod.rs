@@ -148,6 +148,21 @@ pub(crate) fn open(path: &Path) -> Result<Box<dyn DiskSource>, SourceError> {
     }
 }
 
+/// Opens `path` as the given format, without probing: for disks whose
+/// format a trusted party (libvirt's `<driver type=…>`) declares. A guest
+/// that writes a qcow2 header into its raw disk must not make vmstash
+/// follow a "backing file" of the guest's choosing on the host.
+pub(crate) fn open_as(
+    path: &Path,
+    format: ImageFormat,
+) -> Result<Box<dyn DiskSource>, SourceError> {
+    let file = open_image_file(path, "open")?;
+    match format {
+        ImageFormat::Raw => Ok(Box::new(raw::RawSource::new(path, file)?)),
+        ImageFormat::Qcow2 => Ok(Box::new(qcow2::Qcow2Source::open(path, file)?)),
+    }
+}
+
 /// Opens `path` read-only and checks that it is a regular file or a block device.
 ///
 /// `action` names the operation in the error message ("open", "open backing file of …").

@@ -1,0 +1,157 @@
+//! virsh, run on the hypervisor: the only way vmstash talks to libvirt, so
+//! that a hypervisor needs nothing but sshd and virsh.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use super::shell::{CmdOutput, Shell};
+
+/// How one disk takes part in an external disk-only snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Guest device name.
+    pub target: String,
+    /// The overlay file to create, or `None` to leave the disk out.
+    pub overlay: Option<String>,
+}
+
+/// virsh on one hypervisor.
+#[derive(Clone)]
+pub struct Virsh {
+    shell: Arc<dyn Shell>,
+    uri: String,
+}
+
+impl Virsh {
+    /// virsh through `shell`, connecting to libvirt at `uri` there.
+    pub fn new(shell: Arc<dyn Shell>, uri: &str) -> Virsh {
+        Virsh {
+            shell,
+            uri: uri.to_string(),
+        }
+    }
+
+    /// The shell virsh runs in.
+    pub fn shell(&self) -> &Arc<dyn Shell> {
+        &self.shell
+    }
+
+    fn call(&self, args: &[&str]) -> Result<CmdOutput> {
+        let mut argv = vec!["virsh", "-q", "-c", &self.uri];
+        argv.extend_from_slice(args);
+        self.shell.run(&argv)
+    }
+
+    /// Runs virsh and fails with its message unless it succeeds.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.call(args)?;
+        if out.status != 0 {
+            bail!(
+                "virsh {} on {} failed: {}",
+                args.join(" "),
+                self.shell.describe(),
+                out.stderr.trim()
+            );
+        }
+        Ok(out.stdout)
+    }
+
+    /// Names of every domain, running or not.
+    pub fn list_all(&self) -> Result<Vec<String>> {
+        Ok(self
+            .ok(&["list", "--all", "--name"])?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// "running", "shut off", "paused", …
+    pub fn state(&self, domain: &str) -> Result<String> {
+        Ok(self.ok(&["domstate", domain])?.trim().to_string())
+    }
+
+    /// The live domain XML (the persistent one for a shut-off domain).
+    pub fn dumpxml(&self, domain: &str) -> Result<String> {
+        self.ok(&["dumpxml", domain])
+    }
+
+    /// Virtual size of a disk in bytes.
+    pub fn capacity(&self, domain: &str, target: &str) -> Result<u64> {
+        let out = self.ok(&["domblkinfo", domain, target])?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("Capacity:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no capacity in `virsh domblkinfo {domain} {target}`: {out}"))
+    }
+
+    /// True when the domain's QEMU guest agent answers a ping.
+    pub fn agent_responds(&self, domain: &str) -> bool {
+        self.call(&[
+            "qemu-agent-command",
+            domain,
+            "--timeout",
+            "5",
+            r#"{"execute":"guest-ping"}"#,
+        ])
+        .is_ok_and(|o| o.status == 0)
+    }
+
+    /// Creates an external, disk-only, metadata-free snapshot: each disk
+    /// with an overlay switches to it, atomically for all disks.
+    pub fn snapshot_disks(&self, domain: &str, specs: &[DiskSpec], quiesce: bool) -> Result<()> {
+        let mut args: Vec<String> = [
+            "snapshot-create-as",
+            domain,
+            "--name",
+            "vmstash",
+            "--disk-only",
+            "--atomic",
+            "--no-metadata",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if quiesce {
+            args.push("--quiesce".into());
+        }
+        for spec in specs {
+            args.push("--diskspec".into());
+            args.push(match &spec.overlay {
+                Some(file) => format!("{},snapshot=external,file={file}", spec.target),
+                None => format!("{},snapshot=no", spec.target),
+            });
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&refs).map(|_| ())
+    }
+
+    /// Merges a disk's active overlay back into its base and switches the
+    /// domain back to the base.
+    pub fn blockcommit_pivot(&self, domain: &str, target: &str) -> Result<()> {
+        self.ok(&[
+            "blockcommit",
+            domain,
+            target,
+            "--active",
+            "--pivot",
+            "--wait",
+        ])
+        .map(|_| ())
+    }
+
+    /// Aborts a block job left running (e.g. a commit interrupted before
+    /// its pivot); succeeds when there was none.
+    pub fn abort_block_job(&self, domain: &str, target: &str) -> Result<()> {
+        let out = self.call(&["blockjob", domain, target, "--abort"])?;
+        if out.status != 0 && !out.stderr.contains("No active block job") {
+            bail!(
+                "virsh blockjob --abort {domain} {target}: {}",
+                out.stderr.trim()
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,395 @@
+//! Backups of libvirt domains: `vmstash backup --connect URI --vm NAME`,
+//! `vmstash vms` and `vmstash vm-repair`.
+//!
+//! A running domain gets an external, disk-only, metadata-free snapshot:
+//! its disks switch to new overlay files, so the original images stop
+//! changing and are read as they were at that instant. Then every overlay
+//! is committed back (`blockcommit --active --pivot`) and deleted. The
+//! commit runs whatever happened in between — a failed read, Ctrl-C,
+//! SIGTERM — so the domain is left on its original disks with no overlay.
+//! Only `kill -9` can leave an overlay behind; it carries
+//! [`OVERLAY_MARK`] in its name, and the next backup (or `vm-repair`)
+//! finds and commits it before anything else.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use vmstash_repo::Repository;
+
+use crate::args::{Global, VmRepairArgs, VmsArgs};
+use crate::backup::{self, DiskInput, SnapshotPlan};
+use crate::cmd::print_json;
+use crate::libvirt::shell::{LocalShell, Shell};
+use crate::libvirt::uri::ConnectUri;
+use crate::libvirt::virsh::{DiskSpec, Virsh};
+use crate::libvirt::xml::{parse_domain, DiskDef, DiskPlan, DomainDef};
+use crate::source::{self, DiskSource, ImageFormat};
+use crate::{exit, progress};
+
+/// Marks overlay files made by vmstash; nothing else may use it.
+pub const OVERLAY_MARK: &str = ".vmstash-overlay-";
+
+/// A hypervisor: where commands run and how its disk images are read.
+pub struct Hypervisor {
+    /// virsh there.
+    pub virsh: Virsh,
+    uri: ConnectUri,
+}
+
+impl Hypervisor {
+    /// Connects to the hypervisor named by a libvirt URI.
+    pub fn connect(g: &Global, uri: &str) -> Result<Hypervisor> {
+        let uri = ConnectUri::parse(uri)?;
+        let shell: Arc<dyn Shell> = match &uri {
+            ConnectUri::Local { .. } => Arc::new(LocalShell),
+            ConnectUri::Ssh { .. } => bail!(
+                "{}: SSH connections are not available in this build yet; run vmstash on the hypervisor with qemu:///system",
+                uri.host_label()
+            ),
+        };
+        let _ = g;
+        Ok(Hypervisor {
+            virsh: Virsh::new(shell, uri.virsh_uri()),
+            uri,
+        })
+    }
+
+    /// Opens a disk image on the hypervisor as the format libvirt declares.
+    fn open_disk(&self, path: &str, format: ImageFormat) -> Result<Box<dyn DiskSource>> {
+        match self.uri {
+            ConnectUri::Local { .. } => Ok(source::open_as(Path::new(path), format)?),
+            ConnectUri::Ssh { .. } => bail!("reading disks over SFTP is not available yet"),
+        }
+    }
+}
+
+/// The declared image format of a disk (raw when libvirt does not say).
+fn declared_format(disk: &DiskDef) -> ImageFormat {
+    match disk.format.as_deref() {
+        Some("qcow2") => ImageFormat::Qcow2,
+        _ => ImageFormat::Raw,
+    }
+}
+
+/// Runs `vmstash backup --connect URI (--vm NAME … | --all)`.
+pub fn run_backup(
+    g: &Global,
+    repo: &Repository,
+    connect: &str,
+    vms: &[String],
+    all: bool,
+    excluded: &[String],
+    tags: &[String],
+) -> Result<ExitCode> {
+    let hv = Hypervisor::connect(g, connect)?;
+    let names = if all {
+        hv.virsh.list_all()?
+    } else {
+        vms.to_vec()
+    };
+    if names.is_empty() {
+        bail!("no VM to back up: give --vm NAME or --all");
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted))
+            .context("installing the signal handler")?;
+    }
+    let _lock = repo.lock(false)?;
+    let mut failed = Vec::new();
+    for name in &names {
+        if interrupted.load(Ordering::Relaxed) {
+            break;
+        }
+        let stop = || interrupted.load(Ordering::Relaxed);
+        match back_up_domain(g, repo, &hv, name, excluded, tags, &stop) {
+            Ok(()) => {}
+            Err(e) if names.len() == 1 => return Err(e),
+            Err(e) => {
+                eprintln!("vmstash: backing up {name}: {e:#}");
+                failed.push(name.clone());
+            }
+        }
+    }
+    if interrupted.load(Ordering::Relaxed) {
+        eprintln!("vmstash: interrupted; every VM was left on its original disks");
+        return Ok(ExitCode::from(130));
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} VMs failed: {}",
+            failed.len(),
+            names.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(exit::ok())
+}
+
+/// Backs up one domain, snapshotting it first when it runs.
+fn back_up_domain(
+    g: &Global,
+    repo: &Repository,
+    hv: &Hypervisor,
+    name: &str,
+    excluded: &[String],
+    tags: &[String],
+    interrupted: &(dyn Fn() -> bool + Sync),
+) -> Result<()> {
+    repair_domain(g, &hv.virsh, name)?;
+    let xml = hv.virsh.dumpxml(name)?;
+    let dom = parse_domain(&xml)?;
+    let disks = included_disks(g, &dom, excluded);
+    if disks.is_empty() {
+        bail!("{name} has no disk vmstash can back up");
+    }
+    let state = hv.virsh.state(name)?;
+    let live = matches!(state.as_str(), "running" | "paused" | "pmsuspended");
+    let mut all_tags = tags.to_vec();
+    all_tags.push(format!("host:{}", hv.uri.host_label()));
+    all_tags.push(format!("vm:{name}"));
+    let read = |hv: &Hypervisor| -> Result<()> {
+        let inputs = disks
+            .iter()
+            .map(|d| disk_input(hv, d))
+            .collect::<Result<Vec<_>>>()?;
+        let plan = SnapshotPlan {
+            name: name.to_string(),
+            tags: all_tags.clone(),
+            domain_xml: Some(xml.clone()),
+            disks: inputs,
+        };
+        let (id, manifest) = backup::store(g, repo, plan, interrupted)?;
+        backup::print_summary(g, &id, &manifest);
+        Ok(())
+    };
+    if !live {
+        return read(hv);
+    }
+    let overlays = snapshot_live(g, &hv.virsh, name, &dom, &disks)?;
+    let result = read(hv);
+    let cleanup = commit_overlays(&hv.virsh, name, &overlays);
+    match (result, cleanup) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) => Err(e),
+        (result, Err(c)) => {
+            let c = c.context(format!(
+                "{name} could not be switched back to its original disks; run `vmstash vm-repair --connect {} --vm {name}`",
+                hv.uri.virsh_uri()
+            ));
+            match result {
+                Ok(()) => Err(c),
+                Err(e) => Err(e.context(format!("{c:#}"))),
+            }
+        }
+    }
+}
+
+/// The disks to back up; says which are skipped and why.
+fn included_disks(g: &Global, dom: &DomainDef, excluded: &[String]) -> Vec<DiskDef> {
+    let mut out = Vec::new();
+    for d in &dom.disks {
+        match d.plan(excluded) {
+            DiskPlan::Include => out.push(d.clone()),
+            DiskPlan::Skip(why) if !g.quiet && !g.json => {
+                eprintln!("{}: skipping disk {} ({why})", dom.name, d.target);
+            }
+            DiskPlan::Skip(_) => {}
+        }
+    }
+    out
+}
+
+fn disk_input(hv: &Hypervisor, d: &DiskDef) -> Result<DiskInput> {
+    let path = d.source.as_deref().context("disk without a source")?;
+    let src = hv
+        .open_disk(path, declared_format(d))
+        .with_context(|| format!("opening disk {} ({path})", d.target))?;
+    Ok(DiskInput {
+        name: d.target.clone(),
+        source: path.to_string(),
+        src,
+    })
+}
+
+/// An overlay made for one disk.
+struct Overlay {
+    target: String,
+    file: String,
+}
+
+/// Switches every included disk of a running domain to a new overlay.
+fn snapshot_live(
+    g: &Global,
+    virsh: &Virsh,
+    name: &str,
+    dom: &DomainDef,
+    disks: &[DiskDef],
+) -> Result<Vec<Overlay>> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut overlays = Vec::new();
+    let specs: Vec<DiskSpec> = dom
+        .disks
+        .iter()
+        .filter(|d| d.device == "disk")
+        .map(|d| {
+            let chosen = disks.iter().any(|x| x.target == d.target);
+            let overlay = chosen.then(|| overlay_path(d, stamp)).flatten();
+            if let Some(file) = &overlay {
+                overlays.push(Overlay {
+                    target: d.target.clone(),
+                    file: file.clone(),
+                });
+            }
+            DiskSpec {
+                target: d.target.clone(),
+                overlay,
+            }
+        })
+        .collect();
+    let quiesce = virsh.agent_responds(name);
+    if !quiesce && !g.quiet && !g.json {
+        eprintln!(
+            "{name}: no guest agent answers; taking a crash-consistent snapshot (install qemu-guest-agent in the guest for a quiesced one)"
+        );
+    }
+    virsh
+        .snapshot_disks(name, &specs, quiesce)
+        .with_context(|| format!("creating the external snapshot of {name}"))?;
+    Ok(overlays)
+}
+
+/// Where the overlay of `disk` goes: beside a file image, or in libvirt's
+/// image directory for a block device.
+fn overlay_path(disk: &DiskDef, stamp: u64) -> Option<String> {
+    let src = disk.source.as_deref()?;
+    if disk.kind == "file" {
+        return Some(format!("{src}{OVERLAY_MARK}{stamp}"));
+    }
+    let base = Path::new(src).file_name()?.to_string_lossy().into_owned();
+    Some(format!(
+        "/var/lib/libvirt/images/{base}-{}{OVERLAY_MARK}{stamp}",
+        disk.target
+    ))
+}
+
+/// Commits every overlay back and deletes it; tries them all before
+/// reporting the first failure.
+fn commit_overlays(virsh: &Virsh, name: &str, overlays: &[Overlay]) -> Result<()> {
+    let mut first_err = None;
+    for o in overlays {
+        let r = virsh
+            .blockcommit_pivot(name, &o.target)
+            .and_then(|()| virsh.shell().remove_file(&o.file));
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Commits overlays left behind by a killed backup; returns what it did.
+fn repair_domain(g: &Global, virsh: &Virsh, name: &str) -> Result<Vec<String>> {
+    let dom = parse_domain(&virsh.dumpxml(name)?)?;
+    let stale: Vec<&DiskDef> = dom
+        .disks
+        .iter()
+        .filter(|d| {
+            d.source
+                .as_deref()
+                .is_some_and(|s| s.contains(OVERLAY_MARK))
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(Vec::new());
+    }
+    let state = virsh.state(name)?;
+    if !matches!(state.as_str(), "running" | "paused") {
+        let files: Vec<_> = stale.iter().filter_map(|d| d.source.clone()).collect();
+        bail!(
+            "{name} is {state} and its disks point at overlays left by an interrupted backup ({}); start it and run `vmstash vm-repair`, so that they are committed back",
+            files.join(", ")
+        );
+    }
+    let mut done = Vec::new();
+    for d in stale {
+        let file = d.source.clone().unwrap_or_default();
+        virsh.abort_block_job(name, &d.target)?;
+        virsh
+            .blockcommit_pivot(name, &d.target)
+            .with_context(|| format!("committing the leftover overlay {file} of {name}"))?;
+        virsh.shell().remove_file(&file)?;
+        if !g.quiet && !g.json {
+            eprintln!(
+                "{name}: committed and removed the leftover overlay {file} of disk {}",
+                d.target
+            );
+        }
+        done.push(file);
+    }
+    Ok(done)
+}
+
+/// Runs `vmstash vm-repair`.
+pub fn run_repair(g: &Global, a: &VmRepairArgs) -> Result<ExitCode> {
+    let hv = Hypervisor::connect(g, &a.connect)?;
+    let done = repair_domain(g, &hv.virsh, &a.vm)?;
+    if g.json {
+        print_json(&json!({"message_type": "repaired", "vm": a.vm, "overlays_committed": done}));
+    } else if done.is_empty() && !g.quiet {
+        println!("{}: no leftover overlays; nothing to repair", a.vm);
+    }
+    Ok(exit::ok())
+}
+
+/// Runs `vmstash vms`.
+pub fn run_list(g: &Global, a: &VmsArgs) -> Result<ExitCode> {
+    let hv = Hypervisor::connect(g, &a.connect)?;
+    let mut out = Vec::new();
+    for name in hv.virsh.list_all()? {
+        let state = hv.virsh.state(&name)?;
+        let dom = parse_domain(&hv.virsh.dumpxml(&name)?)?;
+        let disks: Vec<_> = dom
+            .disks
+            .iter()
+            .map(|d| {
+                let size = hv.virsh.capacity(&name, &d.target).ok();
+                json!({"target": d.target, "device": d.device, "type": d.kind, "source": d.source,
+                       "format": d.format, "virtual_size": size, "readonly": d.readonly})
+            })
+            .collect();
+        out.push(json!({"name": name, "state": state, "uuid": dom.uuid, "disks": disks}));
+    }
+    if g.json {
+        print_json(&serde_json::Value::Array(out));
+        return Ok(exit::ok());
+    }
+    for vm in &out {
+        println!(
+            "{} ({})",
+            vm["name"].as_str().unwrap_or(""),
+            vm["state"].as_str().unwrap_or("")
+        );
+        for d in vm["disks"].as_array().into_iter().flatten() {
+            let size = d["virtual_size"]
+                .as_u64()
+                .map_or_else(|| "-".into(), progress::human);
+            println!(
+                "  {:<6} {:<6} {:<6} {:>10}  {}",
+                d["target"].as_str().unwrap_or(""),
+                d["device"].as_str().unwrap_or(""),
+                d["format"].as_str().unwrap_or("-"),
+                size,
+                d["source"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    Ok(exit::ok())
+}
