@@ -5,9 +5,11 @@
 //! A backend stores whole immutable files: `write` is atomic (a reader
 //! sees the whole file or none of it) and durable when it returns.
 
+mod cache;
 mod local;
 mod memory;
 
+pub use cache::CachedBackend;
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 
