@@ -1,26 +1,62 @@
 #!/usr/bin/env bash
 # Installs every system package the tests, the demo and the benchmarks need.
-# Idempotent: packages already present are skipped by apt-get.
+# Idempotent: packages already present are skipped, and apt-get is not run
+# at all when nothing is missing.
 set -euo pipefail
 
 PACKAGES=(
   gdisk        # sgdisk: partition tables for test and bench images
   e2fsprogs    # mkfs.ext4
   util-linux   # losetup, mount
-  qemu-utils   # qemu-img: qcow2 images, restore --format qcow2
   restic       # the benchmark's point of comparison
   time         # /usr/bin/time -v for peak RSS in bench/
   jq           # reads vmstash --json output in scripts/demo.sh and bench/
+  # The end-to-end hypervisor: a private sshd per test run, libvirtd +
+  # virtlogd (started by scripts/test-services.sh) and QEMU under TCG.
+  openssh-server         # /usr/sbin/sshd
+  openssh-client         # ssh, scp, sftp, ssh-keygen for fixtures and assertions
+  libvirt-daemon-system  # libvirtd, virtlogd, the qemu driver, /etc/libvirt
+  libvirt-clients        # virsh
+  qemu-system-x86        # qemu-system-x86_64 (TCG; no KVM needed)
 )
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+# qemu-utils (qemu-img, qemu-io, qemu-nbd) is installed by a SECOND apt-get
+# call. The machine image may ship a newer qemu-utils (from bookworm-backports)
+# which declares `Breaks: qemu-system-common (<< 8.0)`; installing it in the
+# same call as qemu-system-x86 makes apt give up ("held broken packages").
+# Installing qemu-system-x86 first removes that qemu-utils, and the second
+# call then installs the qemu-utils that matches qemu-system-x86.
+SECOND=(
+  qemu-utils   # qemu-img: qcow2 images, restore --format qcow2
+)
+
+missing_of() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+updated=""
+
+apt_install() {
+  if [ -z "$updated" ]; then
+    $SUDO apt-get update -qq
+    updated=1
+  fi
+  # Service start-ups from maintainer scripts are not wanted (the tests
+  # start their own daemons); policy-rc.d, when present, already says so.
+  $SUDO apt-get install -y -qq --no-install-recommends "$@"
+}
+
+mapfile -t missing < <(missing_of "${PACKAGES[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt_install "${missing[@]}"
+fi
+mapfile -t missing < <(missing_of "${SECOND[@]}")
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt_install "${missing[@]}"
 fi

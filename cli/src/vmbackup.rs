@@ -109,6 +109,7 @@ pub fn run_backup(
         let stop = || interrupted.load(Ordering::Relaxed);
         match back_up_domain(g, repo, &hv, name, excluded, tags, &stop) {
             Ok(()) => {}
+            Err(_) if interrupted.load(Ordering::Relaxed) => break,
             Err(e) if names.len() == 1 => return Err(e),
             Err(e) => {
                 eprintln!("vmstash: backing up {name}: {e:#}");
@@ -196,7 +197,7 @@ fn included_disks(g: &Global, dom: &DomainDef, excluded: &[String]) -> Vec<DiskD
     for d in &dom.disks {
         match d.plan(excluded) {
             DiskPlan::Include => out.push(d.clone()),
-            DiskPlan::Skip(why) if !g.quiet && !g.json => {
+            DiskPlan::Skip(why) if !g.quiet => {
                 eprintln!("{}: skipping disk {} ({why})", dom.name, d.target);
             }
             DiskPlan::Skip(_) => {}
@@ -255,7 +256,7 @@ fn snapshot_live(
         })
         .collect();
     let quiesce = virsh.agent_responds(name);
-    if !quiesce && !g.quiet && !g.json {
+    if !quiesce && !g.quiet {
         eprintln!(
             "{name}: no guest agent answers; taking a crash-consistent snapshot (install qemu-guest-agent in the guest for a quiesced one)"
         );
@@ -295,8 +296,23 @@ fn commit_overlays(virsh: &Virsh, name: &str, overlays: &[Overlay]) -> Result<()
     first_err.map_or(Ok(()), Err)
 }
 
-/// Commits overlays left behind by a killed backup; returns what it did.
+/// Commits overlays left behind by a killed backup and deletes orphaned
+/// overlay files; returns what it did.
 fn repair_domain(g: &Global, virsh: &Virsh, name: &str) -> Result<Vec<String>> {
+    let mut done = commit_active_overlays(g, virsh, name)?;
+    let dom = parse_domain(&virsh.dumpxml(name)?)?;
+    for file in orphaned_overlays(virsh.shell().as_ref(), &dom) {
+        virsh.shell().remove_file(&file)?;
+        if !g.quiet {
+            eprintln!("{name}: removed the orphaned overlay {file}");
+        }
+        done.push(file);
+    }
+    Ok(done)
+}
+
+/// Switches disks still running on a vmstash overlay back to their base.
+fn commit_active_overlays(g: &Global, virsh: &Virsh, name: &str) -> Result<Vec<String>> {
     let dom = parse_domain(&virsh.dumpxml(name)?)?;
     let stale: Vec<&DiskDef> = dom
         .disks
@@ -326,7 +342,7 @@ fn repair_domain(g: &Global, virsh: &Virsh, name: &str) -> Result<Vec<String>> {
             .blockcommit_pivot(name, &d.target)
             .with_context(|| format!("committing the leftover overlay {file} of {name}"))?;
         virsh.shell().remove_file(&file)?;
-        if !g.quiet && !g.json {
+        if !g.quiet {
             eprintln!(
                 "{name}: committed and removed the leftover overlay {file} of disk {}",
                 d.target
@@ -335,6 +351,42 @@ fn repair_domain(g: &Global, virsh: &Virsh, name: &str) -> Result<Vec<String>> {
         done.push(file);
     }
     Ok(done)
+}
+
+/// Overlay files of this domain's disks that no disk uses any more: left
+/// when a backup was killed after the commit but before the deletion.
+/// Only `<image name>.vmstash-overlay-<digits>` beside a disk image
+/// qualifies; a directory that cannot be listed is skipped.
+fn orphaned_overlays(shell: &dyn Shell, dom: &DomainDef) -> Vec<String> {
+    let in_use: Vec<&str> = dom
+        .disks
+        .iter()
+        .filter_map(|d| d.source.as_deref())
+        .collect();
+    let mut out = Vec::new();
+    for d in dom.disks.iter().filter(|d| d.kind == "file") {
+        let Some(src) = d.source.as_deref() else {
+            continue;
+        };
+        let path = Path::new(src);
+        let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        let base = base.to_string_lossy();
+        let base = base.split(OVERLAY_MARK).next().unwrap_or_default();
+        let prefix = format!("{base}{OVERLAY_MARK}");
+        let dir = dir.to_string_lossy();
+        for entry in shell.list_dir(&dir).unwrap_or_default() {
+            let is_ours = entry.strip_prefix(&prefix).is_some_and(|stamp| {
+                !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit())
+            });
+            let full = format!("{}/{entry}", dir.trim_end_matches('/'));
+            if is_ours && !in_use.contains(&full.as_str()) && !out.contains(&full) {
+                out.push(full);
+            }
+        }
+    }
+    out
 }
 
 /// Runs `vmstash vm-repair`.

@@ -6,8 +6,11 @@
 #![allow(unreachable_pub)]
 
 mod concurrency;
+mod env_smoke;
 mod failures;
+mod fixtures;
 mod keys;
 mod roundtrip;
 mod util;
 mod vectors;
+mod vm;

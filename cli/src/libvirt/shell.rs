@@ -21,6 +21,8 @@ pub trait Shell: Send + Sync {
     fn run(&self, argv: &[&str]) -> Result<CmdOutput>;
     /// Deletes a file on the hypervisor; a missing file is not an error.
     fn remove_file(&self, path: &str) -> Result<()>;
+    /// Names of the entries of a directory on the hypervisor.
+    fn list_dir(&self, dir: &str) -> Result<Vec<String>>;
     /// "localhost" or user@host:port, for messages.
     fn describe(&self) -> String;
 }
@@ -50,6 +52,14 @@ impl Shell for LocalShell {
             }
             _ => Ok(()),
         }
+    }
+
+    fn list_dir(&self, dir: &str) -> Result<Vec<String>> {
+        let rd = std::fs::read_dir(dir).with_context(|| format!("listing {dir}"))?;
+        Ok(rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect())
     }
 
     fn describe(&self) -> String {

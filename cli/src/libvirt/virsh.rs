@@ -146,7 +146,10 @@ impl Virsh {
     /// its pivot); succeeds when there was none.
     pub fn abort_block_job(&self, domain: &str, target: &str) -> Result<()> {
         let out = self.call(&["blockjob", domain, target, "--abort"])?;
-        if out.status != 0 && !out.stderr.contains("No active block job") {
+        let none = out.stderr.to_ascii_lowercase();
+        let nothing_to_abort = none.contains("no active block job")
+            || none.contains("does not have an active block job");
+        if out.status != 0 && !nothing_to_abort {
             bail!(
                 "virsh blockjob --abort {domain} {target}: {}",
                 out.stderr.trim()
