@@ -173,6 +173,18 @@ pub struct RestoreArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = RestoreFormat::Raw)]
     pub format: RestoreFormat,
+    /// Define the VM from the snapshot's domain XML, with its disks pointing
+    /// at the restored images.
+    #[arg(long)]
+    pub define: bool,
+    /// With --define: the new VM's name (it then also gets a new UUID and
+    /// new MAC addresses). Without it the original name is kept, which is
+    /// refused while a VM of that name exists.
+    #[arg(long, requires = "define")]
+    pub name: Option<String>,
+    /// With --define: the hypervisor to define the VM on [default: qemu:///system].
+    #[arg(long, value_name = "URI", requires = "define")]
+    pub connect: Option<String>,
 }
 
 /// `vmstash check`

@@ -19,11 +19,13 @@ use crossbeam_channel::bounded;
 use serde_json::json;
 use vmstash_repo::chunkmap::SEGMENT_ENTRIES;
 use vmstash_repo::index::MasterIndex;
-use vmstash_repo::snapshot::Disk;
+use vmstash_repo::snapshot::{Disk, Manifest};
 use vmstash_repo::{Id, Repository};
 
 use crate::args::{Global, RestoreArgs, RestoreFormat};
 use crate::cmd::print_json;
+use crate::libvirt::define::{rewrite_for_define, RestoredDisk};
+use crate::vmbackup::Hypervisor;
 use crate::{exit, progress};
 
 const WORKERS: usize = 2;
@@ -41,7 +43,7 @@ pub fn run(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
     let total = disks.iter().map(|d| d.size).sum();
     let bar = progress::bytes(g, total, "restore");
     let mut written = Vec::new();
-    for disk in disks {
+    for &disk in &disks {
         let path = restore_disk(repo, &index, disk, &a.target, a.format, &bar)
             .with_context(|| format!("restoring disk {} of snapshot {}", disk.name, id.short()))?;
         written.push(path);
@@ -50,6 +52,10 @@ pub fn run(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
         let p = a.target.join("domain.xml");
         fs::write(&p, xml).with_context(|| format!("writing {}", p.display()))?;
         written.push(p);
+    }
+    if a.define {
+        let defined = define_vm(g, &m, a, &disks)?;
+        written.push(defined);
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -70,6 +76,42 @@ pub fn run(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
         );
     }
     Ok(exit::ok())
+}
+
+/// Defines the restored VM on the hypervisor; returns the XML file used.
+fn define_vm(g: &Global, m: &Manifest, a: &RestoreArgs, disks: &[&Disk]) -> Result<PathBuf> {
+    let xml = m.domain_xml.as_deref().context(
+        "this snapshot has no domain XML (a backup of disk files, not of a VM); there is nothing to define",
+    )?;
+    let dir =
+        fs::canonicalize(&a.target).with_context(|| format!("resolving {}", a.target.display()))?;
+    let ext = match a.format {
+        RestoreFormat::Raw => "raw",
+        RestoreFormat::Qcow2 => "qcow2",
+    };
+    let restored: Vec<RestoredDisk> = disks
+        .iter()
+        .map(|d| RestoredDisk {
+            target: d.name.clone(),
+            path: dir.join(format!("{}.{ext}", d.name)).display().to_string(),
+            format: ext.to_string(),
+        })
+        .collect();
+    let new_xml = rewrite_for_define(xml, a.name.as_deref(), &restored)?;
+    let name = a.name.clone().unwrap_or_else(|| m.name.clone());
+    let hv = Hypervisor::connect(g, a.connect.as_deref().unwrap_or("qemu:///system"))?;
+    if hv.virsh.exists(&name)? {
+        bail!("a VM named {name:?} already exists; choose a new one with --name (the restored disks are in {})", dir.display());
+    }
+    let path = dir.join(format!("{name}.define.xml"));
+    fs::write(&path, &new_xml).with_context(|| format!("writing {}", path.display()))?;
+    hv.virsh
+        .define(&path.display().to_string())
+        .with_context(|| format!("defining {name}"))?;
+    if !g.quiet && !g.json {
+        println!("defined VM {name}; start it with `virsh start {name}`");
+    }
+    Ok(path)
 }
 
 fn select_disks<'a>(all: &'a [Disk], wanted: &[String]) -> Result<Vec<&'a Disk>> {

@@ -294,3 +294,57 @@ fn failed_backup_of_a_running_vm_leaves_it_on_its_original_disks() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn restore_define_creates_a_bootable_clone_with_new_identity() {
+    if !TestVm::available() {
+        return;
+    }
+    let vm = TestVm::create("src");
+    let repo = Repo::init();
+    backup_vm(&repo, &vm);
+    let target = vm.dir.join("restored");
+    let t = s(&target);
+
+    let same = repo.run(&["restore", "latest", "--target", &t, "--define"]);
+    assert!(
+        !same.status.success(),
+        "defining over an existing VM must be refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&same.stderr).contains("already exists"),
+        "{}",
+        describe(&same)
+    );
+
+    let clone = format!("{}-clone", vm.name);
+    let target2 = vm.dir.join("restored2");
+    repo.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        &s(&target2),
+        "--define",
+        "--name",
+        &clone,
+    ]);
+    let result = std::panic::catch_unwind(|| {
+        let xml = crate::fixtures::libvirt::virsh(&["dumpxml", &clone]);
+        assert!(xml.contains(&s(&target2.join("vda.raw"))), "{xml}");
+        assert!(xml.contains(&s(&target2.join("vdb.raw"))), "{xml}");
+        let old_uuid = crate::fixtures::libvirt::virsh(&["domuuid", &vm.name]);
+        let new_uuid = crate::fixtures::libvirt::virsh(&["domuuid", &clone]);
+        assert_ne!(old_uuid.trim(), new_uuid.trim());
+        crate::fixtures::libvirt::virsh(&["start", &clone]);
+        assert_eq!(
+            crate::fixtures::libvirt::virsh(&["domstate", &clone]).trim(),
+            "running"
+        );
+        assert_eq!(sha256_file(&target2.join("vdb.raw")), sha256_file(&vm.vdb));
+    });
+    let _ = crate::fixtures::libvirt::virsh_output(&["destroy", &clone]);
+    let _ = crate::fixtures::libvirt::virsh_output(&["undefine", &clone]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -39,7 +39,6 @@ use crate::libvirt::xml::parse_domain;
 
 /// One restored disk: the guest device (target dev), the new image path and
 /// its format ("raw" or "qcow2").
-#[allow(dead_code)] // wired into restore --define next
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoredDisk {
     /// Guest device name, the `<target dev>` of the disk (`vda`).
@@ -81,7 +80,6 @@ const GENERATED_IFNAME_PREFIXES: [&str; 3] = ["vnet", "macvtap", "macvlan"];
 ///
 /// The input comes from a repository snapshot: anything malformed is an
 /// error saying what is wrong, never a panic.
-#[allow(dead_code)] // wired into restore --define next
 pub fn rewrite_for_define(
     xml: &str,
     new_name: Option<&str>,

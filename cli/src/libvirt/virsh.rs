@@ -57,6 +57,16 @@ impl Virsh {
         Ok(out.stdout)
     }
 
+    /// True when a domain of this name is defined.
+    pub fn exists(&self, domain: &str) -> Result<bool> {
+        Ok(self.call(&["domstate", domain])?.status == 0)
+    }
+
+    /// Defines a domain from an XML file on the hypervisor.
+    pub fn define(&self, xml_path: &str) -> Result<()> {
+        self.ok(&["define", xml_path]).map(|_| ())
+    }
+
     /// Names of every domain, running or not.
     pub fn list_all(&self) -> Result<Vec<String>> {
         Ok(self
