@@ -6,8 +6,9 @@
 #
 #   scripts/test-services.sh start    start what is not running, wait until
 #                                     `virsh -c qemu:///system` answers
-#   scripts/test-services.sh stop     stop libvirtd and virtlogd (leftover
-#                                     vmstash-test-* domains are destroyed first)
+#   scripts/test-services.sh stop     stop libvirtd and virtlogd (domains of
+#                                     test processes that are gone are removed
+#                                     first; running guests keep running)
 #   scripts/test-services.sh status   exit 0 when qemu:///system answers
 #
 # Without systemd as PID 1 (containers, microVMs) the daemons are started
@@ -89,7 +90,8 @@ start_libvirtd() {
       # syscall 157 = prctl on x86_64; 36 = PR_SET_CHILD_SUBREAPER. The
       # reaper lives as long as libvirtd or any orphan it adopted.
       # shellcheck disable=SC2016
-      $SUDO setsid -f perl -e '
+      # In the foreground libvirtd logs to stderr; keep its usual log file.
+      $SUDO env LIBVIRT_LOG_OUTPUTS="3:file:$LOG_DIR/libvirtd.log" setsid -f perl -e '
         syscall(157, 36, 1, 0, 0, 0) == 0 or die "prctl: $!\n";
         defined(my $pid = fork) or die "fork: $!\n";
         if ($pid == 0) { exec { $ARGV[0] } @ARGV or die "exec: $!\n" }
@@ -123,21 +125,27 @@ stop_pidfile() { # name pidfile
   say "$1 stopped"
 }
 
-destroy_test_domains() {
-  local d
+# Test domains are named vmstash-test-<pid>-<n>-<name> by the fixtures;
+# those whose test process is gone are leftovers.
+destroy_stale_test_domains() {
+  local d pid
   virsh_ok || return 0
   while read -r d; do
     case "$d" in
     vmstash-test-*)
+      pid="${d#vmstash-test-}"
+      pid="${pid%%-*}"
+      [ -d "/proc/$pid" ] && continue
       $SUDO virsh -c "$URI" destroy "$d" >/dev/null 2>&1 || true
       $SUDO virsh -c "$URI" undefine --snapshots-metadata --checkpoints-metadata "$d" >/dev/null 2>&1 || true
+      $SUDO rm -rf "/var/lib/libvirt/images/vmstash-test-$pid-"*
       say "removed leftover test domain $d"
       ;;
     esac
   done < <($SUDO virsh -c "$URI" list --all --name 2>/dev/null)
-  local others
-  others="$($SUDO virsh -c "$URI" list --name 2>/dev/null | sed '/^$/d' | tr '\n' ' ')"
-  [ -z "$others" ] || say "still running (left alone; their log pipes to virtlogd end): $others"
+  local running
+  running="$($SUDO virsh -c "$URI" list --name 2>/dev/null | sed '/^$/d' | tr '\n' ' ')"
+  [ -z "$running" ] || say "still running (they keep running; their log pipes to virtlogd end): $running"
 }
 
 case "${1:-status}" in
@@ -156,7 +164,7 @@ start)
   warm_capabilities
   ;;
 stop)
-  destroy_test_domains
+  destroy_stale_test_domains
   if systemd_is_init; then
     $SUDO systemctl stop libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
       virtlogd.service virtlogd.socket virtlogd-admin.socket

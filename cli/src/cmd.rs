@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use vmstash_repo::backend::{Backend, FileKind, LocalBackend};
+use vmstash_repo::backend::{Backend, CachedBackend, FileKind, LocalBackend};
 use vmstash_repo::check::check;
 use vmstash_repo::config::ChunkSize;
 use vmstash_repo::keyfile::{KdfParams, KeyFile};
@@ -15,6 +15,8 @@ use vmstash_repo::snapshot::Manifest;
 use vmstash_repo::{index, Id, Repository};
 
 use crate::args::{CatArgs, CatWhat, Cli, Command, Global, InitArgs, KeyCommand, SnapshotsArgs};
+use crate::sftp_repo::{SftpBackend, SftpUrl};
+use crate::ssh::SshSession;
 use crate::{backup, exit, password, progress, restore, vmbackup};
 
 /// Runs one command.
@@ -39,23 +41,56 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn backend(g: &Global) -> Result<Arc<dyn Backend>> {
+/// The storage behind `-r`, and, for a remote one, its metadata cache.
+struct Store {
+    backend: Arc<dyn Backend>,
+    cache: Option<Arc<CachedBackend<SftpBackend>>>,
+}
+
+fn backend(g: &Global) -> Result<Store> {
     let Some(repo) = &g.repo else {
         bail!("no repository given: use -r/--repo or set VMSTASH_REPOSITORY");
     };
-    if repo.contains("://") {
-        bail!("{repo}: only local directories are supported as repositories so far");
+    if repo.starts_with("sftp://") {
+        let url = SftpUrl::parse(repo)?;
+        let session = SshSession::connect(&url.target, &vmbackup::ssh_options(g))
+            .with_context(|| format!("connecting to the repository server of {repo}"))?;
+        let sftp = SftpBackend::new(&session, &url.path)?;
+        let cache = Arc::new(CachedBackend::new(sftp, cache_root()));
+        return Ok(Store {
+            backend: cache.clone(),
+            cache: Some(cache),
+        });
     }
-    Ok(Arc::new(LocalBackend::new(repo)))
+    if repo.contains("://") {
+        bail!("{repo}: unsupported repository location; use a directory or sftp://user@host/path");
+    }
+    Ok(Store {
+        backend: Arc::new(LocalBackend::new(repo)),
+        cache: None,
+    })
+}
+
+/// `$XDG_CACHE_HOME/vmstash`, else `~/.cache/vmstash`.
+fn cache_root() -> std::path::PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("vmstash")
 }
 
 /// Opens the repository named by the global options.
 pub fn open(g: &Global) -> Result<Repository> {
-    let backend = backend(g)?;
-    let location = backend.location();
+    let store = backend(g)?;
+    let location = store.backend.location();
     let pw = password::current(g)?;
-    Repository::open(backend, pw.as_bytes())
-        .with_context(|| format!("opening repository {location}"))
+    let repo = Repository::open(store.backend, pw.as_bytes())
+        .with_context(|| format!("opening repository {location}"))?;
+    if let Some(cache) = store.cache {
+        cache.enable(&repo.config().id);
+    }
+    Ok(repo)
 }
 
 /// Prints `v` as one line of JSON.
@@ -64,7 +99,7 @@ pub fn print_json(v: &serde_json::Value) {
 }
 
 fn init(g: &Global, a: &InitArgs) -> Result<ExitCode> {
-    let backend = backend(g)?;
+    let backend = backend(g)?.backend;
     let location = backend.location();
     let chunk = u32::try_from(a.chunk_size)
         .ok()

@@ -13,7 +13,9 @@ mod libvirt;
 mod password;
 mod progress;
 mod restore;
+mod sftp_repo;
 mod source;
+mod ssh;
 mod vmbackup;
 
 use std::process::ExitCode;

@@ -24,7 +24,8 @@ use vmstash_repo::Repository;
 use crate::args::{Global, VmRepairArgs, VmsArgs};
 use crate::backup::{self, DiskInput, SnapshotPlan};
 use crate::cmd::print_json;
-use crate::libvirt::shell::{LocalShell, Shell};
+use crate::libvirt::shell::{LocalShell, Shell, SshShell};
+use crate::ssh::{SshOptions, SshSession, SshTarget};
 use crate::libvirt::uri::ConnectUri;
 use crate::libvirt::virsh::{DiskSpec, Virsh};
 use crate::libvirt::xml::{parse_domain, DiskDef, DiskPlan, DomainDef};
@@ -39,32 +40,74 @@ pub struct Hypervisor {
     /// virsh there.
     pub virsh: Virsh,
     uri: ConnectUri,
+    /// The SSH session of a remote hypervisor.
+    ssh: Option<SshSession>,
+}
+
+/// The SSH options given on the command line.
+pub fn ssh_options(g: &Global) -> SshOptions {
+    SshOptions {
+        identity: g.identity.clone(),
+        known_hosts: g.known_hosts.clone(),
+        accept_new_host_key: g.accept_new_host_key,
+        ssh_config: None,
+    }
 }
 
 impl Hypervisor {
     /// Connects to the hypervisor named by a libvirt URI.
     pub fn connect(g: &Global, uri: &str) -> Result<Hypervisor> {
         let uri = ConnectUri::parse(uri)?;
-        let shell: Arc<dyn Shell> = match &uri {
-            ConnectUri::Local { .. } => Arc::new(LocalShell),
-            ConnectUri::Ssh { .. } => bail!(
-                "{}: SSH connections are not available in this build yet; run vmstash on the hypervisor with qemu:///system",
-                uri.host_label()
-            ),
+        let (shell, ssh): (Arc<dyn Shell>, _) = match &uri {
+            ConnectUri::Local { .. } => (Arc::new(LocalShell), None),
+            ConnectUri::Ssh {
+                user, host, port, ..
+            } => {
+                let target = SshTarget {
+                    user: user.clone(),
+                    host: host.clone(),
+                    port: *port,
+                };
+                let session = SshSession::connect(&target, &ssh_options(g))?;
+                (Arc::new(SshShell::new(session.clone())), Some(session))
+            }
         };
-        let _ = g;
         Ok(Hypervisor {
             virsh: Virsh::new(shell, uri.virsh_uri()),
             uri,
+            ssh,
         })
     }
 
     /// Opens a disk image on the hypervisor as the format libvirt declares.
     fn open_disk(&self, path: &str, format: ImageFormat) -> Result<Box<dyn DiskSource>> {
-        match self.uri {
-            ConnectUri::Local { .. } => Ok(source::open_as(Path::new(path), format)?),
-            ConnectUri::Ssh { .. } => bail!("reading disks over SFTP is not available yet"),
-        }
+        let Some(ssh) = &self.ssh else {
+            return Ok(source::open_as(Path::new(path), format)?);
+        };
+        let sftp = ssh.sftp()?;
+        let src = match format {
+            ImageFormat::Raw => source::open_sftp_raw(sftp, path)?,
+            ImageFormat::Qcow2 => bail!(
+                "{path}: reading qcow2 images over SFTP is not available yet; run vmstash on the hypervisor with qemu:///system"
+            ),
+        };
+        Ok(match self.remote_map(path, format) {
+            Some(ranges) => source::with_data_ranges(src, ranges),
+            None => src,
+        })
+    }
+
+    /// The data ranges of a remote image from the hypervisor's `qemu-img
+    /// map` (`-U`: the image is in use by the VM); `None` when qemu-img is
+    /// missing or fails, and the whole disk is read.
+    fn remote_map(&self, path: &str, format: ImageFormat) -> Option<Vec<std::ops::Range<u64>>> {
+        let out = self
+            .virsh
+            .shell()
+            .run(&["qemu-img", "map", "-U", "--output=json", "-f", format.name(), path])
+            .ok()
+            .filter(|o| o.status == 0)?;
+        source::parse_qemu_img_map(&out.stdout)
     }
 }
 

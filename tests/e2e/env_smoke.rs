@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::fixtures::libvirt::{virsh, virsh_output, TestVm, VmOptions};
+use crate::fixtures::libvirt::{qemu_log, virsh, virsh_output, TestVm, VmOptions};
 use crate::fixtures::sshd::Sshd;
 use crate::util::{describe, sh, sha256_file};
 
@@ -210,6 +210,7 @@ fn fixtures_work() {
     assert!(!dir.exists());
     let out = virsh_output(&["domstate", &name]);
     assert!(!out.status.success(), "{name} still defined");
+    assert!(!qemu_log(&name).exists(), "QEMU log of {name} left behind");
     drop(sshd);
     t.print("fixtures_work");
 }

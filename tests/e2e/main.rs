@@ -11,6 +11,7 @@ mod failures;
 mod fixtures;
 mod keys;
 mod roundtrip;
+mod ssh;
 mod util;
 mod vectors;
 mod vm;

@@ -298,7 +298,7 @@ pub fn partitioned_image(dir: &Path, size_mib: u64) -> PathBuf {
         sh("mkfs.ext4", &["-q", "-F", &part]);
         sh("mount", &[&part, &mnt_s]);
         fill_filesystem(&mnt);
-        sh("umount", &[&mnt_s]);
+        umount(&mnt_s);
     });
     let _ = Command::new("umount").arg(&mnt).output();
     sh("losetup", &["-d", &loopdev]);
@@ -306,6 +306,26 @@ pub fn partitioned_image(dir: &Path, size_mib: u64) -> PathBuf {
         std::panic::resume_unwind(e);
     }
     img
+}
+
+/// Unmounts `mnt`, retrying while it is busy: another test thread may be
+/// between fork and exec, holding a copy of a descriptor opened in it for
+/// a moment (seen with 8 threads building images while others spawn tools).
+fn umount(mnt: &str) {
+    for _ in 0..100 {
+        let out = Command::new("umount")
+            .arg(mnt)
+            .output()
+            .expect("run umount");
+        if out.status.success() {
+            return;
+        }
+        if !String::from_utf8_lossy(&out.stderr).contains("busy") {
+            panic!("umount {mnt} failed:\n{}", describe(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sh("umount", &[mnt]);
 }
 
 /// First and last sector of partition 1, from `sgdisk -i 1`.

@@ -66,3 +66,48 @@ impl Shell for LocalShell {
         "localhost".to_string()
     }
 }
+
+/// Commands on a hypervisor reached over SSH.
+pub struct SshShell {
+    session: crate::ssh::SshSession,
+}
+
+impl SshShell {
+    /// Commands over `session`.
+    pub fn new(session: crate::ssh::SshSession) -> SshShell {
+        SshShell { session }
+    }
+}
+
+impl Shell for SshShell {
+    fn run(&self, argv: &[&str]) -> Result<CmdOutput> {
+        let line = shlex::try_join(argv.iter().copied())
+            .map_err(|e| anyhow::anyhow!("cannot quote {argv:?} for the remote shell: {e}"))?;
+        let out = self.session.exec(&line)?;
+        Ok(CmdOutput {
+            status: i32::try_from(out.status).unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    fn remove_file(&self, path: &str) -> Result<()> {
+        let out = self.run(&["rm", "-f", "--", path])?;
+        if out.status != 0 {
+            anyhow::bail!("removing {path} on {}: {}", self.describe(), out.stderr.trim());
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &str) -> Result<Vec<String>> {
+        let out = self.run(&["ls", "-1A", "--", dir])?;
+        if out.status != 0 {
+            anyhow::bail!("listing {dir} on {}: {}", self.describe(), out.stderr.trim());
+        }
+        Ok(out.stdout.lines().map(str::to_string).collect())
+    }
+
+    fn describe(&self) -> String {
+        self.session.describe()
+    }
+}

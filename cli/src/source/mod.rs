@@ -32,8 +32,14 @@
 //!   instance whose metadata caches are behind reader/writer locks, so
 //!   several backup threads can read one disk at once without reopening it.
 
+mod mapped;
 mod qcow2;
 mod raw;
+mod sftp;
+
+pub(crate) use sftp::open_sftp_raw;
+
+pub(crate) use mapped::{parse_qemu_img_map, with_data_ranges};
 
 use std::fs::File;
 use std::io;
@@ -133,6 +139,10 @@ pub(crate) enum SourceError {
         /// The disk's virtual size.
         size: u64,
     },
+
+    /// Reading a disk on a remote host failed (the message names the host, the path and why).
+    #[error(transparent)]
+    Remote(#[from] crate::ssh::SshError),
 }
 
 /// Opens `path`, detecting the format by content (qcow2 magic "QFI\xfb"), never by file name.

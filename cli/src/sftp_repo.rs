@@ -1,0 +1,239 @@
+//! Repositories on an SFTP server: `-r sftp://user@host[:port]/path`.
+//!
+//! The same layout and format as a local repository (spec/FORMAT.md §1).
+//! Writes go to a temporary name, are fsynced (`fsync@openssh.com`, when
+//! the server has it) and renamed into place (`posix-rename@openssh.com`),
+//! so a crash or a dropped connection leaves a whole file or a `.tmp-*`
+//! file that no reader looks at. Index and snapshot files are cached
+//! locally by [`vmstash_repo::backend::CachedBackend`].
+
+use std::io;
+
+use anyhow::{bail, Context, Result};
+use vmstash_repo::backend::{relative_path, Backend, FileKind};
+use vmstash_repo::{Error as RepoError, Id, Result as RepoResult};
+
+use crate::ssh::{Sftp, SshError, SshSession, SshTarget};
+
+/// A parsed `sftp://` repository URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SftpUrl {
+    /// Where to connect.
+    pub target: SshTarget,
+    /// The repository directory on the server (absolute).
+    pub path: String,
+}
+
+impl SftpUrl {
+    /// Parses `sftp://[user@]host[:port]/path`.
+    pub fn parse(url: &str) -> Result<SftpUrl> {
+        let rest = url
+            .strip_prefix("sftp://")
+            .with_context(|| format!("{url:?} is not an sftp:// URL"))?;
+        let (authority, path) = rest
+            .split_once('/')
+            .with_context(|| format!("{url:?}: no path; use sftp://user@host/path/to/repo"))?;
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, authority),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                Some(p.parse().with_context(|| format!("{url:?}: bad port {p:?}"))?),
+            ),
+            None => (hostport.to_string(), None),
+        };
+        if host.is_empty() || path.trim_matches('/').is_empty() {
+            bail!("{url:?}: use sftp://user@host[:port]/path/to/repo");
+        }
+        Ok(SftpUrl {
+            target: SshTarget { user, host, port },
+            path: format!("/{}", path.trim_end_matches('/')),
+        })
+    }
+}
+
+/// The repository files behind one SFTP channel.
+pub struct SftpBackend {
+    sftp: Sftp,
+    root: String,
+    location: String,
+}
+
+impl SftpBackend {
+    /// Opens an SFTP channel on `session` for the repository at `root`.
+    pub fn new(session: &SshSession, root: &str) -> Result<SftpBackend> {
+        let sftp = session.sftp()?;
+        Ok(SftpBackend {
+            sftp,
+            root: root.trim_end_matches('/').to_string(),
+            location: format!("sftp://{}{root}", session.describe()),
+        })
+    }
+
+    fn path(&self, kind: FileKind, name: &str) -> String {
+        format!("{}/{}", self.root, relative_path(kind, name))
+    }
+
+    fn dir(&self, kind: FileKind, name: &str) -> String {
+        let p = self.path(kind, name);
+        p.rsplit_once('/').map_or(p.clone(), |(d, _)| d.to_string())
+    }
+}
+
+/// The engine's error for a failed SFTP operation on `path`.
+fn io_err(path: &str) -> impl FnOnce(SshError) -> RepoError + '_ {
+    move |e| {
+        let kind = if e.is_not_found() {
+            io::ErrorKind::NotFound
+        } else {
+            io::ErrorKind::Other
+        };
+        RepoError::io(path, io::Error::new(kind, e.to_string()))
+    }
+}
+
+fn valid_name(name: &str) -> RepoResult<()> {
+    if name == "config" || Id::from_hex(name).is_some_and(|id| id.to_hex() == name) {
+        Ok(())
+    } else {
+        Err(RepoError::InvalidParameter(format!("bad file name {name:?}")))
+    }
+}
+
+impl Backend for SftpBackend {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn create(&self) -> RepoResult<()> {
+        match self.sftp.read_dir(&self.root) {
+            Ok(entries) if !entries.is_empty() => return Err(RepoError::AlreadyExists(self.location())),
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(io_err(&self.root)(e)),
+        }
+        for kind in FileKind::DIRS {
+            let d = format!("{}/{}", self.root, kind.dir());
+            self.sftp.mkdir_all(&d).map_err(io_err(&d))?;
+        }
+        for i in 0..=255u8 {
+            let d = format!("{}/data/{}", self.root, hex::encode([i]));
+            self.sftp.mkdir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(())
+    }
+
+    fn list(&self, kind: FileKind) -> RepoResult<Vec<(String, u64)>> {
+        if kind == FileKind::Config {
+            let p = self.path(kind, "config");
+            return match self.sftp.metadata(&p) {
+                Ok(m) => Ok(vec![("config".to_string(), m.size)]),
+                Err(e) if e.is_not_found() => Ok(Vec::new()),
+                Err(e) => Err(io_err(&p)(e)),
+            };
+        }
+        let base = format!("{}/{}", self.root, kind.dir());
+        let dirs: Vec<String> = if kind == FileKind::Pack {
+            (0..=255u8).map(|i| format!("{base}/{}", hex::encode([i]))).collect()
+        } else {
+            vec![base]
+        };
+        let mut out = Vec::new();
+        for d in dirs {
+            let entries = match self.sftp.read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(io_err(&d)(e)),
+            };
+            out.extend(
+                entries
+                    .into_iter()
+                    .filter(|(n, m)| m.is_file && valid_name(n).is_ok())
+                    .map(|(n, m)| (n, m.size)),
+            );
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> RepoResult<Vec<u8>> {
+        valid_name(name)?;
+        let p = self.path(kind, name);
+        self.sftp.read(&p).map_err(io_err(&p))
+    }
+
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> RepoResult<Vec<u8>> {
+        valid_name(name)?;
+        let p = self.path(kind, name);
+        let file = self.sftp.open(&p).map_err(io_err(&p))?;
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        file.read_at(&mut buf, offset).map_err(io_err(&p))?;
+        Ok(buf)
+    }
+
+    fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> RepoResult<()> {
+        valid_name(name)?;
+        let dest = self.path(kind, name);
+        let dir = self.dir(kind, name);
+        let tmp = format!("{dir}/.tmp-{}", hex::encode(Id::of(&rand_bytes()).as_bytes()));
+        let result = (|| -> RepoResult<()> {
+            let mut w = match self.sftp.create(&tmp) {
+                Err(e) if e.is_not_found() => {
+                    self.sftp.mkdir_all(&dir).map_err(io_err(&dir))?;
+                    self.sftp.create(&tmp).map_err(io_err(&tmp))?
+                }
+                other => other.map_err(io_err(&tmp))?,
+            };
+            w.write_all(bytes).map_err(io_err(&tmp))?;
+            if self.sftp.has_fsync() {
+                w.fsync().map_err(io_err(&tmp))?;
+            }
+            w.close().map_err(io_err(&tmp))?;
+            self.sftp.rename(&tmp, &dest).map_err(io_err(&dest))
+        })();
+        if result.is_err() {
+            let _ = self.sftp.remove(&tmp);
+        }
+        result
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> RepoResult<()> {
+        valid_name(name)?;
+        let p = self.path(kind, name);
+        self.sftp.remove(&p).map_err(io_err(&p))
+    }
+}
+
+/// Bytes unique to this write (time, process, counter), hashed into a
+/// temporary name.
+fn rand_bytes() -> [u8; 32] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(&nanos.to_le_bytes());
+    out[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    out[20..28].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = SftpUrl::parse("sftp://backup@nas:2222/srv/vmstash/").expect("url");
+        assert_eq!(u.target.user.as_deref(), Some("backup"));
+        assert_eq!(u.target.host, "nas");
+        assert_eq!(u.target.port, Some(2222));
+        assert_eq!(u.path, "/srv/vmstash");
+        for bad in ["sftp://nas", "sftp://nas/", "sftp:///x", "sftp://h:x/p", "/local"] {
+            assert!(SftpUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
