@@ -40,7 +40,10 @@ impl SftpUrl {
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (
                 h.to_string(),
-                Some(p.parse().with_context(|| format!("{url:?}: bad port {p:?}"))?),
+                Some(
+                    p.parse()
+                        .with_context(|| format!("{url:?}: bad port {p:?}"))?,
+                ),
             ),
             None => (hostport.to_string(), None),
         };
@@ -98,7 +101,9 @@ fn valid_name(name: &str) -> RepoResult<()> {
     if name == "config" || Id::from_hex(name).is_some_and(|id| id.to_hex() == name) {
         Ok(())
     } else {
-        Err(RepoError::InvalidParameter(format!("bad file name {name:?}")))
+        Err(RepoError::InvalidParameter(format!(
+            "bad file name {name:?}"
+        )))
     }
 }
 
@@ -109,7 +114,9 @@ impl Backend for SftpBackend {
 
     fn create(&self) -> RepoResult<()> {
         match self.sftp.read_dir(&self.root) {
-            Ok(entries) if !entries.is_empty() => return Err(RepoError::AlreadyExists(self.location())),
+            Ok(entries) if !entries.is_empty() => {
+                return Err(RepoError::AlreadyExists(self.location()))
+            }
             Ok(_) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(io_err(&self.root)(e)),
@@ -136,7 +143,9 @@ impl Backend for SftpBackend {
         }
         let base = format!("{}/{}", self.root, kind.dir());
         let dirs: Vec<String> = if kind == FileKind::Pack {
-            (0..=255u8).map(|i| format!("{base}/{}", hex::encode([i]))).collect()
+            (0..=255u8)
+                .map(|i| format!("{base}/{}", hex::encode([i])))
+                .collect()
         } else {
             vec![base]
         };
@@ -177,7 +186,10 @@ impl Backend for SftpBackend {
         valid_name(name)?;
         let dest = self.path(kind, name);
         let dir = self.dir(kind, name);
-        let tmp = format!("{dir}/.tmp-{}", hex::encode(Id::of(&rand_bytes()).as_bytes()));
+        let tmp = format!(
+            "{dir}/.tmp-{}",
+            hex::encode(Id::of(&rand_bytes()).as_bytes())
+        );
         let result = (|| -> RepoResult<()> {
             let mut w = match self.sftp.create(&tmp) {
                 Err(e) if e.is_not_found() => {
@@ -232,7 +244,13 @@ mod tests {
         assert_eq!(u.target.host, "nas");
         assert_eq!(u.target.port, Some(2222));
         assert_eq!(u.path, "/srv/vmstash");
-        for bad in ["sftp://nas", "sftp://nas/", "sftp:///x", "sftp://h:x/p", "/local"] {
+        for bad in [
+            "sftp://nas",
+            "sftp://nas/",
+            "sftp:///x",
+            "sftp://h:x/p",
+            "/local",
+        ] {
             assert!(SftpUrl::parse(bad).is_err(), "{bad}");
         }
     }

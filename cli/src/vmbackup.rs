@@ -25,11 +25,11 @@ use crate::args::{Global, VmRepairArgs, VmsArgs};
 use crate::backup::{self, DiskInput, SnapshotPlan};
 use crate::cmd::print_json;
 use crate::libvirt::shell::{LocalShell, Shell, SshShell};
-use crate::ssh::{SshOptions, SshSession, SshTarget};
 use crate::libvirt::uri::ConnectUri;
 use crate::libvirt::virsh::{DiskSpec, Virsh};
 use crate::libvirt::xml::{parse_domain, DiskDef, DiskPlan, DomainDef};
 use crate::source::{self, DiskSource, ImageFormat};
+use crate::ssh::{SshOptions, SshSession, SshTarget};
 use crate::{exit, progress};
 
 /// Marks overlay files made by vmstash; nothing else may use it.
@@ -104,7 +104,15 @@ impl Hypervisor {
         let out = self
             .virsh
             .shell()
-            .run(&["qemu-img", "map", "-U", "--output=json", "-f", format.name(), path])
+            .run(&[
+                "qemu-img",
+                "map",
+                "-U",
+                "--output=json",
+                "-f",
+                format.name(),
+                path,
+            ])
             .ok()
             .filter(|o| o.status == 0)?;
         source::parse_qemu_img_map(&out.stdout)

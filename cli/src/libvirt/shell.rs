@@ -94,7 +94,11 @@ impl Shell for SshShell {
     fn remove_file(&self, path: &str) -> Result<()> {
         let out = self.run(&["rm", "-f", "--", path])?;
         if out.status != 0 {
-            anyhow::bail!("removing {path} on {}: {}", self.describe(), out.stderr.trim());
+            anyhow::bail!(
+                "removing {path} on {}: {}",
+                self.describe(),
+                out.stderr.trim()
+            );
         }
         Ok(())
     }
@@ -102,7 +106,11 @@ impl Shell for SshShell {
     fn list_dir(&self, dir: &str) -> Result<Vec<String>> {
         let out = self.run(&["ls", "-1A", "--", dir])?;
         if out.status != 0 {
-            anyhow::bail!("listing {dir} on {}: {}", self.describe(), out.stderr.trim());
+            anyhow::bail!(
+                "listing {dir} on {}: {}",
+                self.describe(),
+                out.stderr.trim()
+            );
         }
         Ok(out.stdout.lines().map(str::to_string).collect())
     }

@@ -32,7 +32,10 @@ impl DiskSource for Mapped {
 
 /// Wraps `inner` so that only `ranges` (clipped to the disk, sorted and
 /// merged here) are read.
-pub(crate) fn with_data_ranges(inner: Box<dyn DiskSource>, mut ranges: Vec<Range<u64>>) -> Box<dyn DiskSource> {
+pub(crate) fn with_data_ranges(
+    inner: Box<dyn DiskSource>,
+    mut ranges: Vec<Range<u64>>,
+) -> Box<dyn DiskSource> {
     let size = inner.size();
     ranges.retain(|r| r.start < r.end && r.start < size);
     for r in &mut ranges {
@@ -46,7 +49,10 @@ pub(crate) fn with_data_ranges(inner: Box<dyn DiskSource>, mut ranges: Vec<Range
             _ => merged.push(r),
         }
     }
-    Box::new(Mapped { inner, ranges: merged })
+    Box::new(Mapped {
+        inner,
+        ranges: merged,
+    })
 }
 
 /// The ranges `qemu-img map --output=json` reports as not reading as
@@ -74,9 +80,15 @@ mod tests {
         let json = r#"[{ "start": 0, "length": 8388608, "depth": 0, "present": true, "zero": true, "data": false, "offset": 0},
 { "start": 8388608, "length": 4194304, "depth": 0, "present": true, "zero": false, "data": true, "offset": 8388608},
 { "start": 12582912, "length": 100, "depth": 1, "present": false, "zero": false, "data": false}]"#;
-        assert_eq!(parse_qemu_img_map(json), Some(vec![8388608..12582912, 12582912..12583012]));
+        assert_eq!(
+            parse_qemu_img_map(json),
+            Some(vec![8388608..12582912, 12582912..12583012])
+        );
         assert_eq!(parse_qemu_img_map("garbage"), None);
         assert_eq!(parse_qemu_img_map(r#"[{"start": 1}]"#), None);
-        assert_eq!(parse_qemu_img_map(r#"[{"start": 18446744073709551615, "length": 2, "zero": false}]"#), None);
+        assert_eq!(
+            parse_qemu_img_map(r#"[{"start": 18446744073709551615, "length": 2, "zero": false}]"#),
+            None
+        );
     }
 }

@@ -55,6 +55,9 @@ struct Inner {
     raw: RawSftpSession,
     /// `user@host:port`, for messages.
     host: String,
+    /// The connection, kept open while the channel is in use (even if every
+    /// [`super::SshSession`] clone was dropped).
+    _connection: Arc<Connection>,
     /// Bytes per read request.
     read_len: usize,
     /// Bytes per write request.
@@ -121,7 +124,7 @@ pub struct SftpWriter {
 }
 
 /// Starts the SFTP subsystem on a new channel of `connection`.
-pub async fn start(connection: &Connection) -> Result<Sftp, SshError> {
+pub async fn start(connection: &Arc<Connection>) -> Result<Sftp, SshError> {
     let host = connection.description.clone();
     let start_error = |failure| SshError::Sftp {
         host: host.clone(),
@@ -169,6 +172,7 @@ pub async fn start(connection: &Connection) -> Result<Sftp, SshError> {
         inner: Arc::new(Inner {
             raw,
             host,
+            _connection: Arc::clone(connection),
             read_len,
             write_len,
             fsync,
