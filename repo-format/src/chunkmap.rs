@@ -27,7 +27,7 @@ pub fn encode_segment(ids: &[Id]) -> Vec<u8> {
 
 /// Decodes a map blob's plaintext; `file` names its source in errors.
 pub fn decode_segment(plain: &[u8], file: &str) -> Result<Vec<Id>> {
-    if plain.len() % ID_LEN != 0 || plain.len() > SEGMENT_ENTRIES * ID_LEN {
+    if !plain.len().is_multiple_of(ID_LEN) || plain.len() > SEGMENT_ENTRIES * ID_LEN {
         return Err(Error::corrupt(
             file,
             format!("map segment of {} bytes", plain.len()),
