@@ -164,9 +164,10 @@ pub enum RestoreFormat {
 pub struct RestoreArgs {
     /// Snapshot id (or a unique prefix of it), or "latest".
     pub snapshot: String,
-    /// Directory to write `<disk>.raw` (or `.qcow2`) files into; created if missing.
-    #[arg(long)]
-    pub target: PathBuf,
+    /// Directory to write `<disk>.raw` (or `.qcow2`) and `domain.xml` into, created if
+    /// missing: a local path, or sftp://user@host[:port]/path on another host.
+    #[arg(long, value_name = "DIR|URL")]
+    pub target: String,
     /// Restore only this disk (repeatable).
     #[arg(long = "disk", value_name = "NAME")]
     pub disks: Vec<String>,

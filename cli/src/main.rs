@@ -13,6 +13,7 @@ mod libvirt;
 mod password;
 mod progress;
 mod restore;
+mod restore_dest;
 mod sftp_repo;
 mod source;
 mod ssh;

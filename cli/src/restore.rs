@@ -8,10 +8,7 @@
 //! been verified: a damaged repository fails loudly and leaves no
 //! half-right image behind.
 
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,6 +22,7 @@ use vmstash_repo::{Id, Repository};
 use crate::args::{Global, RestoreArgs, RestoreFormat};
 use crate::cmd::print_json;
 use crate::libvirt::define::{rewrite_for_define, RestoredDisk};
+use crate::restore_dest::{Dest, Sink};
 use crate::vmbackup::Hypervisor;
 use crate::{exit, progress};
 
@@ -38,23 +36,22 @@ pub fn run(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
     let _lock = repo.lock(false)?;
     let (id, m) = repo.find_snapshot(&a.snapshot)?;
     let disks = select_disks(&m.disks, &a.disks)?;
-    fs::create_dir_all(&a.target).with_context(|| format!("creating {}", a.target.display()))?;
+    let dest = Dest::open(g, &a.target)?;
     let index = repo.load_index().context("loading the repository index")?;
     let total = disks.iter().map(|d| d.size).sum();
     let bar = progress::bytes(g, total, "restore");
     let mut written = Vec::new();
     for &disk in &disks {
-        let path = restore_disk(repo, &index, disk, &a.target, a.format, &bar)
+        let path = restore_disk(repo, &index, disk, &dest, a.format, &bar)
             .with_context(|| format!("restoring disk {} of snapshot {}", disk.name, id.short()))?;
         written.push(path);
     }
     if let Some(xml) = &m.domain_xml {
-        let p = a.target.join("domain.xml");
-        fs::write(&p, xml).with_context(|| format!("writing {}", p.display()))?;
-        written.push(p);
+        dest.write_file("domain.xml", xml.as_bytes())?;
+        written.push(dest.display("domain.xml"));
     }
     if a.define {
-        let defined = define_vm(g, &m, a, &disks)?;
+        let defined = define_vm(g, &m, a, &dest, &disks)?;
         written.push(defined);
     }
     bar.finish_and_clear();
@@ -62,12 +59,12 @@ pub fn run(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
     if g.json {
         print_json(
             &json!({"message_type": "summary", "snapshot_id": id.to_hex(),
-            "files": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "files": written,
             "bytes": total, "duration_seconds": secs}),
         );
     } else if !g.quiet {
         for p in &written {
-            println!("restored {}", p.display());
+            println!("restored {p}");
         }
         println!(
             "snapshot {} restored: {} in {secs:.1} s",
@@ -79,39 +76,51 @@ pub fn run(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
 }
 
 /// Defines the restored VM on the hypervisor; returns the XML file used.
-fn define_vm(g: &Global, m: &Manifest, a: &RestoreArgs, disks: &[&Disk]) -> Result<PathBuf> {
+fn define_vm(
+    g: &Global,
+    m: &Manifest,
+    a: &RestoreArgs,
+    dest: &Dest,
+    disks: &[&Disk],
+) -> Result<String> {
     let xml = m.domain_xml.as_deref().context(
         "this snapshot has no domain XML (a backup of disk files, not of a VM); there is nothing to define",
     )?;
-    let dir =
-        fs::canonicalize(&a.target).with_context(|| format!("resolving {}", a.target.display()))?;
-    let ext = match a.format {
-        RestoreFormat::Raw => "raw",
-        RestoreFormat::Qcow2 => "qcow2",
-    };
+    let ext = extension(a.format);
     let restored: Vec<RestoredDisk> = disks
         .iter()
         .map(|d| RestoredDisk {
             target: d.name.clone(),
-            path: dir.join(format!("{}.{ext}", d.name)).display().to_string(),
+            path: dest.path(&format!("{}.{ext}", d.name)),
             format: ext.to_string(),
         })
         .collect();
     let new_xml = rewrite_for_define(xml, a.name.as_deref(), &restored)?;
     let name = a.name.clone().unwrap_or_else(|| m.name.clone());
-    let hv = Hypervisor::connect(g, a.connect.as_deref().unwrap_or("qemu:///system"))?;
+    let uri = a.connect.clone().unwrap_or_else(|| dest.hypervisor_uri());
+    let hv = Hypervisor::connect(g, &uri)?;
     if hv.virsh.exists(&name)? {
-        bail!("a VM named {name:?} already exists; choose a new one with --name (the restored disks are in {})", dir.display());
+        bail!(
+            "a VM named {name:?} already exists; choose a new one with --name (the restored disks are in {})",
+            dest.display("")
+        );
     }
-    let path = dir.join(format!("{name}.define.xml"));
-    fs::write(&path, &new_xml).with_context(|| format!("writing {}", path.display()))?;
+    let file = format!("{name}.define.xml");
+    dest.write_file(&file, new_xml.as_bytes())?;
     hv.virsh
-        .define(&path.display().to_string())
+        .define(&dest.path(&file))
         .with_context(|| format!("defining {name}"))?;
     if !g.quiet && !g.json {
         println!("defined VM {name}; start it with `virsh start {name}`");
     }
-    Ok(path)
+    Ok(dest.display(&file))
+}
+
+fn extension(format: RestoreFormat) -> &'static str {
+    match format {
+        RestoreFormat::Raw => "raw",
+        RestoreFormat::Qcow2 => "qcow2",
+    }
 }
 
 fn select_disks<'a>(all: &'a [Disk], wanted: &[String]) -> Result<Vec<&'a Disk>> {
@@ -132,54 +141,48 @@ fn select_disks<'a>(all: &'a [Disk], wanted: &[String]) -> Result<Vec<&'a Disk>>
         .collect()
 }
 
-/// Restores one disk; returns the path written.
+/// Restores one disk; returns where it was written.
 fn restore_disk(
     repo: &Repository,
     index: &MasterIndex,
     disk: &Disk,
-    dir: &Path,
+    dest: &Dest,
     format: RestoreFormat,
     bar: &indicatif::ProgressBar,
-) -> Result<PathBuf> {
-    let ext = match format {
-        RestoreFormat::Raw => "raw",
-        RestoreFormat::Qcow2 => "qcow2",
-    };
-    let dest = dir.join(format!("{}.{ext}", disk.name));
-    if dest.exists() {
+) -> Result<String> {
+    let name = format!("{}.{}", disk.name, extension(format));
+    if dest.exists(&name) {
         bail!(
             "{} already exists; remove it or restore into another --target",
-            dest.display()
+            dest.display(&name)
         );
     }
-    let tmp = dir.join(format!(".{}.raw.vmstash-partial", disk.name));
-    let result = write_raw(repo, index, disk, &tmp, bar).and_then(|()| match format {
-        RestoreFormat::Raw => {
-            fs::rename(&tmp, &dest).with_context(|| format!("renaming to {}", dest.display()))
+    let tmp = format!(".{}.raw.vmstash-partial", disk.name);
+    let result = dest.create(&tmp, disk.size).and_then(|partial| {
+        write_raw(repo, index, disk, partial.sink(), bar)?;
+        dest.finish(partial)?;
+        match format {
+            RestoreFormat::Raw => dest.rename(&tmp, &name),
+            RestoreFormat::Qcow2 => dest.convert_to_qcow2(&tmp, &name),
         }
-        RestoreFormat::Qcow2 => convert_to_qcow2(&tmp, &dest),
     });
-    let _ = fs::remove_file(&tmp);
-    result.map(|()| dest)
+    dest.remove(&tmp);
+    result.map(|()| dest.display(&name))
 }
 
 fn write_raw(
     repo: &Repository,
     index: &MasterIndex,
     disk: &Disk,
-    path: &Path,
+    sink: &dyn Sink,
     bar: &indicatif::ProgressBar,
 ) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    file.set_len(disk.size)
-        .with_context(|| format!("sizing {}", path.display()))?;
     let chunk = u64::from(disk.chunk_size);
     let (tx, rx) = bounded::<(u64, Id)>(64);
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| {
                 let rx = rx.clone();
-                let file = &file;
                 s.spawn(move || -> Result<()> {
                     for (offset, id) in rx {
                         let plain = repo.read_blob(index, &id)?;
@@ -191,8 +194,8 @@ fn write_raw(
                                 plain.len()
                             );
                         }
-                        write_sparse(file, offset, &plain)
-                            .with_context(|| format!("writing {}", path.display()))?;
+                        write_sparse(sink, offset, &plain)
+                            .with_context(|| format!("writing disk {}", disk.name))?;
                         bar.inc(u64::try_from(plain.len()).unwrap_or(0));
                     }
                     Ok(())
@@ -208,9 +211,7 @@ fn write_raw(
             result = result.and(r);
         }
         result
-    })?;
-    file.sync_all()
-        .with_context(|| format!("flushing {}", path.display()))
+    })
 }
 
 /// Sends every non-zero chunk's offset and id, a map segment at a time.
@@ -239,7 +240,7 @@ fn queue_chunks(
 }
 
 /// Writes the non-zero 4 KiB blocks of `data` at `offset`.
-fn write_sparse(file: &File, offset: u64, data: &[u8]) -> std::io::Result<()> {
+fn write_sparse(sink: &dyn Sink, offset: u64, data: &[u8]) -> Result<()> {
     let mut run_start: Option<usize> = None;
     let blocks = data.len().div_ceil(BLOCK);
     for b in 0..=blocks {
@@ -249,10 +250,7 @@ fn write_sparse(file: &File, offset: u64, data: &[u8]) -> std::io::Result<()> {
             (false, None) => run_start = Some(b * BLOCK),
             (true, Some(start)) => {
                 let end = (b * BLOCK).min(data.len());
-                file.write_all_at(
-                    &data[start..end],
-                    offset + u64::try_from(start).unwrap_or(0),
-                )?;
+                sink.write_at(&data[start..end], offset + u64::try_from(start)?)?;
                 run_start = None;
             }
             _ => {}
@@ -261,23 +259,11 @@ fn write_sparse(file: &File, offset: u64, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn convert_to_qcow2(raw: &Path, dest: &Path) -> Result<()> {
-    let status = Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(raw)
-        .arg(dest)
-        .status()
-        .context("running qemu-img (install qemu-utils to restore as qcow2)")?;
-    if !status.success() {
-        let _ = fs::remove_file(dest);
-        bail!("qemu-img convert to {} failed ({status})", dest.display());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::fs::{self, File};
 
     #[test]
     fn sparse_write_skips_zero_blocks() {

@@ -457,8 +457,17 @@ pub fn run_list(g: &Global, a: &VmsArgs) -> Result<ExitCode> {
     let hv = Hypervisor::connect(g, &a.connect)?;
     let mut out = Vec::new();
     for name in hv.virsh.list_all()? {
-        let state = hv.virsh.state(&name)?;
-        let dom = parse_domain(&hv.virsh.dumpxml(&name)?)?;
+        // A domain undefined between the listing and now is simply gone.
+        let found = hv
+            .virsh
+            .state(&name)
+            .and_then(|state| Ok((state, hv.virsh.dumpxml(&name)?)));
+        let (state, xml) = match found {
+            Ok(found) => found,
+            Err(_) if !hv.virsh.exists(&name)? => continue,
+            Err(e) => return Err(e),
+        };
+        let dom = parse_domain(&xml)?;
         let disks: Vec<_> = dom
             .disks
             .iter()

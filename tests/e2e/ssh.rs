@@ -251,3 +251,70 @@ fn running_vm_backup_over_ssh_reads_disks_by_sftp() {
         "{snaps}"
     );
 }
+
+#[test]
+fn restore_over_sftp_and_define_on_the_remote_host() {
+    if !Sshd::available() || !TestVm::available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let vm = TestVm::create("rsftp");
+    let repo = Repo::init();
+    repo.ok(&[
+        "backup",
+        "--connect",
+        crate::fixtures::libvirt::URI,
+        "--vm",
+        &vm.name,
+    ]);
+    let remote = vm.dir.join("remote-restore");
+    let clone = format!("{}-sftpclone", vm.name);
+    let mut a = ssh_args(&sshd.client_key, &sshd.known_hosts);
+    a.extend([
+        "-r".into(),
+        s(&repo.path),
+        "restore".into(),
+        "latest".into(),
+        "--target".into(),
+    ]);
+    a.push(format!("sftp://root@127.0.0.1:{}{}", sshd.port, s(&remote)));
+    a.extend([
+        "--format".into(),
+        "qcow2".into(),
+        "--define".into(),
+        "--name".into(),
+        clone.clone(),
+    ]);
+    let out = vmstash(&repo, &a);
+    let result = std::panic::catch_unwind(|| {
+        assert!(out.status.success(), "{}", describe(&out));
+        crate::util::sh(
+            "qemu-img",
+            &["compare", "-q", &s(&remote.join("vdb.qcow2")), &s(&vm.vdb)],
+        );
+        crate::util::sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-q",
+                &s(&remote.join("vda.qcow2")),
+                &s(&vm.vda_source),
+            ],
+        );
+        assert!(remote.join("domain.xml").exists());
+        let xml = crate::fixtures::libvirt::virsh(&["dumpxml", &clone]);
+        assert!(
+            xml.contains(&s(&remote.join("vda.qcow2"))) && xml.contains("type='qcow2'"),
+            "{xml}"
+        );
+        let partials: Vec<_> = walk(&remote)
+            .into_iter()
+            .filter(|p| s(p).contains("partial"))
+            .collect();
+        assert!(partials.is_empty(), "{partials:?}");
+    });
+    let _ = crate::fixtures::libvirt::virsh_output(&["undefine", &clone]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -464,6 +464,21 @@ impl Sftp {
         })?
     }
 
+    /// Sets the size of `path` (truncating or extending with a hole).
+    pub fn set_len(&self, path: &str, size: u64) -> Result<(), SshError> {
+        let inner = &self.inner;
+        runtime::block_on(async {
+            let mut attrs = russh_sftp::protocol::FileAttributes::empty();
+            attrs.size = Some(size);
+            inner
+                .raw
+                .setstat(path, attrs)
+                .await
+                .map(|_| ())
+                .map_err(|err| inner.error("set the size of", path, err))
+        })?
+    }
+
     /// Creates `path` and its missing parents; existing directories are fine.
     pub fn mkdir_all(&self, path: &str) -> Result<(), SshError> {
         runtime::block_on(self.inner.mkdir_all(path))?
