@@ -86,7 +86,7 @@ impl Hypervisor {
         };
         let sftp = ssh.sftp()?;
         let src = match format {
-            ImageFormat::Raw => source::open_sftp_raw(sftp, path)?,
+            ImageFormat::Raw => source::open_sftp_raw(sftp, path, self.remote_device_size(path))?,
             ImageFormat::Qcow2 => bail!(
                 "{path}: reading qcow2 images over SFTP is not available yet; run vmstash on the hypervisor with qemu:///system"
             ),
@@ -95,6 +95,18 @@ impl Hypervisor {
             Some(ranges) => source::with_data_ranges(src, ranges),
             None => src,
         })
+    }
+
+    /// The size of a remote block device (`blockdev --getsize64`), which
+    /// SFTP does not report; `None` for files or when it cannot be learned.
+    fn remote_device_size(&self, path: &str) -> Option<u64> {
+        let out = self
+            .virsh
+            .shell()
+            .run(&["blockdev", "--getsize64", path])
+            .ok()
+            .filter(|o| o.status == 0)?;
+        out.stdout.trim().parse().ok()
     }
 
     /// The data ranges of a remote image from the hypervisor's `qemu-img

@@ -7,7 +7,8 @@
 //! Nothing is known about holes over SFTP, so [`DiskSource::data_ranges`] is the whole disk; the
 //! caller may narrow it with the ranges `qemu-img map` reports on the host.
 //!
-//! Block devices (LVM volumes) cannot be read this way yet: SFTP reports their size as 0.
+//! Block devices (LVM volumes) are read the same way, but SFTP reports their size as 0: the
+//! caller learns it on the host (e.g. `blockdev --getsize64`) and passes it in.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -25,17 +26,28 @@ struct SftpRawSource {
     size: u64,
 }
 
-/// Opens the remote raw image `path` for reading.
-pub(crate) fn open_sftp_raw(sftp: Sftp, path: &str) -> Result<Box<dyn DiskSource>, SourceError> {
+/// Opens the remote raw image `path` for reading. `device_size` is the size of a block device
+/// as learned on the host; a block device without it is refused.
+pub(crate) fn open_sftp_raw(
+    sftp: Sftp,
+    path: &str,
+    device_size: Option<u64>,
+) -> Result<Box<dyn DiskSource>, SourceError> {
     let metadata = sftp.metadata(path)?;
     let location = PathBuf::from(format!("{path} (over SFTP)"));
     if metadata.is_block_device() {
-        return Err(SourceError::Unsupported {
-            path: location,
-            what: "it is a block device, whose size SFTP does not report; back up a file-backed \
-                   disk, or let vmstash learn the size on the host first"
-                .to_owned(),
-        });
+        let Some(size) = device_size else {
+            return Err(SourceError::Unsupported {
+                path: location,
+                what: "it is a block device, whose size SFTP does not report".to_owned(),
+            });
+        };
+        let file = sftp.open(path)?;
+        return Ok(Box::new(SftpRawSource {
+            location,
+            file,
+            size,
+        }));
     }
     if !metadata.is_file {
         return Err(SourceError::Unsupported {

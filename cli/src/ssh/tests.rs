@@ -512,7 +512,7 @@ fn sftp_reads_a_sparse_1_gib_image_exactly() -> TestResult {
     assert!(err.to_string().contains("disk.img"), "{err}");
 
     // The same image as a disk source.
-    let source = crate::source::open_sftp_raw(sftp, image_str)?;
+    let source = crate::source::open_sftp_raw(sftp, image_str, None)?;
     assert_eq!(source.size(), IMAGE_SIZE);
     assert_eq!(source.data_ranges()?, vec![0..IMAGE_SIZE]);
     let mut head = vec![0u8; 4096];
