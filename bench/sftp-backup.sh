@@ -1,0 +1,512 @@
+#!/usr/bin/env bash
+# SFTP benchmark: a full vmstash backup of a running libvirt VM over SSH on
+# loopback (qemu+ssh://root@127.0.0.1:PORT/system) against OpenSSH's own
+# `sftp` copying the same disk files with its fastest cipher (aes128-gcm),
+# alternating the two in one run. See bench/README.md.
+#
+# Usage: sudo bench/sftp-backup.sh
+#   ROUNDS=3                          rounds (each: one vmstash full backup, one sftp copy)
+#   QCOW2=1                           1: the VM has a second, qcow2 disk; 0: the raw disk only
+#   BENCH_DIR=/var/tmp/vmstash-bench  where the repositories, restores, keys and logs go
+#   KEEP=1                            keep the run's directory (last repository, keys, logs)
+#   RAW_SIZE=2G RAW_DATA_MIB=768      the raw disk (vda): size, and MiB of files in it
+#   QCOW2_SIZE=1G QCOW2_DATA_MIB=410  the qcow2 disk (vdb): virtual size, MiB of files
+#   VMSTASH_BIN=PATH                  a vmstash binary to use instead of building one
+#
+# Exit status: 0 the bar passed, 2 it failed, 1 the benchmark itself failed
+# (a command failed, or the restored disks differ from the VM's disks).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_DIR="${BENCH_DIR:-/var/tmp/vmstash-bench}"
+ROUNDS="${ROUNDS:-3}"
+QCOW2="${QCOW2:-1}"
+KEEP="${KEEP:-0}"
+RAW_SIZE="${RAW_SIZE:-2G}"
+RAW_DATA_MIB="${RAW_DATA_MIB:-768}"
+QCOW2_SIZE="${QCOW2_SIZE:-1G}"
+QCOW2_DATA_MIB="${QCOW2_DATA_MIB:-410}"
+
+# The bar, from the issue.
+BAR_RATIO=1.0   # sftp time / vmstash full backup time >=
+CIPHER="aes128-gcm@openssh.com"
+
+URI_LOCAL="qemu:///system"
+IMAGES_DIR="/var/lib/libvirt/images"
+QEMU_LOG_DIR="/var/log/libvirt/qemu"
+PREFIX="vmstash-bench-"
+NAME="$PREFIX$$"
+IMGDIR="$IMAGES_DIR/$NAME"
+
+export VMSTASH_PASSWORD="vmstash-bench-password"
+unset VMSTASH_PASSWORD_FILE VMSTASH_PASSWORD_COMMAND VMSTASH_REPOSITORY
+
+die() {
+  echo "bench: error: $*" >&2
+  exit 1
+}
+note() { echo "bench: $*" >&2; }
+
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ "$QCOW2" =~ ^[01]$ ]] || die "QCOW2 must be 0 or 1"
+[ "$(id -u)" -eq 0 ] ||
+  die "run as root (images on loop devices, a private sshd with root login, page cache dropped)"
+
+# --- setup --------------------------------------------------------------------
+# Sampled before this script's own build and image making add to it.
+LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
+if awk -v l="$LOAD_START" -v n="$(nproc)" 'BEGIN {exit !(l > n / 4)}'; then
+  note "warning: load average $LOAD_START on $(nproc) CPUs: other work will disturb the timings"
+fi
+bash "$ROOT/scripts/install-deps.sh"
+bash "$ROOT/scripts/test-services.sh" start
+if [ -n "${VMSTASH_BIN:-}" ]; then
+  VMSTASH="$VMSTASH_BIN"
+else
+  note "building vmstash (cargo build --release -p vmstash)"
+  (cd "$ROOT" && cargo build --release -p vmstash)
+  VMSTASH="$ROOT/target/release/vmstash"
+fi
+[ -x "$VMSTASH" ] || die "no vmstash binary at $VMSTASH"
+for tool in virsh qemu-img sftp ssh-keygen jq perl cmp; do
+  command -v "$tool" >/dev/null || die "$tool not found (run scripts/install-deps.sh)"
+done
+[ -x /usr/sbin/sshd ] || die "/usr/sbin/sshd not found (run scripts/install-deps.sh)"
+[ -x /usr/bin/time ] || die "/usr/bin/time not found (run scripts/install-deps.sh)"
+OPENSSH_VERSION="$(ssh -V 2>&1 | awk '{sub(/,$/, "", $1); print $1}')"
+
+mkdir -p -- "$BENCH_DIR"
+fstype="$(stat -f -c %T -- "$BENCH_DIR")"
+case "$fstype" in
+  tmpfs | ramfs) die "BENCH_DIR=$BENCH_DIR is on $fstype: its I/O would be RAM, not disk; set BENCH_DIR to a directory on a disk" ;;
+esac
+avail_kib="$(df -Pk -- "$BENCH_DIR" | awk 'NR == 2 {print $4}')"
+[ "$avail_kib" -ge $((4 * 1024 * 1024)) ] ||
+  die "BENCH_DIR=$BENCH_DIR has $((avail_kib / 1024)) MiB free; the benchmark needs about 4 GiB"
+[ -d "$IMAGES_DIR" ] || die "$IMAGES_DIR does not exist (libvirt-daemon-system makes it)"
+avail_kib="$(df -Pk -- "$IMAGES_DIR" | awk 'NR == 2 {print $4}')"
+[ "$avail_kib" -ge $((3 * 1024 * 1024)) ] ||
+  die "$IMAGES_DIR has $((avail_kib / 1024)) MiB free; the VM's disks need about 3 GiB"
+
+virsh_() { virsh -c "$URI_LOCAL" "$@"; }
+
+# Domains and disk directories of earlier runs that were killed (their pid is
+# gone), as the e2e fixtures sweep theirs.
+sweep_stale() {
+  local d pid
+  while read -r d; do
+    case "$d" in
+      "$PREFIX"*)
+        pid="${d#"$PREFIX"}"
+        [[ "$pid" =~ ^[0-9]+$ ]] || continue
+        [ -d "/proc/$pid" ] && continue
+        virsh_ destroy "$d" >/dev/null 2>&1 || true
+        virsh_ undefine --snapshots-metadata --checkpoints-metadata "$d" >/dev/null 2>&1 || true
+        rm -f -- "$QEMU_LOG_DIR/$d.log"
+        note "removed the leftover domain $d"
+        ;;
+    esac
+  done < <(virsh_ list --all --name 2>/dev/null)
+  for d in "$IMAGES_DIR/$PREFIX"*; do
+    [ -d "$d" ] || continue
+    pid="${d##*/"$PREFIX"}"
+    if ! [[ "$pid" =~ ^[0-9]+$ ]] || [ -d "/proc/$pid" ]; then continue; fi
+    rm -rf -- "$d"
+    note "removed the leftover directory $d"
+  done
+}
+sweep_stale
+
+W="$(mktemp -d -p "$BENCH_DIR" sftp.XXXXXX)"
+SSHD_PID=""
+DEFINED=0
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  if [ -n "$SSHD_PID" ]; then
+    kill "$SSHD_PID" 2>/dev/null
+    wait "$SSHD_PID" 2>/dev/null
+  fi
+  if [ "$DEFINED" = 1 ]; then
+    virsh_ destroy "$NAME" >/dev/null 2>&1
+    virsh_ undefine --snapshots-metadata --checkpoints-metadata "$NAME" >/dev/null 2>&1 ||
+      note "warning: could not undefine $NAME"
+  fi
+  rm -rf -- "$IMGDIR"
+  rm -f -- "$QEMU_LOG_DIR/$NAME.log"
+  if [ "$KEEP" = 1 ]; then
+    note "kept $W (the VM and its disks are removed)"
+  else
+    rm -rf -- "$W"
+    rmdir -- "$BENCH_DIR" 2>/dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+LOGS="$W/logs"
+mkdir -p "$LOGS" "$W/home" "$W/cache"
+
+if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
+  CAN_DROP=1
+  CACHE_NOTE="page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before each timed step"
+else
+  CAN_DROP=0
+  CACHE_NOTE="page cache NOT dropped (/proc/sys/vm/drop_caches not writable): steps may read from cache"
+  note "warning: $CACHE_NOTE"
+fi
+drop_caches() {
+  sync
+  if [ "$CAN_DROP" = 1 ]; then
+    echo 3 >/proc/sys/vm/drop_caches
+  fi
+}
+
+# quiet NAME CMD...: run an untimed setup command, logging its output.
+quiet() {
+  local name="$1"
+  shift
+  if ! "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
+    echo "bench: '$*' failed:" >&2
+    tail -n 20 "$LOGS/$name.out" "$LOGS/$name.err" >&2
+    exit 1
+  fi
+}
+
+# --- the VM's disks -------------------------------------------------------------
+# vda: raw, GPT + ext4 with RAW_DATA_MIB of files, the rest holes.
+# vdb: qcow2, converted from another such image (another seed: no file is
+# shared with vda, so deduplication across the disks does not help vmstash).
+mkdir -p -- "$IMGDIR"
+VDA="$IMGDIR/vda.raw"
+note "building vda: raw, $RAW_SIZE, $RAW_DATA_MIB MiB of files (scripts/make-disk-image.sh)"
+bash "$ROOT/scripts/make-disk-image.sh" -s 1 "$VDA" "$RAW_SIZE" "$RAW_DATA_MIB"
+DISK_FILES=("$VDA")
+DISK_DESC=("vda raw")
+if [ "$QCOW2" = 1 ]; then
+  VDB="$IMGDIR/vdb.qcow2"
+  note "building vdb: qcow2, $QCOW2_SIZE, $QCOW2_DATA_MIB MiB of files"
+  bash "$ROOT/scripts/make-disk-image.sh" -s 2 "$IMGDIR/vdb-source.raw" "$QCOW2_SIZE" "$QCOW2_DATA_MIB"
+  quiet qemu-img-convert qemu-img convert -q -f raw -O qcow2 "$IMGDIR/vdb-source.raw" "$VDB"
+  rm -f -- "$IMGDIR/vdb-source.raw"
+  DISK_FILES+=("$VDB")
+  DISK_DESC+=("vdb qcow2")
+fi
+
+# Sizes: apparent (what sftp copies), allocated (what is on disk) and virtual
+# (the guest-visible disk vmstash backs up).
+FILE_BYTES=0
+VIRT_BYTES=0
+declare -a D_APP D_ALLOC D_VIRT
+for i in "${!DISK_FILES[@]}"; do
+  f="${DISK_FILES[i]}"
+  D_APP[i]="$(stat -c %s -- "$f")"
+  D_ALLOC[i]="$(($(stat -c %b -- "$f") * 512))"
+  D_VIRT[i]="$(qemu-img info --output=json -- "$f" | jq -r '."virtual-size"')"
+  FILE_BYTES=$((FILE_BYTES + D_APP[i]))
+  VIRT_BYTES=$((VIRT_BYTES + D_VIRT[i]))
+done
+
+# --- the VM -----------------------------------------------------------------------
+# As tests/e2e/fixtures/libvirt.rs: TCG, no OS (SeaBIOS finds nothing to boot
+# and waits), no NIC, no graphics.
+disk_xml() { # file format target
+  printf "    <disk type='file' device='disk'>\n      <driver name='qemu' type='%s'/>\n      <source file='%s'/>\n      <target dev='%s' bus='virtio'/>\n    </disk>\n" "$2" "$1" "$3"
+}
+{
+  cat <<EOF
+<domain type='qemu'>
+  <name>$NAME</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <boot dev='hd'/>
+  </os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+EOF
+  disk_xml "$VDA" raw vda
+  if [ "$QCOW2" = 1 ]; then disk_xml "$VDB" qcow2 vdb; fi
+  cat <<EOF
+    <controller type='usb' model='none'/>
+    <serial type='pty'/>
+    <console type='pty'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+} >"$IMGDIR/domain.xml"
+DEFINED=1
+quiet virsh-define virsh_ define "$IMGDIR/domain.xml"
+quiet virsh-start virsh_ start "$NAME"
+note "domain $NAME running with ${#DISK_FILES[@]} disk(s)"
+
+# The domain must be back on its original disk files, with no block job,
+# after every backup.
+check_domain() {
+  local state list i target
+  state="$(virsh_ domstate "$NAME" | sed '/^$/d')"
+  [ "$state" = running ] || die "after $1: $NAME is '$state', not running"
+  list="$(virsh_ domblklist "$NAME")"
+  for i in "${!DISK_FILES[@]}"; do
+    target="${DISK_DESC[i]%% *}"
+    awk -v t="$target" -v f="${DISK_FILES[i]}" '$1 == t && $2 == f {ok = 1} END {exit !ok}' <<<"$list" ||
+      die "after $1: $target of $NAME is not on ${DISK_FILES[i]}: $list"
+  done
+}
+
+# --- a private sshd -------------------------------------------------------------
+# As tests/e2e/fixtures/sshd.rs: 127.0.0.1 on a free port, fresh ed25519 host
+# and client keys, root login by key only, internal-sftp.
+SSHD_DIR="$W/sshd"
+mkdir -m 0700 "$SSHD_DIR"
+mkdir -p /run/sshd   # privilege separation directory; only the service unit makes it
+HOST_KEY="$SSHD_DIR/host_ed25519"
+KEY="$SSHD_DIR/client_ed25519"
+KH="$SSHD_DIR/known_hosts"
+quiet keygen-host ssh-keygen -q -t ed25519 -N '' -C vmstash-bench-host -f "$HOST_KEY"
+quiet keygen-client ssh-keygen -q -t ed25519 -N '' -C vmstash-bench-client -f "$KEY"
+cp -- "$KEY.pub" "$SSHD_DIR/authorized_keys"
+
+free_port() {
+  perl -MIO::Socket::INET -e '
+    my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
+      Proto => "tcp", Listen => 1) or die "bind 127.0.0.1:0: $!\n";
+    print $s->sockport, "\n"'
+}
+banner_ok() { # port: the port answers with an SSH banner
+  (exec 3<>"/dev/tcp/127.0.0.1/$1" && IFS= read -r -t 2 line <&3 && [[ "$line" == SSH-2.0-* ]]) 2>/dev/null
+}
+PORT=""
+for _attempt in 1 2 3 4 5; do
+  port="$(free_port)"
+  cat >"$SSHD_DIR/sshd_config" <<EOF
+# Private sshd of one vmstash benchmark run.
+Port $port
+ListenAddress 127.0.0.1
+AddressFamily inet
+HostKey $HOST_KEY
+PidFile $SSHD_DIR/sshd.pid
+AuthorizedKeysFile $SSHD_DIR/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+LogLevel VERBOSE
+Subsystem sftp internal-sftp
+EOF
+  /usr/sbin/sshd -D -e -f "$SSHD_DIR/sshd_config" </dev/null >"$SSHD_DIR/sshd.log" 2>&1 &
+  SSHD_PID=$!
+  for _ in $(seq 1 300); do
+    kill -0 "$SSHD_PID" 2>/dev/null || break
+    if banner_ok "$port"; then
+      PORT="$port"
+      break
+    fi
+    sleep 0.05
+  done
+  [ -z "$PORT" ] || break
+  # Another process may have taken the port between probe and bind.
+  kill "$SSHD_PID" 2>/dev/null || true
+  wait "$SSHD_PID" 2>/dev/null || true
+  SSHD_PID=""
+done
+[ -n "$PORT" ] || die "sshd did not start; its log:
+$(cat "$SSHD_DIR/sshd.log")"
+printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$HOST_KEY.pub")" >"$KH"
+CONNECT="qemu+ssh://root@127.0.0.1:$PORT/system"
+note "sshd on 127.0.0.1:$PORT (pid $SSHD_PID)"
+
+# OpenSSH client options, as the fixture's client_opts(): no user or system
+# config, only the client key, strict host key checking, never a prompt.
+SSH_OPTS=(-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes
+  -o GlobalKnownHostsFile=/dev/null -o "UserKnownHostsFile=$KH" -o LogLevel=ERROR
+  -o ConnectTimeout=10 -i "$KEY")
+BATCH="$W/sftp-batch"
+for f in "${DISK_FILES[@]}"; do
+  printf 'get %s /dev/null\n' "$f"
+done >"$BATCH"
+# The same SSH setup for vmstash: its own HOME and cache, no agent.
+VM_ENV=(env -u SSH_AUTH_SOCK "HOME=$W/home" "XDG_CACHE_HOME=$W/cache")
+VM_SSH=(--identity "$KEY" --known-hosts "$KH")
+
+# --- measuring ----------------------------------------------------------------------
+# timed NAME CMD...: drop the page cache, run CMD under /usr/bin/time -v, then
+# sync, so what a tool left in the page cache is written out inside its time.
+# Sets T_MS (wall time, ms) and T_RSS_KIB (peak RSS); stdout and stderr go to
+# $LOGS/NAME.out and .err. A failure prints the exact command and its output.
+timed() {
+  local name="$1"
+  shift
+  drop_caches
+  local t0 t1
+  t0="$(date +%s%N)"
+  if ! /usr/bin/time -v -o "$LOGS/$name.time" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
+    {
+      echo "bench: this command failed ($(awk '/Exit status/ {print "exit status " $3}' "$LOGS/$name.time")):"
+      printf ' %q' "$@"
+      echo
+      echo "bench: its stdout:"
+      tail -n 20 "$LOGS/$name.out"
+      echo "bench: its stderr:"
+      tail -n 40 "$LOGS/$name.err"
+    } >&2
+    if grep -q "qcow2 images over SFTP is not available" "$LOGS/$name.err"; then
+      note "this vmstash cannot read qcow2 disks over SFTP yet: run with QCOW2=0 to measure the raw disk only"
+    fi
+    exit 1
+  fi
+  sync
+  t1="$(date +%s%N)"
+  T_MS=$(((t1 - t0) / 1000000))
+  T_RSS_KIB="$(awk -F': ' '/Maximum resident set size/ {print $2}' "$LOGS/$name.time")"
+  [ -n "$T_RSS_KIB" ] || die "no peak RSS in $LOGS/$name.time"
+}
+# summary_of NAME: the last stdout line of a vmstash --json run, checked to be
+# the summary object.
+summary_of() {
+  local last
+  last="$(tail -n 1 "$LOGS/$1.out")"
+  jq -e '.message_type == "summary"' <<<"$last" >/dev/null 2>&1 ||
+    die "vmstash --json ($1): last line of stdout is not a summary object: $last"
+  printf '%s\n' "$last"
+}
+
+declare -a V_MS S_MS V_RSS S_RSS V_READ ORDER
+
+vmstash_round() {
+  local r="$1" repo="$W/r$1/repo"
+  mkdir -p "$W/r$r"
+  quiet "r$r-vmstash-init" "${VM_ENV[@]}" "$VMSTASH" -r "$repo" init
+  timed "r$r-vmstash-backup" "${VM_ENV[@]}" "$VMSTASH" -r "$repo" "${VM_SSH[@]}" \
+    backup --connect "$CONNECT" --vm "$NAME" --json
+  V_MS[r]="$T_MS"
+  V_RSS[r]="$T_RSS_KIB"
+  local s
+  s="$(summary_of "r$r-vmstash-backup")"
+  [ "$(jq -r .disks <<<"$s")" = "${#DISK_FILES[@]}" ] ||
+    die "vmstash backup summary: $(jq -r .disks <<<"$s") disks, the VM has ${#DISK_FILES[@]}: $s"
+  [ "$(jq -r .disk_bytes <<<"$s")" = "$VIRT_BYTES" ] ||
+    die "vmstash backup summary: disk_bytes $(jq -r .disk_bytes <<<"$s") != the disks' size $VIRT_BYTES"
+  V_READ[r]="$(jq -r .bytes_read <<<"$s")"
+  check_domain "round $r's backup"
+}
+sftp_round() {
+  local r="$1"
+  timed "r$r-sftp" env -u SSH_AUTH_SOCK sftp "${SSH_OPTS[@]}" -c "$CIPHER" -P "$PORT" \
+    -b "$BATCH" root@127.0.0.1
+  S_MS[r]="$T_MS"
+  S_RSS[r]="$T_RSS_KIB"
+}
+
+note "$CACHE_NOTE"
+note "work directory $W ($fstype); $ROUNDS rounds"
+for ((r = 1; r <= ROUNDS; r++)); do
+  # Odd rounds run vmstash first, even rounds sftp first.
+  if [ $((r % 2)) -eq 1 ]; then order=(vmstash sftp); else order=(sftp vmstash); fi
+  ORDER[r]="${order[0]}-first"
+  for tool in "${order[@]}"; do
+    note "round $r/$ROUNDS: $tool"
+    "${tool}_round" "$r"
+  done
+  # Every round backs up into a fresh repository; the last one is restored below.
+  if [ "$r" -lt "$ROUNDS" ]; then rm -rf -- "$W/r$r"; fi
+done
+
+# --- correctness: restore the last backup, compare with the VM's disks ---------------
+note "restoring round $ROUNDS's snapshot and comparing it with the VM's disks"
+RESTORE="$W/restore"
+quiet restore "${VM_ENV[@]}" "$VMSTASH" -r "$W/r$ROUNDS/repo" restore latest --target "$RESTORE"
+[ -f "$RESTORE/vda.raw" ] || die "restore did not write $RESTORE/vda.raw"
+cmp -- "$VDA" "$RESTORE/vda.raw" >/dev/null || die "restored vda.raw differs from $VDA"
+VERIFIED="vda restored bit-identical to the raw disk (cmp)"
+if [ "$QCOW2" = 1 ]; then
+  [ -f "$RESTORE/vdb.raw" ] || die "restore did not write $RESTORE/vdb.raw"
+  # -U: QEMU holds the image's lock while the domain runs.
+  qemu-img compare -U -q -f raw -F qcow2 "$RESTORE/vdb.raw" "$VDB" ||
+    die "restored vdb.raw differs from the guest-visible content of $VDB (qemu-img compare)"
+  VERIFIED="$VERIFIED; vdb restored identical to the qcow2 disk's content (qemu-img compare)"
+fi
+rm -rf -- "$RESTORE"
+
+# --- report -------------------------------------------------------------------------
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+maxof() { printf '%s\n' "$@" | sort -g | tail -n 1; }
+calc() { awk "BEGIN {printf \"%.${1}f\", $2}"; }
+verdict() {
+  if awk "BEGIN {exit !($1)}"; then echo PASS; else echo FAIL; fi
+}
+mib() { calc 1 "$1 / 1048576"; }
+secs() { calc 2 "$1 / 1000"; }
+
+v_ms="$(median "${V_MS[@]}")"
+s_ms="$(median "${S_MS[@]}")"
+v_read="$(median "${V_READ[@]}")"
+v_rss_mib="$(calc 0 "$(maxof "${V_RSS[@]}") / 1024")"
+s_rss_mib="$(calc 0 "$(maxof "${S_RSS[@]}") / 1024")"
+ratio="$(calc 2 "$s_ms / $v_ms")"
+result="$(verdict "$ratio >= $BAR_RATIO")"
+# Throughput: each tool's bytes over its own median time. vmstash reads only
+# the allocated data (bytes_read), sftp the whole files, holes included.
+v_tput="$(calc 1 "$v_read / 1048576 / ($v_ms / 1000)")"
+s_tput="$(calc 1 "$FILE_BYTES / 1048576 / ($s_ms / 1000)")"
+v_logical="$(calc 1 "$VIRT_BYTES / 1048576 / ($v_ms / 1000)")"
+tput_ratio="$(calc 2 "$v_tput / $s_tput")"
+
+echo
+echo "Disks of $NAME in $IMGDIR (the files sftp copies; what vmstash backs up):"
+printf '%-10s %-12s %12s %13s %14s\n' disk file virtual_MiB apparent_MiB allocated_MiB
+for i in "${!DISK_FILES[@]}"; do
+  printf '%-10s %-12s %12s %13s %14s\n' "${DISK_DESC[i]}" "${DISK_FILES[i]##*/}" \
+    "$(mib "${D_VIRT[i]}")" "$(mib "${D_APP[i]}")" "$(mib "${D_ALLOC[i]}")"
+done
+if [ "$QCOW2" = 0 ]; then
+  echo "(QCOW2=0: the VM has no qcow2 disk in this run)"
+fi
+
+echo
+echo "Per round (seconds):"
+printf '%-5s %-14s %9s %9s %10s %10s %13s\n' round order vmstash sftp sftp/vms vms_rss_MiB vms_read_MiB
+for ((r = 1; r <= ROUNDS; r++)); do
+  printf '%-5s %-14s %9s %9s %10s %10s %13s\n' "$r" "${ORDER[r]}" \
+    "$(secs "${V_MS[r]}")" "$(secs "${S_MS[r]}")" "$(calc 2 "${S_MS[r]} / ${V_MS[r]}")" \
+    "$(calc 0 "${V_RSS[r]} / 1024")" "$(mib "${V_READ[r]}")"
+done
+
+echo
+echo "vmstash full backup of a running VM over SSH (russh, $CONNECT)"
+echo "vs $OPENSSH_VERSION sftp -c $CIPHER (get each disk file to /dev/null), loopback,"
+echo "$ROUNDS round(s), medians. Times are wall clock including a final sync; $CACHE_NOTE."
+echo "vmstash's time includes its SSH login, the external snapshot, qemu-img map, writing a"
+echo "fresh local repository (chunk, compress, encrypt) and committing the overlays back."
+echo "sftp copies whole files, holes included ($(mib "$FILE_BYTES") MiB); vmstash reads only the"
+echo "allocated data the hypervisor's qemu-img map reports (bytes_read $(mib "$v_read") MiB)."
+echo "1-minute load average when the benchmark started: $LOAD_START ($(nproc) CPUs)."
+echo "Correctness: $VERIFIED."
+echo
+fmt='%-34s %12s %12s %-26s %-10s %s\n'
+# shellcheck disable=SC2059  # $fmt is this script's own format string
+{
+  printf "$fmt" metric vmstash sftp ratio bar result
+  printf "$fmt" "full backup / copy time (s)" "$(secs "$v_ms")" "$(secs "$s_ms")" \
+    "${ratio}x (sftp/vmstash)" ">= ${BAR_RATIO}x" "$result"
+  printf "$fmt" "peak RSS (MiB, max of rounds)" "$v_rss_mib" "$s_rss_mib" "" "(info)" ""
+  printf "$fmt" "bytes moved (MiB)" "$(mib "$v_read")" "$(mib "$FILE_BYTES")" \
+    "vmstash: bytes_read" "(info)" ""
+  printf "$fmt" "effective throughput (MiB/s)" "$v_tput" "$s_tput" \
+    "${tput_ratio}x (vmstash/sftp)" "(info)" ""
+}
+echo "(effective throughput: bytes each tool moved / its median time; vmstash per guest-visible"
+echo " disk byte: $v_logical MiB/s. sftp cannot copy only the allocated bytes, so this line"
+echo " compares the transfer rates, holes aside.)"
+
+[ "$result" = PASS ] || exit 2
