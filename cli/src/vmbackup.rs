@@ -87,9 +87,7 @@ impl Hypervisor {
         let sftp = ssh.sftp()?;
         let src = match format {
             ImageFormat::Raw => source::open_sftp_raw(sftp, path, self.remote_device_size(path))?,
-            ImageFormat::Qcow2 => bail!(
-                "{path}: reading qcow2 images over SFTP is not available yet; run vmstash on the hypervisor with qemu:///system"
-            ),
+            ImageFormat::Qcow2 => source::open_sftp_qcow2(&sftp, path)?,
         };
         Ok(match self.remote_map(path, format) {
             Some(ranges) => source::with_data_ranges(src, ranges),

@@ -9,7 +9,7 @@ use crate::util::{describe, random_bytes, sha256_file, sparse_image, Repo};
 
 /// Whether qcow2 disks can be read over SFTP yet (vda of the test VM is
 /// qcow2); until then the test backs up the raw disk only.
-const QCOW2_OVER_SFTP: bool = false;
+const QCOW2_OVER_SFTP: bool = true;
 
 fn s(p: &Path) -> String {
     p.display().to_string()

@@ -36,8 +36,10 @@ mod mapped;
 mod qcow2;
 mod raw;
 mod sftp;
+mod sftp_qcow2;
 
 pub(crate) use sftp::open_sftp_raw;
+pub(crate) use sftp_qcow2::open_sftp_qcow2;
 
 pub(crate) use mapped::{parse_qemu_img_map, with_data_ranges};
 
@@ -204,10 +206,15 @@ fn detect_format(path: &Path, file: &File) -> Result<ImageFormat, SourceError> {
         action: "read the first bytes of".to_owned(),
         source,
     })?;
-    if filled == magic.len() && magic == qcow2::MAGIC {
-        Ok(ImageFormat::Qcow2)
+    Ok(format_of_prefix(magic.get(..filled).unwrap_or(&[])))
+}
+
+/// The format of an image whose first bytes are `prefix` (as many as the image has, up to four).
+fn format_of_prefix(prefix: &[u8]) -> ImageFormat {
+    if prefix == qcow2::MAGIC {
+        ImageFormat::Qcow2
     } else {
-        Ok(ImageFormat::Raw)
+        ImageFormat::Raw
     }
 }
 

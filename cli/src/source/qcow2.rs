@@ -4,7 +4,10 @@
 //!
 //! Each image of the chain is opened by vmstash, not by imago's implicit-open machinery, so that
 //! every file is opened read-only, backing paths are resolved the way qemu resolves them, and the
-//! chain is checked for loops, length and the memory its metadata would take ([`ChainLimits`]):
+//! chain is checked for loops, length and the memory its metadata would take ([`ChainLimits`]).
+//! The walk ([`open_chain`]) is the same for local chains and for chains on a remote host read
+//! over SFTP (`super::sftp_qcow2`); only how files are opened and told apart differs
+//! ([`ChainFiles`]):
 //!
 //! 1. The header's first 104 bytes (qemu's `docs/interop/qcow2.txt`, "Header") are checked here
 //!    ([`HeaderSummary`]): version, cluster size, encryption, incompatible feature bits, and
@@ -26,13 +29,13 @@
 //! everywhere, or beyond the end of a shorter backing file are not.
 
 use super::{
-    check_read_range, detect_format, open_image_file, push_range, read_prefix, DiskSource,
+    check_read_range, format_of_prefix, open_image_file, push_range, read_prefix, DiskSource,
     ImageFormat, SourceError,
 };
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
-use imago::{FormatAccess, Mapping, StorageOpenOptions};
+use imago::{FormatAccess, Mapping, Storage as ImagoStorage, StorageOpenOptions};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -98,10 +101,10 @@ mod incompatible {
     pub(super) const EXTENDED_L2: u64 = 1 << 4;
 }
 
-/// imago's storage object: a file or block device read with `preadv`.
+/// imago's storage object for local images: a file or block device read with `preadv`.
 type Storage = ImagoFile;
 
-/// An image (or a whole chain) as imago serves it.
+/// A local image (or a whole local chain) as imago serves it.
 type Layer = FormatAccess<Storage>;
 
 /// A qcow2 image and its backing chain, opened read-only through imago.
@@ -118,7 +121,7 @@ pub(super) struct Qcow2Source {
 impl Qcow2Source {
     /// Opens the qcow2 image `file` (found at `path`) and its backing chain.
     pub(super) fn open(path: &Path, file: File) -> Result<Self, SourceError> {
-        let image = open_chain(path, file)?;
+        let image = open_chain(&LocalFiles, path, file)?;
         let size = image.size();
         Ok(Self {
             path: path.to_owned(),
@@ -156,7 +159,10 @@ impl DiskSource for Qcow2Source {
 }
 
 /// Lists the ranges of `image` below `size` that map to data in some layer of the chain.
-fn mapped_data_ranges(image: &Layer, size: u64) -> io::Result<Vec<Range<u64>>> {
+pub(super) fn mapped_data_ranges<S: ImagoStorage>(
+    image: &FormatAccess<S>,
+    size: u64,
+) -> io::Result<Vec<Range<u64>>> {
     let mut ranges = Vec::new();
     let mut offset = 0;
     while offset < size {
@@ -185,29 +191,103 @@ fn mapped_data_ranges(image: &Layer, size: u64) -> io::Result<Vec<Range<u64>>> {
     Ok(ranges)
 }
 
+/// Where the files of a chain are and how they are reached: on this host ([`LocalFiles`]) or on
+/// a remote one (`super::sftp_qcow2`). The walk down the chain and every rule it follows (header
+/// checks, limits, how backing names resolve, which formats are trusted) are the same for all
+/// ([`open_chain`]).
+pub(super) trait ChainFiles {
+    /// An opened image file, not yet handed to imago.
+    type File;
+    /// What tells opened files apart, to recognise a chain that comes back to one.
+    type Identity: PartialEq;
+    /// imago's storage object for an opened file.
+    type Storage: ImagoStorage;
+
+    /// Opens, read-only, the file at `path` that the header of the image at `referrer` names as
+    /// its `what` ("backing file"). Errors name both files.
+    fn open_referenced(
+        &self,
+        path: &Path,
+        what: &str,
+        referrer: &Path,
+    ) -> Result<Self::File, SourceError>;
+
+    /// The identity of `file`, opened from `path`.
+    fn identity(&self, path: &Path, file: &Self::File) -> Result<Self::Identity, SourceError>;
+
+    /// Reads as much of the start of `file` as fits in `buf` (less if the file is shorter);
+    /// returns how many bytes were read.
+    fn read_prefix(&self, file: &Self::File, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Hands `file`, opened from `path`, to imago.
+    fn imago_storage(&self, path: &Path, file: Self::File) -> Result<Self::Storage, SourceError>;
+}
+
+/// Files on this host, opened with `O_RDONLY`, recognised by device and inode.
+struct LocalFiles;
+
+impl ChainFiles for LocalFiles {
+    type File = File;
+    type Identity = (u64, u64);
+    type Storage = Storage;
+
+    fn open_referenced(
+        &self,
+        path: &Path,
+        what: &str,
+        referrer: &Path,
+    ) -> Result<File, SourceError> {
+        open_image_file(path, &format!("open the {what} of {}:", referrer.display()))
+    }
+
+    fn identity(&self, path: &Path, file: &File) -> Result<(u64, u64), SourceError> {
+        file_identity(path, file)
+    }
+
+    fn read_prefix(&self, file: &File, buf: &mut [u8]) -> io::Result<usize> {
+        read_prefix(file, buf)
+    }
+
+    /// Keeps the path, so that imago's messages name the file.
+    fn imago_storage(&self, path: &Path, file: File) -> Result<Storage, SourceError> {
+        let options = StorageOpenOptions::new().filename(path);
+        ImagoFile::from_open_file(file, options).map_err(|source| SourceError::Io {
+            path: path.to_owned(),
+            action: "find the size of".to_owned(),
+            source,
+        })
+    }
+}
+
 /// A backing file named by an image header, opened but not yet parsed.
-struct BackingFile {
+struct BackingFile<F> {
     /// Where it was found (resolved as qemu does).
     path: PathBuf,
     /// The file, opened read-only.
-    file: File,
+    file: F,
     /// Its format: declared in the referencing header, or probed if none was declared.
     format: ImageFormat,
 }
 
-/// Opens the qcow2 image `file` at `path` and everything below it, and stacks the layers.
-fn open_chain(path: &Path, file: File) -> Result<Layer, SourceError> {
+/// Opens the qcow2 image `file` at `path` and everything below it, reached through `files`, and
+/// stacks the layers.
+pub(super) fn open_chain<F: ChainFiles>(
+    files: &F,
+    path: &Path,
+    file: F::File,
+) -> Result<FormatAccess<F::Storage>, SourceError> {
     let mut limits = ChainLimits::new(path);
-    limits.visit(path, &file)?;
-    let (mut top, mut next) = open_qcow2_layer(path, file, &mut limits)?;
+    limits.visit(path, files.identity(path, &file)?)?;
+    let (mut top, mut next) = open_qcow2_layer(files, path, file, &mut limits)?;
     let mut lower = Vec::new();
     let mut base = None;
     while let Some(backing) = next.take() {
-        limits.visit(&backing.path, &backing.file)?;
+        limits.visit(&backing.path, files.identity(&backing.path, &backing.file)?)?;
         match backing.format {
-            ImageFormat::Raw => base = Some(open_raw_layer(&backing.path, backing.file)?),
+            ImageFormat::Raw => base = Some(open_raw_layer(files, &backing.path, backing.file)?),
             ImageFormat::Qcow2 => {
-                let (layer, further) = open_qcow2_layer(&backing.path, backing.file, &mut limits)?;
+                let (layer, further) =
+                    open_qcow2_layer(files, &backing.path, backing.file, &mut limits)?;
                 lower.push(layer);
                 next = further;
             }
@@ -223,16 +303,16 @@ fn open_chain(path: &Path, file: File) -> Result<Layer, SourceError> {
 
 /// What a backing chain has used of the limits that keep a crafted chain from looping or
 /// exhausting memory and file descriptors.
-struct ChainLimits {
+struct ChainLimits<I> {
     /// The top image, named in errors about the chain as a whole.
     top: PathBuf,
-    /// Device and inode of every image visited so far.
-    seen: Vec<(u64, u64)>,
+    /// The identity of every image visited so far.
+    seen: Vec<I>,
     /// Metadata imago may keep in memory for the images opened so far, at most.
     metadata_bytes: u64,
 }
 
-impl ChainLimits {
+impl<I: PartialEq> ChainLimits<I> {
     /// Limits for the chain below the image at `top`.
     fn new(top: &Path) -> Self {
         Self {
@@ -242,9 +322,9 @@ impl ChainLimits {
         }
     }
 
-    /// Records that the chain reaches `file` (at `path`); refuses loops and overlong chains.
-    fn visit(&mut self, path: &Path, file: &File) -> Result<(), SourceError> {
-        let identity = file_identity(path, file)?;
+    /// Records that the chain reaches the file at `path`, with `identity`; refuses loops and
+    /// overlong chains.
+    fn visit(&mut self, path: &Path, identity: I) -> Result<(), SourceError> {
         if self.seen.contains(&identity) {
             return Err(SourceError::Corrupt {
                 path: path.to_owned(),
@@ -286,45 +366,49 @@ impl ChainLimits {
     }
 }
 
+/// A qcow2 image of a chain, without its backing image yet, and the backing file it names.
+type OpenedLayer<F> = (
+    Qcow2<<F as ChainFiles>::Storage>,
+    Option<BackingFile<<F as ChainFiles>::File>>,
+);
+
 /// Opens one qcow2 image of a chain (with its external data file, if any), without a backing
 /// image attached yet, and opens the backing file its header names.
-fn open_qcow2_layer(
+fn open_qcow2_layer<F: ChainFiles>(
+    files: &F,
     path: &Path,
-    file: File,
-    limits: &mut ChainLimits,
-) -> Result<(Qcow2<Storage>, Option<BackingFile>), SourceError> {
-    let header = check_header(path, &file)?;
+    file: F::File,
+    limits: &mut ChainLimits<F::Identity>,
+) -> Result<OpenedLayer<F>, SourceError> {
+    let header = check_header(files, path, &file)?;
     limits.charge(&header)?;
-    let storage = into_storage(path, file)?;
-    let mut image = Qcow2::<Storage>::open_image(storage, false)
+    let storage = files.imago_storage(path, file)?;
+    let mut image = Qcow2::<F::Storage>::open_image(storage, false)
         .map_err(|err| imago_error(path, "open the qcow2 image".to_owned(), err))?;
-    let data_file = open_data_file(path, &image)?;
+    let data_file = open_data_file(files, path, &image)?;
     image.set_data_file(data_file);
-    let backing = open_backing_file(path, &image)?;
+    let backing = open_backing_file(files, path, &image)?;
     Ok((image, backing))
 }
 
 /// Opens the raw file at the bottom of a chain.
-fn open_raw_layer(path: &Path, file: File) -> Result<Layer, SourceError> {
-    let storage = into_storage(path, file)?;
+fn open_raw_layer<F: ChainFiles>(
+    files: &F,
+    path: &Path,
+    file: F::File,
+) -> Result<FormatAccess<F::Storage>, SourceError> {
+    let storage = files.imago_storage(path, file)?;
     let raw = Raw::open_image(storage, false)
         .map_err(|err| imago_error(path, "open the raw backing file".to_owned(), err))?;
     Ok(FormatAccess::new(raw))
 }
 
-/// Hands an opened (read-only) file to imago, keeping its path so imago's messages name it.
-fn into_storage(path: &Path, file: File) -> Result<Storage, SourceError> {
-    ImagoFile::from_open_file(file, StorageOpenOptions::new().filename(path)).map_err(|source| {
-        SourceError::Io {
-            path: path.to_owned(),
-            action: "find the size of".to_owned(),
-            source,
-        }
-    })
-}
-
 /// Opens the external data file of `image` (at `path`) read-only, if its header requires one.
-fn open_data_file(path: &Path, image: &Qcow2<Storage>) -> Result<Option<Storage>, SourceError> {
+fn open_data_file<F: ChainFiles>(
+    files: &F,
+    path: &Path,
+    image: &Qcow2<F::Storage>,
+) -> Result<Option<F::Storage>, SourceError> {
     if !image.requires_external_data_file() {
         return Ok(None);
     }
@@ -334,18 +418,19 @@ fn open_data_file(path: &Path, image: &Qcow2<Storage>) -> Result<Option<Storage>
             what: "the header requires an external data file but does not name one".to_owned(),
         });
     };
-    let data_path = resolve_reference(path, name, "external data file")?;
-    let action = format!("open the external data file of {}:", path.display());
-    let file = open_image_file(&data_path, &action)?;
-    into_storage(&data_path, file).map(Some)
+    let what = "external data file";
+    let data_path = resolve_reference(path, name, what)?;
+    let file = files.open_referenced(&data_path, what, path)?;
+    files.imago_storage(&data_path, file).map(Some)
 }
 
 /// Opens the backing file named in the header of `image` (at `path`), if it names one, and
 /// decides its format.
-fn open_backing_file(
+fn open_backing_file<F: ChainFiles>(
+    files: &F,
     path: &Path,
-    image: &Qcow2<Storage>,
-) -> Result<Option<BackingFile>, SourceError> {
+    image: &Qcow2<F::Storage>,
+) -> Result<Option<BackingFile<F::File>>, SourceError> {
     let Some(name) = image.implicit_backing_file() else {
         return Ok(None);
     };
@@ -364,18 +449,36 @@ fn open_backing_file(
             })
         }
     };
-    let backing_path = resolve_reference(path, name, "backing file")?;
-    let action = format!("open the backing file of {}:", path.display());
-    let file = open_image_file(&backing_path, &action)?;
+    let what = "backing file";
+    let backing_path = resolve_reference(path, name, what)?;
+    let file = files.open_referenced(&backing_path, what, path)?;
     let format = match declared {
         Some(format) => format,
-        None => detect_format(&backing_path, &file)?,
+        None => probe_format(files, &backing_path, &file)?,
     };
     Ok(Some(BackingFile {
         path: backing_path,
         file,
         format,
     }))
+}
+
+/// Detects the format of the opened `file` at `path` from its first bytes, like
+/// [`super::detect_format`] does for local files.
+fn probe_format<F: ChainFiles>(
+    files: &F,
+    path: &Path,
+    file: &F::File,
+) -> Result<ImageFormat, SourceError> {
+    let mut magic = [0u8; MAGIC.len()];
+    let filled = files
+        .read_prefix(file, &mut magic)
+        .map_err(|source| SourceError::Io {
+            path: path.to_owned(),
+            action: "read the first bytes of".to_owned(),
+            source,
+        })?;
+    Ok(format_of_prefix(magic.get(..filled).unwrap_or(&[])))
 }
 
 /// Resolves a file name from the header of the image at `image_path`, as qemu does: absolute
@@ -398,12 +501,17 @@ fn resolve_reference(image_path: &Path, name: &str, what: &str) -> Result<PathBu
             ),
         });
     }
-    let reference = Path::new(name);
+    Ok(relative_to_image(image_path, Path::new(name)))
+}
+
+/// `reference` as seen from the image at `image_path`: absolute as it is, relative against the
+/// image's directory (qemu's rule for backing and data file names).
+pub(super) fn relative_to_image(image_path: &Path, reference: &Path) -> PathBuf {
     if reference.is_absolute() {
-        return Ok(reference.to_owned());
+        return reference.to_owned();
     }
     let directory = image_path.parent().unwrap_or_else(|| Path::new(""));
-    Ok(directory.join(reference))
+    directory.join(reference)
 }
 
 /// Whether qemu would read `name` as a protocol (`nbd:…`, `json:{…}`, `http://…`) rather
@@ -427,7 +535,7 @@ fn file_identity(path: &Path, file: &File) -> Result<(u64, u64), SourceError> {
 
 /// Turns an imago error about the image at `path` into a [`SourceError`]: imago reports bad
 /// metadata as `InvalidData` and unreadable features as `Unsupported`; the rest is I/O.
-fn imago_error(path: &Path, action: String, err: io::Error) -> SourceError {
+pub(super) fn imago_error(path: &Path, action: String, err: io::Error) -> SourceError {
     match err.kind() {
         io::ErrorKind::InvalidData => SourceError::Corrupt {
             path: path.to_owned(),
@@ -446,13 +554,19 @@ fn imago_error(path: &Path, action: String, err: io::Error) -> SourceError {
 }
 
 /// Reads and checks the header of the qcow2 image `file` at `path`.
-fn check_header(path: &Path, file: &File) -> Result<HeaderSummary, SourceError> {
+fn check_header<F: ChainFiles>(
+    files: &F,
+    path: &Path,
+    file: &F::File,
+) -> Result<HeaderSummary, SourceError> {
     let mut bytes = [0u8; field::V3_HEADER_LEN];
-    let filled = read_prefix(file, &mut bytes).map_err(|source| SourceError::Io {
-        path: path.to_owned(),
-        action: "read the qcow2 header of".to_owned(),
-        source,
-    })?;
+    let filled = files
+        .read_prefix(file, &mut bytes)
+        .map_err(|source| SourceError::Io {
+            path: path.to_owned(),
+            action: "read the qcow2 header of".to_owned(),
+            source,
+        })?;
     let header = bytes.get(..filled).unwrap_or(&[]);
     HeaderSummary::parse(header)
         .and_then(|summary| summary.check().map(|()| summary))
@@ -1046,7 +1160,7 @@ mod tests {
             incompatible_features: 0,
         };
         assert_eq!(huge.check(), Ok(()));
-        let mut limits = ChainLimits::new(Path::new("top.qcow2"));
+        let mut limits = ChainLimits::<(u64, u64)>::new(Path::new("top.qcow2"));
         let accepted = (0..20).take_while(|_| limits.charge(&huge).is_ok()).count();
         assert_eq!(accepted, 7, "288 MiB per image, 2 GiB in all");
         let err = limits.charge(&huge).err().map(|err| err.to_string());
