@@ -293,7 +293,7 @@ fn key(g: &Global, repo: &Repository, k: &KeyCommand) -> Result<ExitCode> {
                     let cur = if n == repo.key_name() { "*" } else { " " };
                     println!(
                         "{cur}{:<8}  {:<12}  {:<16}  {}",
-                        &n[..8],
+                        n.get(..8).unwrap_or(&n),
                         k.username,
                         k.hostname,
                         k.created
@@ -327,7 +327,7 @@ fn report(g: &Global, what: &str, key: &str) {
         println!(
             "{}: key {}",
             what.replace('_', " "),
-            &key[..8.min(key.len())]
+            key.get(..8).unwrap_or(key)
         );
     }
 }

@@ -210,7 +210,7 @@ fn check_snapshots(
             }
         };
         report.snapshots += 1;
-        let short = &name[..8.min(name.len())];
+        let short = name.get(..8).unwrap_or(&name);
         for problem in snapshot_problems(repo, index, bad, &m) {
             report
                 .errors
