@@ -12,6 +12,9 @@
 #   RAW_SIZE=2G RAW_DATA_MIB=768      the raw disk (vda): size, and MiB of files in it
 #   QCOW2_SIZE=1G QCOW2_DATA_MIB=410  the qcow2 disk (vdb): virtual size, MiB of files
 #   VMSTASH_BIN=PATH                  a vmstash binary to use instead of building one
+#   GUEST=halt                        halt: the guest boots a 36-byte multiboot kernel that halts
+#                                     its CPU (an idle guest, as on KVM); seabios: no kernel, so
+#                                     SeaBIOS finds nothing to boot and TCG spins one core at 100 %
 #
 # Exit status: 0 the bar passed, 2 it failed, 1 the benchmark itself failed
 # (a command failed, or the restored disks differ from the VM's disks).
@@ -26,6 +29,7 @@ RAW_SIZE="${RAW_SIZE:-2G}"
 RAW_DATA_MIB="${RAW_DATA_MIB:-768}"
 QCOW2_SIZE="${QCOW2_SIZE:-1G}"
 QCOW2_DATA_MIB="${QCOW2_DATA_MIB:-410}"
+GUEST="${GUEST:-halt}"
 
 # The bar, from the issue.
 BAR_RATIO=1.0   # sftp time / vmstash full backup time >=
@@ -49,6 +53,7 @@ note() { echo "bench: $*" >&2; }
 
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$QCOW2" =~ ^[01]$ ]] || die "QCOW2 must be 0 or 1"
+[[ "$GUEST" =~ ^(halt|seabios)$ ]] || die "GUEST must be halt or seabios"
 [ "$(id -u)" -eq 0 ] ||
   die "run as root (images on loop devices, a private sshd with root login, page cache dropped)"
 
@@ -81,8 +86,8 @@ case "$fstype" in
   tmpfs | ramfs) die "BENCH_DIR=$BENCH_DIR is on $fstype: its I/O would be RAM, not disk; set BENCH_DIR to a directory on a disk" ;;
 esac
 avail_kib="$(df -Pk -- "$BENCH_DIR" | awk 'NR == 2 {print $4}')"
-[ "$avail_kib" -ge $((4 * 1024 * 1024)) ] ||
-  die "BENCH_DIR=$BENCH_DIR has $((avail_kib / 1024)) MiB free; the benchmark needs about 4 GiB"
+[ "$avail_kib" -ge $((6 * 1024 * 1024)) ] ||
+  die "BENCH_DIR=$BENCH_DIR has $((avail_kib / 1024)) MiB free; the benchmark needs about 6 GiB (a repository and sftp's copies)"
 [ -d "$IMAGES_DIR" ] || die "$IMAGES_DIR does not exist (libvirt-daemon-system makes it)"
 avail_kib="$(df -Pk -- "$IMAGES_DIR" | awk 'NR == 2 {print $4}')"
 [ "$avail_kib" -ge $((3 * 1024 * 1024)) ] ||
@@ -210,8 +215,16 @@ for i in "${!DISK_FILES[@]}"; do
 done
 
 # --- the VM -----------------------------------------------------------------------
-# As tests/e2e/fixtures/libvirt.rs: TCG, no OS (SeaBIOS finds nothing to boot
-# and waits), no NIC, no graphics.
+# As tests/e2e/fixtures/libvirt.rs: TCG, no OS, no NIC, no graphics. With
+# GUEST=halt the guest boots a multiboot kernel that is only `cli; hlt`
+# (header: magic, flags 0x10000, checksum, load at 1 MiB, entry 1 MiB + 32),
+# so it idles as a real guest on KVM would; without it TCG busy-loops in
+# SeaBIOS and takes one of the machine's cores from both tools.
+OS_BOOT="    <boot dev='hd'/>"
+if [ "$GUEST" = halt ]; then
+  printf '\x02\xb0\xad\x1b\x00\x00\x01\x00\xfe\x4f\x51\xe4\x00\x00\x10\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x00\x00\x00\x20\x00\x10\x00\xfa\xf4\xeb\xfd' >"$IMGDIR/halt.bin"
+  OS_BOOT="    <kernel>$IMGDIR/halt.bin</kernel>"
+fi
 disk_xml() { # file format target
   printf "    <disk type='file' device='disk'>\n      <driver name='qemu' type='%s'/>\n      <source file='%s'/>\n      <target dev='%s' bus='virtio'/>\n    </disk>\n" "$2" "$1" "$3"
 }
@@ -223,7 +236,7 @@ disk_xml() { # file format target
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
-    <boot dev='hd'/>
+$OS_BOOT
   </os>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
@@ -331,10 +344,18 @@ note "sshd on 127.0.0.1:$PORT (pid $SSHD_PID)"
 SSH_OPTS=(-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes
   -o GlobalKnownHostsFile=/dev/null -o "UserKnownHostsFile=$KH" -o LogLevel=ERROR
   -o ConnectTimeout=10 -i "$KEY")
-BATCH="$W/sftp-batch"
+# Two sftp runs per round: a copy of the disk files into a local directory
+# (what copying them means; the bar) and a read of them into /dev/null (no
+# local writes at all; information).
+COPY_DIR="$W/sftp-copy"
+BATCH_COPY="$W/sftp-batch-copy"
+BATCH_NULL="$W/sftp-batch-null"
+for f in "${DISK_FILES[@]}"; do
+  printf 'get %s %s/\n' "$f" "$COPY_DIR"
+done >"$BATCH_COPY"
 for f in "${DISK_FILES[@]}"; do
   printf 'get %s /dev/null\n' "$f"
-done >"$BATCH"
+done >"$BATCH_NULL"
 # The same SSH setup for vmstash: its own HOME and cache, no agent.
 VM_ENV=(env -u SSH_AUTH_SOCK "HOME=$W/home" "XDG_CACHE_HOME=$W/cache")
 VM_SSH=(--identity "$KEY" --known-hosts "$KH")
@@ -381,7 +402,7 @@ summary_of() {
   printf '%s\n' "$last"
 }
 
-declare -a V_MS S_MS V_RSS S_RSS V_READ ORDER
+declare -a V_MS S_MS N_MS V_RSS S_RSS V_READ ORDER
 
 vmstash_round() {
   local r="$1" repo="$W/r$1/repo"
@@ -402,17 +423,31 @@ vmstash_round() {
 }
 sftp_round() {
   local r="$1"
+  rm -rf -- "$COPY_DIR"
+  mkdir -p -- "$COPY_DIR"
   timed "r$r-sftp" env -u SSH_AUTH_SOCK sftp "${SSH_OPTS[@]}" -c "$CIPHER" -P "$PORT" \
-    -b "$BATCH" root@127.0.0.1
+    -b "$BATCH_COPY" root@127.0.0.1
   S_MS[r]="$T_MS"
   S_RSS[r]="$T_RSS_KIB"
+  local i
+  for i in "${!DISK_FILES[@]}"; do
+    cmp -s -- "${DISK_FILES[i]}" "$COPY_DIR/${DISK_FILES[i]##*/}" ||
+      die "sftp's copy of ${DISK_FILES[i]} differs from the file (the disk changed under the copy?)"
+  done
+  rm -rf -- "$COPY_DIR"
+}
+sftp_null_round() {
+  local r="$1"
+  timed "r$r-sftp-null" env -u SSH_AUTH_SOCK sftp "${SSH_OPTS[@]}" -c "$CIPHER" -P "$PORT" \
+    -b "$BATCH_NULL" root@127.0.0.1
+  N_MS[r]="$T_MS"
 }
 
 note "$CACHE_NOTE"
 note "work directory $W ($fstype); $ROUNDS rounds"
 for ((r = 1; r <= ROUNDS; r++)); do
   # Odd rounds run vmstash first, even rounds sftp first.
-  if [ $((r % 2)) -eq 1 ]; then order=(vmstash sftp); else order=(sftp vmstash); fi
+  if [ $((r % 2)) -eq 1 ]; then order=(vmstash sftp sftp_null); else order=(sftp_null sftp vmstash); fi
   ORDER[r]="${order[0]}-first"
   for tool in "${order[@]}"; do
     note "round $r/$ROUNDS: $tool"
@@ -450,6 +485,8 @@ secs() { calc 2 "$1 / 1000"; }
 
 v_ms="$(median "${V_MS[@]}")"
 s_ms="$(median "${S_MS[@]}")"
+n_ms="$(median "${N_MS[@]}")"
+n_ratio="$(calc 2 "$n_ms / $v_ms")"
 v_read="$(median "${V_READ[@]}")"
 v_rss_mib="$(calc 0 "$(maxof "${V_RSS[@]}") / 1024")"
 s_rss_mib="$(calc 0 "$(maxof "${S_RSS[@]}") / 1024")"
@@ -475,30 +512,35 @@ fi
 
 echo
 echo "Per round (seconds):"
-printf '%-5s %-14s %9s %9s %10s %10s %13s\n' round order vmstash sftp sftp/vms vms_rss_MiB vms_read_MiB
+printf '%-5s %-18s %9s %10s %10s %10s %11s %13s\n' round order vmstash sftp_copy copy/vms sftp_null null/vms vms_rss_MiB
 for ((r = 1; r <= ROUNDS; r++)); do
-  printf '%-5s %-14s %9s %9s %10s %10s %13s\n' "$r" "${ORDER[r]}" \
+  printf '%-5s %-18s %9s %10s %10s %10s %11s %13s\n' "$r" "${ORDER[r]}" \
     "$(secs "${V_MS[r]}")" "$(secs "${S_MS[r]}")" "$(calc 2 "${S_MS[r]} / ${V_MS[r]}")" \
-    "$(calc 0 "${V_RSS[r]} / 1024")" "$(mib "${V_READ[r]}")"
+    "$(secs "${N_MS[r]}")" "$(calc 2 "${N_MS[r]} / ${V_MS[r]}")" "$(calc 0 "${V_RSS[r]} / 1024")"
 done
 
 echo
 echo "vmstash full backup of a running VM over SSH (russh, $CONNECT)"
-echo "vs $OPENSSH_VERSION sftp -c $CIPHER (get each disk file to /dev/null), loopback,"
+echo "vs $OPENSSH_VERSION sftp -c $CIPHER copying each disk file into a local directory"
+echo "(sftp_copy, the bar) and reading it into /dev/null (sftp_null, information), loopback,"
 echo "$ROUNDS round(s), medians. Times are wall clock including a final sync; $CACHE_NOTE."
 echo "vmstash's time includes its SSH login, the external snapshot, qemu-img map, writing a"
-echo "fresh local repository (chunk, compress, encrypt) and committing the overlays back."
+echo "fresh local repository (chunk, compress, encrypt) and committing the overlays back;"
+echo "sftp_copy's includes writing the copies (sftp writes holes as data, no sparse files)."
 echo "sftp copies whole files, holes included ($(mib "$FILE_BYTES") MiB); vmstash reads only the"
 echo "allocated data the hypervisor's qemu-img map reports (bytes_read $(mib "$v_read") MiB)."
 echo "1-minute load average when the benchmark started: $LOAD_START ($(nproc) CPUs)."
+echo "Guest: GUEST=$GUEST ($([ "$GUEST" = halt ] && echo "CPU halted, idle as on KVM" || echo "SeaBIOS busy-loop under TCG, one core taken from both tools"))."
 echo "Correctness: $VERIFIED."
 echo
 fmt='%-34s %12s %12s %-26s %-10s %s\n'
 # shellcheck disable=SC2059  # $fmt is this script's own format string
 {
   printf "$fmt" metric vmstash sftp ratio bar result
-  printf "$fmt" "full backup / copy time (s)" "$(secs "$v_ms")" "$(secs "$s_ms")" \
+  printf "$fmt" "full backup / sftp copy time (s)" "$(secs "$v_ms")" "$(secs "$s_ms")" \
     "${ratio}x (sftp/vmstash)" ">= ${BAR_RATIO}x" "$result"
+  printf "$fmt" "full backup / sftp to /dev/null (s)" "$(secs "$v_ms")" "$(secs "$n_ms")" \
+    "${n_ratio}x (sftp/vmstash)" "(info)" ""
   printf "$fmt" "peak RSS (MiB, max of rounds)" "$v_rss_mib" "$s_rss_mib" "" "(info)" ""
   printf "$fmt" "bytes moved (MiB)" "$(mib "$v_read")" "$(mib "$FILE_BYTES")" \
     "vmstash: bytes_read" "(info)" ""

@@ -11,6 +11,7 @@ mod cmd;
 mod exit;
 mod libvirt;
 mod password;
+mod pipeline;
 mod progress;
 mod restore;
 mod restore_dest;

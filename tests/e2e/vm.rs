@@ -159,6 +159,29 @@ fn wait_for_overlay(vm: &TestVm, limit: Duration) -> bool {
 /// Kills a backup with `signal` while its overlay exists; returns the
 /// backup's output. Retries a few times if the overlay came and went
 /// before the signal landed.
+/// Waits until no `virsh` command on `vm` runs any more. A backup killed with
+/// -9 leaves its `virsh snapshot-create-as` running (libvirtd finishes the
+/// snapshot whatever happens to the client), as a user's `vm-repair` would
+/// find it minutes later; repairing while it still runs would race with it.
+fn wait_for_orphaned_virsh(vm: &TestVm, timeout: Duration) {
+    let start = std::time::Instant::now();
+    let pattern = format!("virsh.*{}", vm.name);
+    while std::process::Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .expect("pgrep")
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < timeout,
+            "a virsh command on {} still runs after {timeout:?}",
+            vm.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn signal_mid_backup(repo: &Repo, vm: &TestVm, signal: &str) -> std::process::Output {
     for _ in 0..5 {
         let child = repo
@@ -170,6 +193,7 @@ fn signal_mid_backup(repo: &Repo, vm: &TestVm, signal: &str) -> std::process::Ou
         let seen = wait_for_overlay(vm, Duration::from_secs(20));
         sh("kill", &[signal, &child.id().to_string()]);
         let out = child.wait_with_output().expect("wait");
+        wait_for_orphaned_virsh(vm, Duration::from_secs(60));
         if seen && !out.status.success() {
             return out;
         }

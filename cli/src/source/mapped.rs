@@ -28,6 +28,10 @@ impl DiskSource for Mapped {
     fn data_ranges(&self) -> Result<Vec<Range<u64>>, SourceError> {
         Ok(self.ranges.clone())
     }
+
+    fn concurrent_reads(&self) -> usize {
+        self.inner.concurrent_reads()
+    }
 }
 
 /// Wraps `inner` so that only `ranges` (clipped to the disk, sorted and

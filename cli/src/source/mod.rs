@@ -88,6 +88,15 @@ pub(crate) trait DiskSource: Send + Sync {
     /// qcow2: from imago's mapping query, resolved through the backing chain (unallocated
     /// clusters without backing data and zero clusters are outside).
     fn data_ranges(&self) -> Result<Vec<Range<u64>>, SourceError>;
+
+    /// How many chunks a backup should read at once to keep this source busy.
+    ///
+    /// Local files are read one chunk at a time, in order, which the kernel's read-ahead serves
+    /// best; remote sources want several chunks' requests in flight so that no round trip
+    /// leaves the connection idle.
+    fn concurrent_reads(&self) -> usize {
+        1
+    }
 }
 
 /// Why a disk image could not be opened or read.
@@ -263,7 +272,7 @@ fn push_range(ranges: &mut Vec<Range<u64>>, range: Range<u64>) {
 }
 
 /// The data ranges of a disk about which nothing is known: all of it.
-fn whole_disk(size: u64) -> Vec<Range<u64>> {
+pub(crate) fn whole_disk(size: u64) -> Vec<Range<u64>> {
     let mut ranges = Vec::new();
     push_range(&mut ranges, 0..size);
     ranges

@@ -114,6 +114,10 @@ impl DiskSource for SftpQcow2Source {
         mapped_data_ranges(&self.image, self.size)
             .map_err(|err| imago_error(&self.location, "map the clusters of".to_owned(), err))
     }
+
+    fn concurrent_reads(&self) -> usize {
+        super::sftp::CONCURRENT_SFTP_READS
+    }
 }
 
 /// A part of a read that holds data in some file of the chain: where it starts on the disk, and
