@@ -86,7 +86,14 @@ impl Hypervisor {
         };
         let sftp = ssh.sftp()?;
         let src = match format {
-            ImageFormat::Raw => source::open_sftp_raw(sftp, path, self.remote_device_size(path))?,
+            ImageFormat::Raw => {
+                let device_size = if sftp.metadata(path)?.is_block_device() {
+                    self.remote_device_size(path)
+                } else {
+                    None
+                };
+                source::open_sftp_raw(sftp, path, device_size)?
+            }
             ImageFormat::Qcow2 => source::open_sftp_qcow2(&sftp, path)?,
         };
         Ok(match self.remote_map(path, format) {
@@ -203,8 +210,7 @@ fn back_up_domain(
     tags: &[String],
     interrupted: &(dyn Fn() -> bool + Sync),
 ) -> Result<()> {
-    repair_domain(g, &hv.virsh, name)?;
-    let xml = hv.virsh.dumpxml(name)?;
+    let xml = repair_domain(g, &hv.virsh, name)?.xml;
     let dom = parse_domain(&xml)?;
     let disks = included_disks(g, &dom, excluded);
     if disks.is_empty() {
@@ -357,11 +363,24 @@ fn commit_overlays(virsh: &Virsh, name: &str, overlays: &[Overlay]) -> Result<()
     first_err.map_or(Ok(()), Err)
 }
 
+/// What [`repair_domain`] did, and the domain as it is afterwards.
+struct Repaired {
+    /// Overlay files committed or deleted.
+    done: Vec<String>,
+    /// The domain XML after the repair.
+    xml: String,
+}
+
 /// Commits overlays left behind by a killed backup and deletes orphaned
-/// overlay files; returns what it did.
-fn repair_domain(g: &Global, virsh: &Virsh, name: &str) -> Result<Vec<String>> {
-    let mut done = commit_active_overlays(g, virsh, name)?;
-    let dom = parse_domain(&virsh.dumpxml(name)?)?;
+/// overlay files.
+fn repair_domain(g: &Global, virsh: &Virsh, name: &str) -> Result<Repaired> {
+    let mut xml = virsh.dumpxml(name)?;
+    let mut dom = parse_domain(&xml)?;
+    let mut done = commit_active_overlays(g, virsh, name, &dom)?;
+    if !done.is_empty() {
+        xml = virsh.dumpxml(name)?;
+        dom = parse_domain(&xml)?;
+    }
     for file in orphaned_overlays(virsh.shell().as_ref(), &dom) {
         virsh.shell().remove_file(&file)?;
         if !g.quiet {
@@ -369,12 +388,16 @@ fn repair_domain(g: &Global, virsh: &Virsh, name: &str) -> Result<Vec<String>> {
         }
         done.push(file);
     }
-    Ok(done)
+    Ok(Repaired { done, xml })
 }
 
 /// Switches disks still running on a vmstash overlay back to their base.
-fn commit_active_overlays(g: &Global, virsh: &Virsh, name: &str) -> Result<Vec<String>> {
-    let dom = parse_domain(&virsh.dumpxml(name)?)?;
+fn commit_active_overlays(
+    g: &Global,
+    virsh: &Virsh,
+    name: &str,
+    dom: &DomainDef,
+) -> Result<Vec<String>> {
     let stale: Vec<&DiskDef> = dom
         .disks
         .iter()
@@ -453,7 +476,7 @@ fn orphaned_overlays(shell: &dyn Shell, dom: &DomainDef) -> Vec<String> {
 /// Runs `vmstash vm-repair`.
 pub fn run_repair(g: &Global, a: &VmRepairArgs) -> Result<ExitCode> {
     let hv = Hypervisor::connect(g, &a.connect)?;
-    let done = repair_domain(g, &hv.virsh, &a.vm)?;
+    let done = repair_domain(g, &hv.virsh, &a.vm)?.done;
     if g.json {
         print_json(&json!({"message_type": "repaired", "vm": a.vm, "overlays_committed": done}));
     } else if done.is_empty() && !g.quiet {

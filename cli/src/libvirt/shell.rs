@@ -67,15 +67,31 @@ impl Shell for LocalShell {
     }
 }
 
-/// Commands on a hypervisor reached over SSH.
+/// Commands on a hypervisor reached over SSH. Files are listed and removed
+/// over SFTP: every command runs through the user's login shell, whose rc
+/// files may take a good part of a second on each call.
 pub struct SshShell {
     session: crate::ssh::SshSession,
+    /// The SFTP channel for file operations, opened on first use.
+    sftp: std::sync::OnceLock<crate::ssh::Sftp>,
 }
 
 impl SshShell {
     /// Commands over `session`.
     pub fn new(session: crate::ssh::SshSession) -> SshShell {
-        SshShell { session }
+        SshShell {
+            session,
+            sftp: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The SFTP channel, opened if needed.
+    fn sftp(&self) -> Result<&crate::ssh::Sftp> {
+        if let Some(sftp) = self.sftp.get() {
+            return Ok(sftp);
+        }
+        let opened = self.session.sftp()?;
+        Ok(self.sftp.get_or_init(|| opened))
     }
 }
 
@@ -92,27 +108,22 @@ impl Shell for SshShell {
     }
 
     fn remove_file(&self, path: &str) -> Result<()> {
-        let out = self.run(&["rm", "-f", "--", path])?;
-        if out.status != 0 {
-            anyhow::bail!(
-                "removing {path} on {}: {}",
-                self.describe(),
-                out.stderr.trim()
-            );
+        match self.sftp()?.remove(path) {
+            Err(crate::ssh::SshError::Sftp {
+                failure: crate::ssh::SftpFailure::NotFound,
+                ..
+            }) => Ok(()),
+            other => Ok(other?),
         }
-        Ok(())
     }
 
     fn list_dir(&self, dir: &str) -> Result<Vec<String>> {
-        let out = self.run(&["ls", "-1A", "--", dir])?;
-        if out.status != 0 {
-            anyhow::bail!(
-                "listing {dir} on {}: {}",
-                self.describe(),
-                out.stderr.trim()
-            );
-        }
-        Ok(out.stdout.lines().map(str::to_string).collect())
+        Ok(self
+            .sftp()?
+            .read_dir(dir)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
     }
 
     fn describe(&self) -> String {
