@@ -29,6 +29,7 @@ use vmstash_repo::writer::WriteSession;
 use vmstash_repo::Id;
 
 use crate::source::DiskSource;
+use vmstash_hashblocks::hasher::is_zero;
 
 /// Worker threads hashing and compressing: one per core here.
 const WORKERS: usize = 2;
@@ -326,16 +327,6 @@ fn hash_chunk(session: &WriteSession<'_>, job: &Job) -> Result<Done> {
     }
 }
 
-/// True when every byte is zero (16 bytes at a time).
-pub fn is_zero(buf: &[u8]) -> bool {
-    let words = buf.chunks_exact(16);
-    let tail = words.remainder();
-    words
-        .map(|w| w.iter().fold(0u8, |acc, b| acc | b))
-        .all(|w| w == 0)
-        && tail.iter().all(|&b| b == 0)
-}
-
 /// Walks sorted data ranges alongside ascending chunk ranges.
 struct DataCursor<'a> {
     ranges: &'a [Range<u64>],
@@ -419,17 +410,6 @@ impl<'s, 'r> MapBuilder<'s, 'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn zero_detection() {
-        assert!(is_zero(&[0; 4099]));
-        let mut v = vec![0u8; 4099];
-        v[4098] = 1;
-        assert!(!is_zero(&v));
-        v[4098] = 0;
-        v[17] = 1;
-        assert!(!is_zero(&v));
-    }
 
     #[test]
     fn data_cursor() {

@@ -245,7 +245,7 @@ fn write_sparse(sink: &dyn Sink, offset: u64, data: &[u8]) -> Result<()> {
     let blocks = data.len().div_ceil(BLOCK);
     for b in 0..=blocks {
         let block = data.get(b * BLOCK..((b + 1) * BLOCK).min(data.len()));
-        let zero = block.is_none_or(crate::pipeline::is_zero);
+        let zero = block.is_none_or(vmstash_hashblocks::hasher::is_zero);
         match (zero, run_start) {
             (false, None) => run_start = Some(b * BLOCK),
             (true, Some(start)) => {

@@ -1,0 +1,12 @@
+//! vmstash's hypervisor-side helper, as a library.
+//!
+//! The `vmstash-hashblocks` helper runs next to a VM's disk (started by the CLI over SSH), hashes
+//! the disk's chunks at local-disk speed on every core, and reports each chunk's SHA-256 — or
+//! that it reads as zeros — so that the CLI fetches only the chunks the repository lacks.
+//!
+//! - [`protocol`]: the versioned, length-prefixed wire protocol (spec/FORMAT.md §19), with a
+//!   bounded decoder for the bytes the other side sends.
+//! - [`hasher`]: hashing a range of chunks of a disk on several threads.
+
+pub mod hasher;
+pub mod protocol;

@@ -1,0 +1,689 @@
+//! The hashblocks wire protocol, version 1 (spec/FORMAT.md §19).
+//!
+//! Both directions are a stream of frames: a 4-byte big-endian length, then that many bytes, the
+//! first of which is the frame type. The helper speaks first ([`Frame::Hello`]); the client sends
+//! one [`Frame::HashRequest`]; the helper answers with [`Frame::DiskInfo`], any number of
+//! [`Frame::ZeroRun`] and [`Frame::Hashes`] frames (chunks in any order, each exactly once), and
+//! one [`Frame::End`] or [`Frame::Error`].
+//!
+//! Every frame read is bounded before anything is allocated: [`read_frame`] refuses a length
+//! above [`MAX_FRAME_LEN`], and every count and string length inside a frame is checked against
+//! the bytes actually present and against its own limit.
+
+use std::io::{self, Read, Write};
+
+/// The magic at the start of the helper's hello.
+pub const MAGIC: &[u8; 18] = b"vmstash-hashblocks";
+/// The protocol version this crate speaks.
+pub const VERSION: u16 = 1;
+/// Largest frame body (type byte included) either side accepts.
+pub const MAX_FRAME_LEN: u32 = 64 << 10;
+/// Most hashes in one [`Frame::Hashes`].
+pub const MAX_HASHES_PER_FRAME: u32 = 1024;
+/// Longest path in a request, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest error message, in bytes.
+pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Smallest and largest chunk size a request may ask for.
+pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = (4 << 10)..=(8 << 20);
+
+/// Frame type bytes.
+mod kind {
+    pub(super) const HELLO: u8 = 0x01;
+    pub(super) const HASH_REQUEST: u8 = 0x02;
+    pub(super) const DISK_INFO: u8 = 0x10;
+    pub(super) const ZERO_RUN: u8 = 0x11;
+    pub(super) const HASHES: u8 = 0x12;
+    pub(super) const ERROR: u8 = 0x1e;
+    pub(super) const END: u8 = 0x1f;
+}
+
+/// How the helper should read the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// Guest bytes 1:1 (a file or block device).
+    Raw,
+    /// qcow2, with its backing chain.
+    Qcow2,
+}
+
+/// Why a request failed on the helper's side, so the client can decide what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request was malformed or asked for something out of range.
+    BadRequest,
+    /// The image could not be opened (missing, permission denied).
+    Open,
+    /// Reading the image failed midway.
+    Read,
+    /// The image is damaged or uses a feature the helper cannot read.
+    Unsupported,
+    /// A code this version does not know (from a newer helper).
+    Other(u16),
+}
+
+impl ErrorCode {
+    fn to_u16(self) -> u16 {
+        match self {
+            Self::BadRequest => 1,
+            Self::Open => 2,
+            Self::Read => 3,
+            Self::Unsupported => 4,
+            Self::Other(code) => code,
+        }
+    }
+
+    fn from_u16(code: u16) -> Self {
+        match code {
+            1 => Self::BadRequest,
+            2 => Self::Open,
+            3 => Self::Read,
+            4 => Self::Unsupported,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// One frame of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Helper → client, first: who it is and which protocol version it speaks.
+    Hello {
+        /// Protocol version.
+        version: u16,
+        /// Threads the helper hashes on.
+        threads: u16,
+    },
+    /// Client → helper: hash chunks `first_chunk..end_chunk` of the image at `path`.
+    HashRequest {
+        /// How to read the image.
+        format: ImageFormat,
+        /// Chunk size in bytes (a power of two in [`CHUNK_SIZE_RANGE`]).
+        chunk_size: u32,
+        /// First chunk to report.
+        first_chunk: u64,
+        /// One past the last chunk to report; `u64::MAX` for "to the end of the disk".
+        end_chunk: u64,
+        /// The image's path on the helper's host (bytes, as the OS names files).
+        path: Vec<u8>,
+    },
+    /// Helper → client, first answer to a request: the disk's virtual size and the chunks it
+    /// will report.
+    DiskInfo {
+        /// Virtual size in bytes.
+        size: u64,
+        /// First chunk reported.
+        first_chunk: u64,
+        /// One past the last chunk reported (clamped to the disk).
+        end_chunk: u64,
+    },
+    /// Chunks `first..first + count` read as zeros.
+    ZeroRun {
+        /// First chunk of the run.
+        first: u64,
+        /// Chunks in the run (at least 1).
+        count: u64,
+    },
+    /// The SHA-256 of chunks `first..first + hashes.len()`.
+    Hashes {
+        /// First chunk.
+        first: u64,
+        /// One hash per chunk (1 to [`MAX_HASHES_PER_FRAME`]).
+        hashes: Vec<[u8; 32]>,
+    },
+    /// The request failed; nothing more follows for it.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// A message for the user, naming the file and the cause.
+        message: String,
+    },
+    /// Every chunk of the request was reported.
+    End {
+        /// Chunks reported.
+        chunks: u64,
+        /// Bytes the helper read from the image.
+        bytes_read: u64,
+    },
+}
+
+/// Why bytes from the other side are not a valid frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// Reading or writing the stream failed.
+    #[error("the helper connection failed: {0}")]
+    Io(#[from] io::Error),
+    /// The stream ended at a frame boundary.
+    #[error("the helper connection closed")]
+    Closed,
+    /// A frame's declared length is 0 or above the limit.
+    #[error("frame length {0} is out of range (1 to {MAX_FRAME_LEN})")]
+    BadLength(u32),
+    /// A frame type this version does not know.
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    /// A frame's body does not match its type.
+    #[error("malformed {frame} frame: {what}")]
+    Malformed {
+        /// The frame type's name.
+        frame: &'static str,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+fn malformed(frame: &'static str, what: impl Into<String>) -> ProtocolError {
+    ProtocolError::Malformed {
+        frame,
+        what: what.into(),
+    }
+}
+
+/// A cursor over a frame body that never reads past its end.
+struct Body<'a> {
+    bytes: &'a [u8],
+    frame: &'static str,
+}
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.bytes.len() < n {
+            return Err(malformed(
+                self.frame,
+                format!("needs {n} more bytes, has {}", self.bytes.len()),
+            ));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// A u16 length, then that many bytes (at most `max`).
+    fn bytes16(&mut self, max: usize, what: &str) -> Result<&'a [u8], ProtocolError> {
+        let len = usize::from(self.u16()?);
+        if len > max {
+            return Err(malformed(
+                self.frame,
+                format!("{what} of {len} bytes (limit {max})"),
+            ));
+        }
+        self.take(len)
+    }
+
+    fn finish(self) -> Result<(), ProtocolError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(
+                self.frame,
+                format!("{} trailing bytes", self.bytes.len()),
+            ))
+        }
+    }
+}
+
+impl Frame {
+    /// Decodes a frame body (type byte first, length prefix removed).
+    pub fn decode(body: &[u8]) -> Result<Frame, ProtocolError> {
+        let (&ty, rest) = body.split_first().ok_or(ProtocolError::BadLength(0))?;
+        let frame = match ty {
+            kind::HELLO => decode_hello(rest)?,
+            kind::HASH_REQUEST => decode_hash_request(rest)?,
+            kind::DISK_INFO => decode_disk_info(rest)?,
+            kind::ZERO_RUN => decode_zero_run(rest)?,
+            kind::HASHES => decode_hashes(rest)?,
+            kind::ERROR => decode_error(rest)?,
+            kind::END => decode_end(rest)?,
+            other => return Err(ProtocolError::UnknownType(other)),
+        };
+        Ok(frame)
+    }
+
+    /// Appends the frame, length prefix included, to `out`.
+    ///
+    /// Fails only for a frame this side must never send (a path or message over its limit, too
+    /// many hashes), so that a bug cannot put a frame on the wire that the peer would refuse.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match self {
+            Frame::Hello { version, threads } => {
+                out.push(kind::HELLO);
+                out.extend_from_slice(MAGIC);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(&threads.to_be_bytes());
+            }
+            Frame::HashRequest {
+                format,
+                chunk_size,
+                first_chunk,
+                end_chunk,
+                path,
+            } => {
+                out.push(kind::HASH_REQUEST);
+                out.push(match format {
+                    ImageFormat::Raw => 0,
+                    ImageFormat::Qcow2 => 1,
+                });
+                out.extend_from_slice(&chunk_size.to_be_bytes());
+                out.extend_from_slice(&first_chunk.to_be_bytes());
+                out.extend_from_slice(&end_chunk.to_be_bytes());
+                put_bytes16(out, path, MAX_PATH_LEN, "hash request", "path")?;
+            }
+            Frame::DiskInfo {
+                size,
+                first_chunk,
+                end_chunk,
+            } => {
+                out.push(kind::DISK_INFO);
+                for v in [size, first_chunk, end_chunk] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+            Frame::ZeroRun { first, count } => {
+                out.push(kind::ZERO_RUN);
+                out.extend_from_slice(&first.to_be_bytes());
+                out.extend_from_slice(&count.to_be_bytes());
+            }
+            Frame::Hashes { first, hashes } => {
+                let count = u32::try_from(hashes.len())
+                    .ok()
+                    .filter(|n| (1..=MAX_HASHES_PER_FRAME).contains(n))
+                    .ok_or_else(|| malformed("hashes", format!("{} hashes", hashes.len())))?;
+                out.push(kind::HASHES);
+                out.extend_from_slice(&first.to_be_bytes());
+                out.extend_from_slice(&count.to_be_bytes());
+                for h in hashes {
+                    out.extend_from_slice(h);
+                }
+            }
+            Frame::Error { code, message } => {
+                out.push(kind::ERROR);
+                out.extend_from_slice(&code.to_u16().to_be_bytes());
+                put_bytes16(out, message.as_bytes(), MAX_MESSAGE_LEN, "error", "message")?;
+            }
+            Frame::End { chunks, bytes_read } => {
+                out.push(kind::END);
+                out.extend_from_slice(&chunks.to_be_bytes());
+                out.extend_from_slice(&bytes_read.to_be_bytes());
+            }
+        }
+        let len = u32::try_from(out.len() - start - 4)
+            .ok()
+            .filter(|&len| len <= MAX_FRAME_LEN)
+            .ok_or_else(|| malformed("any", "frame too long"))?;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+}
+
+fn put_bytes16(
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    max: usize,
+    frame: &'static str,
+    what: &str,
+) -> Result<(), ProtocolError> {
+    let len = u16::try_from(bytes.len())
+        .ok()
+        .filter(|_| bytes.len() <= max)
+        .ok_or_else(|| malformed(frame, format!("{what} of {} bytes", bytes.len())))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+fn decode_hello(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "hello",
+    };
+    if b.take(MAGIC.len())? != MAGIC {
+        return Err(malformed(
+            "hello",
+            "wrong magic: not a vmstash-hashblocks helper",
+        ));
+    }
+    let version = b.u16()?;
+    let threads = b.u16()?;
+    b.finish()?;
+    Ok(Frame::Hello { version, threads })
+}
+
+fn decode_hash_request(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "hash request",
+    };
+    let format = match b.u8()? {
+        0 => ImageFormat::Raw,
+        1 => ImageFormat::Qcow2,
+        other => {
+            return Err(malformed(
+                "hash request",
+                format!("unknown image format {other}"),
+            ))
+        }
+    };
+    let chunk_size = b.u32()?;
+    if !chunk_size.is_power_of_two() || !CHUNK_SIZE_RANGE.contains(&chunk_size) {
+        return Err(malformed(
+            "hash request",
+            format!("chunk size {chunk_size} is not a power of two from 4 KiB to 8 MiB"),
+        ));
+    }
+    let first_chunk = b.u64()?;
+    let end_chunk = b.u64()?;
+    if end_chunk < first_chunk {
+        return Err(malformed(
+            "hash request",
+            format!("chunk range {first_chunk}..{end_chunk} runs backwards"),
+        ));
+    }
+    let path = b.bytes16(MAX_PATH_LEN, "path")?.to_vec();
+    if path.is_empty() || path.contains(&0) {
+        return Err(malformed("hash request", "empty path or NUL in path"));
+    }
+    b.finish()?;
+    Ok(Frame::HashRequest {
+        format,
+        chunk_size,
+        first_chunk,
+        end_chunk,
+        path,
+    })
+}
+
+fn decode_disk_info(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "disk info",
+    };
+    let (size, first_chunk, end_chunk) = (b.u64()?, b.u64()?, b.u64()?);
+    b.finish()?;
+    if end_chunk < first_chunk {
+        return Err(malformed("disk info", "chunk range runs backwards"));
+    }
+    Ok(Frame::DiskInfo {
+        size,
+        first_chunk,
+        end_chunk,
+    })
+}
+
+fn decode_zero_run(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "zero run",
+    };
+    let (first, count) = (b.u64()?, b.u64()?);
+    b.finish()?;
+    if count == 0 || first.checked_add(count).is_none() {
+        return Err(malformed(
+            "zero run",
+            format!("run {first}+{count} is empty or overflows"),
+        ));
+    }
+    Ok(Frame::ZeroRun { first, count })
+}
+
+fn decode_hashes(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "hashes",
+    };
+    let first = b.u64()?;
+    let count = b.u32()?;
+    if !(1..=MAX_HASHES_PER_FRAME).contains(&count) || first.checked_add(u64::from(count)).is_none()
+    {
+        return Err(malformed(
+            "hashes",
+            format!("{count} hashes from chunk {first}"),
+        ));
+    }
+    let n = usize::try_from(count).map_err(|_| malformed("hashes", "count"))?;
+    let raw = b.take(n * 32)?;
+    b.finish()?;
+    let hashes = raw
+        .chunks_exact(32)
+        .map(|h| {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(h);
+            out
+        })
+        .collect();
+    Ok(Frame::Hashes { first, hashes })
+}
+
+fn decode_error(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "error",
+    };
+    let code = ErrorCode::from_u16(b.u16()?);
+    let message = String::from_utf8_lossy(b.bytes16(MAX_MESSAGE_LEN, "message")?).into_owned();
+    b.finish()?;
+    Ok(Frame::Error { code, message })
+}
+
+fn decode_end(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "end",
+    };
+    let (chunks, bytes_read) = (b.u64()?, b.u64()?);
+    b.finish()?;
+    Ok(Frame::End { chunks, bytes_read })
+}
+
+/// Reads one frame from `r`. A stream that ends cleanly before a frame gives
+/// [`ProtocolError::Closed`]; one that ends inside a frame gives an I/O error.
+pub fn read_frame(r: &mut impl Read) -> Result<Frame, ProtocolError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(ProtocolError::Closed),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(len);
+    if len == 0 || len > MAX_FRAME_LEN {
+        return Err(ProtocolError::BadLength(len));
+    }
+    let mut body = vec![0u8; usize::try_from(len).map_err(|_| ProtocolError::BadLength(len))?];
+    r.read_exact(&mut body)?;
+    Frame::decode(&body)
+}
+
+/// Writes one frame to `w`.
+pub fn write_frame(w: &mut impl Write, frame: &Frame) -> Result<(), ProtocolError> {
+    let mut buf = Vec::new();
+    frame.encode(&mut buf)?;
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Hello {
+                version: VERSION,
+                threads: 2,
+            },
+            Frame::HashRequest {
+                format: ImageFormat::Qcow2,
+                chunk_size: 512 << 10,
+                first_chunk: 3,
+                end_chunk: u64::MAX,
+                path: b"/var/lib/libvirt/images/web1.qcow2".to_vec(),
+            },
+            Frame::DiskInfo {
+                size: 1 << 30,
+                first_chunk: 0,
+                end_chunk: 2048,
+            },
+            Frame::ZeroRun { first: 7, count: 9 },
+            Frame::Hashes {
+                first: 100,
+                hashes: vec![[0xab; 32], [0x01; 32]],
+            },
+            Frame::Error {
+                code: ErrorCode::Open,
+                message: "cannot open /x: No such file".to_owned(),
+            },
+            Frame::Error {
+                code: ErrorCode::Other(77),
+                message: String::new(),
+            },
+            Frame::End {
+                chunks: 2048,
+                bytes_read: 5 << 20,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips_through_a_stream() {
+        let mut wire = Vec::new();
+        for f in samples() {
+            write_frame(&mut wire, &f).expect("encode");
+        }
+        let mut r = wire.as_slice();
+        for f in samples() {
+            assert_eq!(read_frame(&mut r).expect("decode"), f);
+        }
+        assert!(matches!(read_frame(&mut r), Err(ProtocolError::Closed)));
+    }
+
+    #[test]
+    fn every_truncation_of_every_frame_is_an_error() {
+        for f in samples() {
+            let mut wire = Vec::new();
+            write_frame(&mut wire, &f).expect("encode");
+            for cut in 1..wire.len() {
+                let mut r = &wire[..cut];
+                assert!(read_frame(&mut r).is_err(), "{f:?} cut at {cut}");
+            }
+            let body = &wire[4..];
+            for cut in 0..body.len() {
+                assert!(
+                    Frame::decode(&body[..cut]).is_err(),
+                    "{f:?} body cut at {cut}"
+                );
+            }
+            let mut longer = body.to_vec();
+            longer.push(0);
+            assert!(
+                Frame::decode(&longer).is_err(),
+                "{f:?} with a trailing byte"
+            );
+        }
+    }
+
+    #[test]
+    fn lengths_are_checked_before_allocating() {
+        let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0x12];
+        assert!(matches!(
+            read_frame(&mut r),
+            Err(ProtocolError::BadLength(u32::MAX))
+        ));
+        let mut r: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(
+            read_frame(&mut r),
+            Err(ProtocolError::BadLength(0))
+        ));
+        let mut hashes = vec![kind::HASHES];
+        hashes.extend_from_slice(&0u64.to_be_bytes());
+        hashes.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(
+            Frame::decode(&hashes).is_err(),
+            "a huge hash count is refused"
+        );
+    }
+
+    #[test]
+    fn requests_out_of_range_are_refused() {
+        let good = Frame::HashRequest {
+            format: ImageFormat::Raw,
+            chunk_size: 1 << 16,
+            first_chunk: 0,
+            end_chunk: 1,
+            path: b"/d".to_vec(),
+        };
+        let mut wire = Vec::new();
+        good.encode(&mut wire).expect("encode");
+        let body = wire[4..].to_vec();
+        let mut bad_chunk = body.clone();
+        bad_chunk[2..6].copy_from_slice(&3000u32.to_be_bytes());
+        assert!(Frame::decode(&bad_chunk).is_err(), "not a power of two");
+        let mut backwards = body.clone();
+        backwards[6..14].copy_from_slice(&5u64.to_be_bytes());
+        assert!(Frame::decode(&backwards).is_err(), "range runs backwards");
+        let mut nul = body;
+        let last = nul.len() - 1;
+        nul[last] = 0;
+        assert!(Frame::decode(&nul).is_err(), "NUL in path");
+        assert!(matches!(
+            Frame::decode(&[0x77]),
+            Err(ProtocolError::UnknownType(0x77))
+        ));
+        let too_many = Frame::Hashes {
+            first: 0,
+            hashes: vec![[0; 32]; 1025],
+        };
+        assert!(too_many.encode(&mut Vec::new()).is_err());
+        let zero_run = Frame::ZeroRun {
+            first: u64::MAX,
+            count: 2,
+        };
+        let mut wire = Vec::new();
+        zero_run.encode(&mut wire).expect("encode");
+        assert!(Frame::decode(&wire[4..]).is_err(), "run overflows");
+    }
+
+    #[test]
+    fn a_wrong_magic_is_not_a_helper() {
+        let mut wire = Vec::new();
+        Frame::Hello {
+            version: 1,
+            threads: 1,
+        }
+        .encode(&mut wire)
+        .expect("encode");
+        wire[6] ^= 0x20;
+        let err = Frame::decode(&wire[4..]).expect_err("wrong magic");
+        assert!(
+            err.to_string().contains("not a vmstash-hashblocks helper"),
+            "{err}"
+        );
+    }
+}
