@@ -1,4 +1,5 @@
-//! Hashing a range of a disk's chunks on several threads (spec/FORMAT.md §19.3).
+//! Hashing a range of a disk's chunks on several threads (spec/FORMAT.md §19.3), read through
+//! [`crate::source`].
 //!
 //! Threads take batches of consecutive chunks from a shared counter, so the disk is read
 //! nearly in order whatever the thread count. A chunk outside the source's data ranges is
@@ -6,7 +7,6 @@
 //! every other chunk is reported by its SHA-256 (the blob id the repository uses). Each thread
 //! holds one chunk buffer, so memory is `threads × chunk size` whatever the disk's size.
 
-use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -14,19 +14,10 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::{Frame, MAX_HASHES_PER_FRAME};
+use crate::source::{DiskSource, SourceError};
 
 /// Chunks one thread takes at a time.
 const BATCH_CHUNKS: u64 = 64;
-
-/// A disk image the helper can read.
-pub trait BlockSource: Sync {
-    /// Virtual size in bytes.
-    fn size(&self) -> u64;
-    /// Fills `buf` with the guest bytes at `offset`.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    /// Sorted, non-overlapping byte ranges that may hold data; the rest reads as zeros.
-    fn data_ranges(&self) -> io::Result<Vec<Range<u64>>>;
-}
 
 /// What a finished run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -40,19 +31,12 @@ pub struct HashStats {
 /// Why hashing stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
-    /// The source failed a read.
-    #[error("cannot read {len} bytes at offset {offset}: {source}")]
-    Read {
-        /// Where the read started.
-        offset: u64,
-        /// How many bytes it asked for.
-        len: usize,
-        /// The operating system's error.
-        source: io::Error,
-    },
+    /// The source failed a read (the error names the image and the offset).
+    #[error(transparent)]
+    Read(SourceError),
     /// The source could not say where its data is.
-    #[error("cannot map the image's data: {0}")]
-    Map(io::Error),
+    #[error(transparent)]
+    Map(SourceError),
     /// The consumer of the frames failed (e.g. the connection to the client closed).
     #[error("cannot send the results: {0}")]
     Emit(String),
@@ -62,7 +46,7 @@ pub enum HashError {
 /// `src` on `threads` threads, handing each result frame ([`Frame::ZeroRun`], [`Frame::Hashes`])
 /// to `emit` on the calling thread, in batch order of completion.
 pub fn hash_range(
-    src: &dyn BlockSource,
+    src: &dyn DiskSource,
     chunk_size: u32,
     chunks: Range<u64>,
     threads: usize,
@@ -133,7 +117,7 @@ fn frame_chunks(frame: &Frame) -> u64 {
 
 /// The work shared by the hashing threads.
 struct Job<'a> {
-    src: &'a dyn BlockSource,
+    src: &'a dyn DiskSource,
     ranges: &'a [Range<u64>],
     chunk_size: u64,
     /// One past the last chunk to hash.
@@ -189,13 +173,7 @@ impl Job<'_> {
         }
         let len = usize::try_from(end - start).unwrap_or(usize::MAX);
         buf.resize(len, 0);
-        self.src
-            .read_at(buf, start)
-            .map_err(|source| HashError::Read {
-                offset: start,
-                len,
-                source,
-            })?;
+        self.src.read_at(buf, start).map_err(HashError::Read)?;
         self.bytes_read.fetch_add(end - start, Ordering::Relaxed);
         if is_zero(buf) {
             return Ok(None);
@@ -272,19 +250,26 @@ mod tests {
         fail_at: Option<u64>,
     }
 
-    impl BlockSource for Memory {
+    impl DiskSource for Memory {
+        fn format(&self) -> crate::source::ImageFormat {
+            crate::source::ImageFormat::Raw
+        }
         fn size(&self) -> u64 {
             u64::try_from(self.bytes.len()).expect("size")
         }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
             if self.fail_at == Some(offset) {
-                return Err(io::Error::other("injected"));
+                return Err(SourceError::Io {
+                    path: "memory".into(),
+                    action: format!("read {} bytes at offset {offset} of", buf.len()),
+                    source: std::io::Error::other("injected"),
+                });
             }
             let start = usize::try_from(offset).expect("offset");
             buf.copy_from_slice(&self.bytes[start..start + buf.len()]);
             Ok(())
         }
-        fn data_ranges(&self) -> io::Result<Vec<Range<u64>>> {
+        fn data_ranges(&self) -> Result<Vec<Range<u64>>, SourceError> {
             Ok(self.ranges.clone())
         }
     }

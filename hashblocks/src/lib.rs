@@ -7,6 +7,9 @@
 //! - [`protocol`]: the versioned, length-prefixed wire protocol (spec/FORMAT.md §19), with a
 //!   bounded decoder for the bytes the other side sends.
 //! - [`hasher`]: hashing a range of chunks of a disk on several threads.
+//! - [`source`]: reading disk images (raw files and block devices, qcow2 with backing chains),
+//!   the same readers the CLI backs up local disks with.
 
 pub mod hasher;
 pub mod protocol;
+pub mod source;

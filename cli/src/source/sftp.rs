@@ -13,7 +13,7 @@
 use std::ops::Range;
 use std::path::PathBuf;
 
-use super::{check_read_range, whole_disk, DiskSource, ImageFormat, SourceError};
+use super::{check_read_range, remote, whole_disk, DiskSource, ImageFormat, SourceError};
 use crate::ssh::{Sftp, SftpFile};
 
 /// Chunks a backup reads at once from a disk over SFTP: with 512 KiB chunks cut into 64 KiB
@@ -38,7 +38,7 @@ pub(crate) fn open_sftp_raw(
     path: &str,
     device_size: Option<u64>,
 ) -> Result<Box<dyn DiskSource>, SourceError> {
-    let metadata = sftp.metadata(path)?;
+    let metadata = sftp.metadata(path).map_err(remote)?;
     let location = PathBuf::from(format!("{path} (over SFTP)"));
     if metadata.is_block_device() {
         let Some(size) = device_size else {
@@ -47,7 +47,7 @@ pub(crate) fn open_sftp_raw(
                 what: "it is a block device, whose size SFTP does not report".to_owned(),
             });
         };
-        let file = sftp.open(path)?;
+        let file = sftp.open(path).map_err(remote)?;
         return Ok(Box::new(SftpRawSource {
             location,
             file,
@@ -60,7 +60,7 @@ pub(crate) fn open_sftp_raw(
             what: "it is not a regular file".to_owned(),
         });
     }
-    let file = sftp.open(path)?;
+    let file = sftp.open(path).map_err(remote)?;
     let size = file.size();
     Ok(Box::new(SftpRawSource {
         location,
@@ -80,7 +80,7 @@ impl DiskSource for SftpRawSource {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
         check_read_range(&self.location, offset, buf.len(), self.size)?;
-        Ok(self.file.read_at(buf, offset)?)
+        self.file.read_at(buf, offset).map_err(remote)
     }
 
     fn data_ranges(&self) -> Result<Vec<Range<u64>>, SourceError> {

@@ -48,7 +48,7 @@ use imago::storage::drivers::CommonStorageHelper;
 use imago::{FormatAccess, Mapping, Storage};
 
 use super::qcow2::{imago_error, mapped_data_ranges, open_chain, relative_to_image, ChainFiles};
-use super::{check_read_range, len_u64, DiskSource, ImageFormat, SourceError};
+use super::{check_read_range, len_u64, remote, DiskSource, ImageFormat, SourceError};
 use crate::ssh::{Sftp, SftpFailure, SftpFile, SshError};
 
 /// Most pieces of one read fetched at once (each on its own thread, the caller's included).
@@ -223,7 +223,10 @@ impl ChainFiles for SftpFiles<'_> {
             SourceError::Remote(err) => SourceError::Io {
                 path: path.to_owned(),
                 action: format!("open the {what} of {}:", referrer.display()),
-                source: to_io_error(err),
+                source: match err.downcast::<SshError>() {
+                    Ok(ssh) => to_io_error(*ssh),
+                    Err(other) => io::Error::other(other),
+                },
             },
             other => other,
         })
@@ -254,7 +257,7 @@ fn open_remote(sftp: &Sftp, path: &Path) -> Result<SftpFile, SourceError> {
     let Some(name) = path.to_str() else {
         return Err(unsupported("its path is not valid UTF-8"));
     };
-    let metadata = sftp.metadata(name)?;
+    let metadata = sftp.metadata(name).map_err(remote)?;
     if metadata.is_block_device() {
         return Err(unsupported(
             "it is a block device, whose size SFTP does not report, so qcow2 images on it \
@@ -264,7 +267,7 @@ fn open_remote(sftp: &Sftp, path: &Path) -> Result<SftpFile, SourceError> {
     if !metadata.is_file {
         return Err(unsupported("it is not a regular file"));
     }
-    Ok(sftp.open(name)?)
+    sftp.open(name).map_err(remote)
 }
 
 /// An SFTP error as the `io::Error` imago passes on, with the kind that says what happened.

@@ -17,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::source::tests::{assert_ranges_cover, read_all, TestResult};
 use crate::ssh::{SshOptions, SshSession, SshTarget};
+use vmstash_hashblocks::source::test_util::{assert_ranges_cover, read_all, TestResult};
 
 /// Where Debian puts the OpenSSH server.
 const SSHD: &str = "/usr/sbin/sshd";

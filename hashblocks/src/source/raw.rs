@@ -137,7 +137,7 @@ fn seek_to(file: &File, whence: fn(i64) -> SeekFrom, pos: u64) -> io::Result<Opt
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_ranges_cover, read_all, TestResult};
+    use super::super::test_util::{assert_ranges_cover, read_all, TestResult};
     use super::super::{open, SourceError};
     use super::*;
     use std::io::Write;

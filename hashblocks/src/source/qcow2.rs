@@ -6,7 +6,7 @@
 //! every file is opened read-only, backing paths are resolved the way qemu resolves them, and the
 //! chain is checked for loops, length and the memory its metadata would take ([`ChainLimits`]).
 //! The walk ([`open_chain`]) is the same for local chains and for chains on a remote host read
-//! over SFTP (`super::sftp_qcow2`); only how files are opened and told apart differs
+//! over SFTP (the CLI's `source/sftp_qcow2.rs`); only how files are opened and told apart differs
 //! ([`ChainFiles`]):
 //!
 //! 1. The header's first 104 bytes (qemu's `docs/interop/qcow2.txt`, "Header") are checked here
@@ -159,7 +159,7 @@ impl DiskSource for Qcow2Source {
 }
 
 /// Lists the ranges of `image` below `size` that map to data in some layer of the chain.
-pub(super) fn mapped_data_ranges<S: ImagoStorage>(
+pub fn mapped_data_ranges<S: ImagoStorage>(
     image: &FormatAccess<S>,
     size: u64,
 ) -> io::Result<Vec<Range<u64>>> {
@@ -195,7 +195,7 @@ pub(super) fn mapped_data_ranges<S: ImagoStorage>(
 /// a remote one (`super::sftp_qcow2`). The walk down the chain and every rule it follows (header
 /// checks, limits, how backing names resolve, which formats are trusted) are the same for all
 /// ([`open_chain`]).
-pub(super) trait ChainFiles {
+pub trait ChainFiles {
     /// An opened image file, not yet handed to imago.
     type File;
     /// What tells opened files apart, to recognise a chain that comes back to one.
@@ -271,7 +271,7 @@ struct BackingFile<F> {
 
 /// Opens the qcow2 image `file` at `path` and everything below it, reached through `files`, and
 /// stacks the layers.
-pub(super) fn open_chain<F: ChainFiles>(
+pub fn open_chain<F: ChainFiles>(
     files: &F,
     path: &Path,
     file: F::File,
@@ -506,7 +506,7 @@ fn resolve_reference(image_path: &Path, name: &str, what: &str) -> Result<PathBu
 
 /// `reference` as seen from the image at `image_path`: absolute as it is, relative against the
 /// image's directory (qemu's rule for backing and data file names).
-pub(super) fn relative_to_image(image_path: &Path, reference: &Path) -> PathBuf {
+pub fn relative_to_image(image_path: &Path, reference: &Path) -> PathBuf {
     if reference.is_absolute() {
         return reference.to_owned();
     }
@@ -535,7 +535,7 @@ fn file_identity(path: &Path, file: &File) -> Result<(u64, u64), SourceError> {
 
 /// Turns an imago error about the image at `path` into a [`SourceError`]: imago reports bad
 /// metadata as `InvalidData` and unreadable features as `Unsupported`; the rest is I/O.
-pub(super) fn imago_error(path: &Path, action: String, err: io::Error) -> SourceError {
+pub fn imago_error(path: &Path, action: String, err: io::Error) -> SourceError {
     match err.kind() {
         io::ErrorKind::InvalidData => SourceError::Corrupt {
             path: path.to_owned(),
@@ -775,7 +775,7 @@ fn header_bytes<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], Head
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_ranges_cover, qemu, read_all, TestResult};
+    use super::super::test_util::{assert_ranges_cover, qemu, read_all, TestResult};
     use super::super::{open, DiskSource, ImageFormat, SourceError};
     use super::*;
     use std::error::Error;

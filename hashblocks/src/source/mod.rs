@@ -1,0 +1,365 @@
+//! Disk-image sources: raw files (sparse-aware) and qcow2 (with backing chains, through imago).
+//!
+//! A backup reads a VM disk through the [`DiskSource`] trait: the virtual
+//! size, positional reads of guest bytes, and the list of byte ranges that
+//! may hold data (everything else is known to read as zeros, so the backup
+//! can skip it without reading it).
+//!
+//! # Design
+//!
+//! - **Format by content, never by name.** [`open`] looks at the first four
+//!   bytes: the qcow2 magic `QFI\xfb` means qcow2, anything else is raw. A
+//!   raw image that happens to be called `disk.qcow2` is backed up as raw,
+//!   byte for byte, which is what the guest sees when qemu is told it is raw.
+//! - **Read-only, always.** Every file (image, backing files, external data
+//!   files) is opened with `O_RDONLY`; imago is told the images are not
+//!   writable, so it never touches a header, refcount or dirty bit.
+//! - **Block devices are raw sources too** (LVM volumes, `/dev/loopN`,
+//!   iSCSI disks): their size comes from seeking to the end, since
+//!   `stat` reports 0 for them. A block device that holds a qcow2 image
+//!   (as oVirt lays them out) is detected and read as qcow2.
+//! - **Backing chains are resolved as qemu does:** a relative backing file
+//!   name is relative to the directory of the image that names it (not to
+//!   the current directory), the declared backing format is trusted, and
+//!   the format is probed only when the header does not declare one. Chains
+//!   that loop or are absurdly long are rejected instead of overflowing.
+//! - **Untrusted headers give errors, not panics.** The qcow2 header is
+//!   checked by [`qcow2`] before imago sees it (encryption, features imago
+//!   cannot read, an L1 table too small for the virtual size); imago itself
+//!   bounds every table it loads.
+//! - **Concurrent reads.** Sources are `Send + Sync` and [`DiskSource::read_at`]
+//!   takes `&self`: raw sources use `pread`, qcow2 sources share one imago
+//!   instance whose metadata caches are behind reader/writer locks, so
+//!   several backup threads can read one disk at once without reopening it.
+
+mod mapped;
+pub mod qcow2;
+mod raw;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
+
+pub use mapped::with_data_ranges;
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+/// The on-disk format of a disk image, as detected from its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// A plain file or block device holding the guest bytes 1:1.
+    Raw,
+    /// A qcow2 image (version 2 or 3), possibly with a backing chain.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The format's name as qemu spells it (`"raw"`, `"qcow2"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// A VM disk opened for reading.
+pub trait DiskSource: Send + Sync {
+    /// The format the image was detected as.
+    fn format(&self) -> ImageFormat;
+
+    /// Virtual size in bytes.
+    fn size(&self) -> u64;
+
+    /// Fills `buf` with the bytes at `offset`; `offset + buf.len() <= size()` (error otherwise).
+    ///
+    /// Must be callable from several threads at once.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError>;
+
+    /// Sorted, non-overlapping byte ranges that may hold non-zero data; everything outside them
+    /// reads as zeros and need not be read.
+    ///
+    /// Raw: from `SEEK_DATA`/`SEEK_HOLE`, the whole file if the filesystem does not support them.
+    /// qcow2: from imago's mapping query, resolved through the backing chain (unallocated
+    /// clusters without backing data and zero clusters are outside).
+    fn data_ranges(&self) -> Result<Vec<Range<u64>>, SourceError>;
+
+    /// How many chunks a backup should read at once to keep this source busy.
+    ///
+    /// Local files are read one chunk at a time, in order, which the kernel's read-ahead serves
+    /// best; remote sources want several chunks' requests in flight so that no round trip
+    /// leaves the connection idle.
+    fn concurrent_reads(&self) -> usize {
+        1
+    }
+}
+
+/// Why a disk image could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The operating system failed an operation on a file.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// The file the operation was on.
+        path: PathBuf,
+        /// What was being done, phrased to precede the path ("open", "read 4096 bytes at
+        /// offset 0 of").
+        action: String,
+        /// The error the operating system (or imago, for I/O below it) reported.
+        source: io::Error,
+    },
+
+    /// The image's metadata is damaged or not valid qcow2.
+    #[error(
+        "{} is damaged or not a valid qcow2 image: {what}; inspect it with `qemu-img check`",
+        path.display()
+    )]
+    Corrupt {
+        /// The image whose metadata is wrong.
+        path: PathBuf,
+        /// What is wrong, with the values found.
+        what: String,
+    },
+
+    /// The image is valid but uses something vmstash cannot read.
+    #[error("{} cannot be backed up: {what}", path.display())]
+    Unsupported {
+        /// The image using the feature.
+        path: PathBuf,
+        /// The feature, and how to get an image vmstash can read.
+        what: String,
+    },
+
+    /// A read was asked for bytes beyond the end of the disk (a bug in the caller).
+    #[error(
+        "cannot read {len} bytes at offset {offset} of {}: the disk is only {size} bytes long",
+        path.display()
+    )]
+    OutOfRange {
+        /// The disk image.
+        path: PathBuf,
+        /// Where the read started.
+        offset: u64,
+        /// How many bytes were asked for.
+        len: usize,
+        /// The disk's virtual size.
+        size: u64,
+    },
+
+    /// Reading a disk on a remote host failed (the message names the host, the path and why).
+    #[error(transparent)]
+    Remote(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+/// Opens `path`, detecting the format by content (qcow2 magic "QFI\xfb"), never by file name.
+///
+/// qcow2 backing chains are followed (backing file paths relative to the image's directory, as
+/// qemu does). Block devices (e.g. /dev/loop0, LVM volumes) work as raw sources too (size via
+/// seeking to the end).
+pub fn open(path: &Path) -> Result<Box<dyn DiskSource>, SourceError> {
+    let file = open_image_file(path, "open")?;
+    match detect_format(path, &file)? {
+        ImageFormat::Raw => Ok(Box::new(raw::RawSource::new(path, file)?)),
+        ImageFormat::Qcow2 => Ok(Box::new(qcow2::Qcow2Source::open(path, file)?)),
+    }
+}
+
+/// Opens `path` as the given format, without probing: for disks whose
+/// format a trusted party (libvirt's `<driver type=…>`) declares. A guest
+/// that writes a qcow2 header into its raw disk must not make vmstash
+/// follow a "backing file" of the guest's choosing on the host.
+pub fn open_as(path: &Path, format: ImageFormat) -> Result<Box<dyn DiskSource>, SourceError> {
+    let file = open_image_file(path, "open")?;
+    match format {
+        ImageFormat::Raw => Ok(Box::new(raw::RawSource::new(path, file)?)),
+        ImageFormat::Qcow2 => Ok(Box::new(qcow2::Qcow2Source::open(path, file)?)),
+    }
+}
+
+/// Opens `path` read-only and checks that it is a regular file or a block device.
+///
+/// `action` names the operation in the error message ("open", "open backing file of …").
+fn open_image_file(path: &Path, action: &str) -> Result<File, SourceError> {
+    let io_error = |source| SourceError::Io {
+        path: path.to_owned(),
+        action: action.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    let file_type = file.metadata().map_err(io_error)?.file_type();
+    if file_type.is_file() || file_type.is_block_device() {
+        Ok(file)
+    } else {
+        Err(SourceError::Unsupported {
+            path: path.to_owned(),
+            what: "it is neither a regular file nor a block device".to_owned(),
+        })
+    }
+}
+
+/// Detects the format of an opened image from its first bytes.
+///
+/// Files shorter than the magic are raw (qemu treats them the same way).
+fn detect_format(path: &Path, file: &File) -> Result<ImageFormat, SourceError> {
+    let mut magic = [0u8; 4];
+    let filled = read_prefix(file, &mut magic).map_err(|source| SourceError::Io {
+        path: path.to_owned(),
+        action: "read the first bytes of".to_owned(),
+        source,
+    })?;
+    Ok(format_of_prefix(magic.get(..filled).unwrap_or(&[])))
+}
+
+/// The format of an image whose first bytes are `prefix` (as many as the image has, up to four).
+fn format_of_prefix(prefix: &[u8]) -> ImageFormat {
+    if prefix == qcow2::MAGIC {
+        ImageFormat::Qcow2
+    } else {
+        ImageFormat::Raw
+    }
+}
+
+/// Reads as much of the start of `file` as fits in `buf` (less if the file is shorter).
+///
+/// Returns how many bytes were read.
+fn read_prefix(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while let Some(rest) = buf.get_mut(filled..) {
+        if rest.is_empty() {
+            break;
+        }
+        match file.read_at(rest, len_u64(filled)) {
+            Ok(0) => break,
+            Ok(n) => filled = filled.saturating_add(n),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+/// Checks that a read of `len` bytes at `offset` stays inside a disk of `size` bytes.
+pub fn check_read_range(
+    path: &Path,
+    offset: u64,
+    len: usize,
+    size: u64,
+) -> Result<(), SourceError> {
+    match offset.checked_add(len_u64(len)) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(SourceError::OutOfRange {
+            path: path.to_owned(),
+            offset,
+            len,
+            size,
+        }),
+    }
+}
+
+/// Appends `range` to sorted, non-overlapping `ranges`, merging it with the last one if they
+/// touch. Empty ranges are dropped.
+fn push_range(ranges: &mut Vec<Range<u64>>, range: Range<u64>) {
+    if range.is_empty() {
+        return;
+    }
+    match ranges.last_mut() {
+        Some(last) if last.end >= range.start => last.end = last.end.max(range.end),
+        _ => ranges.push(range),
+    }
+}
+
+/// The data ranges of a disk about which nothing is known: all of it.
+pub fn whole_disk(size: u64) -> Vec<Range<u64>> {
+    let mut ranges = Vec::new();
+    push_range(&mut ranges, 0..size);
+    ranges
+}
+
+/// A buffer length as `u64` (lossless on every target Rust supports; saturates otherwise, which
+/// makes bound checks fail rather than pass).
+pub fn len_u64(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::{qemu, TestResult};
+    use super::*;
+
+    #[test]
+    fn format_names_match_qemu() {
+        assert_eq!(ImageFormat::Raw.name(), "raw");
+        assert_eq!(ImageFormat::Qcow2.name(), "qcow2");
+    }
+
+    #[test]
+    fn raw_file_named_qcow2_is_raw() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("disk.qcow2");
+        std::fs::write(&path, b"not a qcow2 image, just bytes")?;
+        let source = open(&path)?;
+        assert_eq!(source.format(), ImageFormat::Raw);
+        assert_eq!(source.size(), 29);
+        Ok(())
+    }
+
+    #[test]
+    fn qcow2_file_named_raw_is_qcow2() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("disk.raw");
+        let path_str = path.to_str().ok_or("temp path is not UTF-8")?;
+        let args = ["create", "-q", "-f", "qcow2", path_str, "1M"];
+        qemu("qemu-img", &args)?;
+        let source = open(&path)?;
+        assert_eq!(source.format(), ImageFormat::Qcow2);
+        assert_eq!(source.size(), 1 << 20);
+        Ok(())
+    }
+
+    #[test]
+    fn file_shorter_than_magic_is_raw() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("tiny");
+        std::fs::write(&path, b"QF")?;
+        let source = open(&path)?;
+        assert_eq!(source.format(), ImageFormat::Raw);
+        let mut buf = [0u8; 2];
+        source.read_at(&mut buf, 0)?;
+        assert_eq!(&buf, b"QF");
+        Ok(())
+    }
+
+    #[test]
+    fn directory_is_rejected() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let err = open(dir.path())
+            .err()
+            .ok_or("opening a directory succeeded")?;
+        assert!(matches!(err, SourceError::Unsupported { .. }), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn missing_file_is_io_error_naming_it() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("absent.img");
+        let err = open(&path)
+            .err()
+            .ok_or("opening a missing file succeeded")?;
+        assert!(matches!(err, SourceError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("absent.img"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn push_range_merges_touching_ranges() {
+        let mut ranges = Vec::new();
+        push_range(&mut ranges, 0..10);
+        push_range(&mut ranges, 10..20);
+        push_range(&mut ranges, 25..25);
+        push_range(&mut ranges, 30..40);
+        assert_eq!(ranges, vec![0..20, 30..40]);
+    }
+}
