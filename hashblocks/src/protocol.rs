@@ -12,6 +12,8 @@
 
 use std::io::{self, Read, Write};
 
+pub use crate::source::ImageFormat;
+
 /// The magic at the start of the helper's hello.
 pub const MAGIC: &[u8; 18] = b"vmstash-hashblocks";
 /// The protocol version this crate speaks.
@@ -36,15 +38,6 @@ mod kind {
     pub(super) const HASHES: u8 = 0x12;
     pub(super) const ERROR: u8 = 0x1e;
     pub(super) const END: u8 = 0x1f;
-}
-
-/// How the helper should read the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageFormat {
-    /// Guest bytes 1:1 (a file or block device).
-    Raw,
-    /// qcow2, with its backing chain.
-    Qcow2,
 }
 
 /// Why a request failed on the helper's side, so the client can decide what to do.

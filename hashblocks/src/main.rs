@@ -1,0 +1,159 @@
+//! `vmstash-hashblocks`: the helper the vmstash CLI runs on a hypervisor over SSH.
+//!
+//! It speaks the protocol of spec/FORMAT.md §19 on stdin/stdout: says hello, then answers hash
+//! requests one after another until its input ends. Diagnostics go to stderr. It is built
+//! statically (see `scripts/build-helper.sh`) so that it runs on any x86-64 Linux host without
+//! installing anything.
+
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use vmstash_hashblocks::hasher::{hash_range, HashError};
+use vmstash_hashblocks::protocol::{
+    read_frame, write_frame, ErrorCode, Frame, ImageFormat, ProtocolError, VERSION,
+};
+use vmstash_hashblocks::source::{self, DiskSource, SourceError};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("serve") => match serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vmstash-hashblocks: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("--version") => {
+            println!(
+                "vmstash-hashblocks {} (protocol {VERSION})",
+                env!("CARGO_PKG_VERSION")
+            );
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!(
+                "vmstash-hashblocks: unknown argument {other:?}; this helper is run by vmstash \
+                 (usage: vmstash-hashblocks [serve | --version])"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Answers requests on stdin until it ends.
+fn serve() -> Result<(), ProtocolError> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut input = BufReader::new(io::stdin().lock());
+    let mut output = BufWriter::with_capacity(256 << 10, io::stdout().lock());
+    let hello = Frame::Hello {
+        version: VERSION,
+        threads: u16::try_from(threads).unwrap_or(u16::MAX),
+    };
+    write_frame(&mut output, &hello)?;
+    output.flush()?;
+    loop {
+        let request = match read_frame(&mut input) {
+            Ok(frame) => frame,
+            Err(ProtocolError::Closed) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Frame::HashRequest {
+            format,
+            chunk_size,
+            first_chunk,
+            end_chunk,
+            path,
+        } = request
+        else {
+            let message = "expected a hash request".to_owned();
+            write_frame(&mut output, &error(ErrorCode::BadRequest, message))?;
+            output.flush()?;
+            continue;
+        };
+        let path = path_of(path);
+        let answer = answer(
+            &mut output,
+            &path,
+            format,
+            chunk_size,
+            first_chunk..end_chunk,
+            threads,
+        );
+        if let Err(failure) = answer {
+            write_frame(&mut output, &failure)?;
+        }
+        output.flush()?;
+    }
+}
+
+/// The request's path as the OS names files (bytes, not necessarily UTF-8).
+fn path_of(bytes: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
+fn error(code: ErrorCode, message: String) -> Frame {
+    let mut message = message;
+    if message.len() > vmstash_hashblocks::protocol::MAX_MESSAGE_LEN {
+        let mut cut = vmstash_hashblocks::protocol::MAX_MESSAGE_LEN;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    Frame::Error { code, message }
+}
+
+fn source_error(e: &SourceError) -> Frame {
+    let code = match e {
+        SourceError::Corrupt { .. } | SourceError::Unsupported { .. } => ErrorCode::Unsupported,
+        SourceError::OutOfRange { .. } => ErrorCode::BadRequest,
+        SourceError::Io { .. } | SourceError::Remote(_) => ErrorCode::Read,
+    };
+    error(code, e.to_string())
+}
+
+/// Hashes one request's chunks; `Err` is the frame that reports why it failed (DISK_INFO and
+/// some results may already have been written).
+fn answer(
+    output: &mut impl Write,
+    path: &Path,
+    format: ImageFormat,
+    chunk_size: u32,
+    chunks: std::ops::Range<u64>,
+    threads: usize,
+) -> Result<(), Frame> {
+    let src: Box<dyn DiskSource> = source::open_as(path, format).map_err(|e| {
+        let mut frame = source_error(&e);
+        if let Frame::Error { code, .. } = &mut frame {
+            if matches!(e, SourceError::Io { .. }) {
+                *code = ErrorCode::Open;
+            }
+        }
+        frame
+    })?;
+    let disk_chunks = src.size().div_ceil(u64::from(chunk_size));
+    let end = chunks.end.min(disk_chunks);
+    let first = chunks.start.min(end);
+    let info = Frame::DiskInfo {
+        size: src.size(),
+        first_chunk: first,
+        end_chunk: end,
+    };
+    let io_error = |e: ProtocolError| error(ErrorCode::Read, format!("writing results: {e}"));
+    write_frame(output, &info).map_err(io_error)?;
+    let mut emit = |frame: Frame| write_frame(output, &frame).map_err(|e| e.to_string());
+    let stats = hash_range(src.as_ref(), chunk_size, first..end, threads, &mut emit).map_err(
+        |e| match e {
+            HashError::Read(e) | HashError::Map(e) => source_error(&e),
+            HashError::Emit(e) => error(ErrorCode::Read, format!("writing results: {e}")),
+        },
+    )?;
+    let end = Frame::End {
+        chunks: stats.chunks,
+        bytes_read: stats.bytes_read,
+    };
+    write_frame(output, &end).map_err(io_error)
+}
