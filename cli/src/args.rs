@@ -140,6 +140,10 @@ pub struct BackupArgs {
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// Read whole disks over SFTP instead of hashing them on the host with the hashblocks
+    /// helper (with --connect qemu+ssh://…).
+    #[arg(long)]
+    pub no_helper: bool,
 }
 
 /// `vmstash snapshots`

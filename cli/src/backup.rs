@@ -13,7 +13,7 @@ use vmstash_repo::{Id, Repository};
 
 use crate::args::{BackupArgs, Global};
 use crate::cmd::print_json;
-use crate::pipeline::{self, DiskCounts};
+use crate::pipeline::{self, DiskCounts, DiskJob};
 use crate::source::{self, DiskSource};
 use crate::{exit, progress};
 
@@ -25,6 +25,8 @@ pub struct DiskInput {
     pub source: String,
     /// The reader.
     pub src: Box<dyn DiskSource>,
+    /// Each chunk's id as the hashblocks helper computed it on the host, if it ran.
+    pub ids: Option<Vec<Id>>,
 }
 
 /// Everything a new snapshot is made of.
@@ -50,6 +52,7 @@ pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
         .map(|(p, name)| {
             let src = source::open(p).with_context(|| format!("opening disk {}", p.display()))?;
             Ok(DiskInput {
+                ids: None,
                 name,
                 source: p.display().to_string(),
                 src,
@@ -123,9 +126,15 @@ pub fn store(
     }
     let names: Vec<&str> = inputs.iter().map(|d| d.name.as_str()).collect();
     bar.set_message(names.join(" "));
-    let sources: Vec<&dyn DiskSource> = inputs.iter().map(|d| d.src.as_ref()).collect();
+    let jobs: Vec<DiskJob<'_>> = inputs
+        .iter()
+        .map(|d| DiskJob {
+            src: d.src.as_ref(),
+            ids: d.ids.as_deref(),
+        })
+        .collect();
     let chunk = u64::from(repo.config().chunk_size);
-    let results = pipeline::back_up_disks(&session, &sources, chunk, &|n| bar.inc(n), interrupted)
+    let results = pipeline::back_up_disks(&session, &jobs, chunk, &|n| bar.inc(n), interrupted)
         .with_context(|| {
             let what: Vec<String> = inputs
                 .iter()

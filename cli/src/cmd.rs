@@ -25,9 +25,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init(a) => init(g, a),
         Command::Backup(a) => match &a.connect {
-            Some(uri) => {
-                vmbackup::run_backup(g, &open(g)?, uri, &a.vms, a.all, &a.exclude_disks, &a.tags)
-            }
+            Some(uri) => vmbackup::run_backup(g, &open(g)?, uri, a),
             None => backup::run(g, &open(g)?, a),
         },
         Command::Vms(a) => vmbackup::run_list(g, a),

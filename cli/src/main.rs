@@ -9,6 +9,7 @@ mod args;
 mod backup;
 mod cmd;
 mod exit;
+mod helper;
 mod libvirt;
 mod password;
 mod pipeline;

@@ -59,14 +59,33 @@ pub struct DiskResult {
     pub counts: DiskCounts,
 }
 
+/// One disk to back up.
+pub struct DiskJob<'a> {
+    /// Its reader.
+    pub src: &'a dyn DiskSource,
+    /// The id of each of its chunks (`Id::ZERO` for zeros) when the hashblocks helper computed
+    /// them on the host: chunks the repository already has, and zero chunks, are then not read.
+    pub ids: Option<&'a [Id]>,
+}
+
 /// A chunk handed from a reader to a worker.
 struct Job {
     /// Index of the disk in the caller's list.
     disk: usize,
     /// Chunk number on the disk.
     no: u64,
-    /// `None` when the chunk lies in a hole and reads as zeros.
-    data: Option<Vec<u8>>,
+    /// What the reader found.
+    content: Content,
+}
+
+/// A chunk's content as the reader hands it on.
+enum Content {
+    /// It reads as zeros (a hole, or the helper said so); nothing was read.
+    Zero,
+    /// The repository has it already (by the helper's hash); nothing was read.
+    Known(Id),
+    /// Its bytes.
+    Data(Vec<u8>),
 }
 
 /// A worker's verdict on one chunk.
@@ -77,17 +96,28 @@ struct Done {
     new: bool,
 }
 
-/// Backs up `disks` (chunks of `chunk` bytes) into `session`, all at once.
+/// Backs up `jobs` (chunks of `chunk` bytes) into `session`, all at once.
 ///
 /// `progress` is told the guest bytes of each chunk done; `interrupted` is polled before each
 /// read. The first error stops every thread and is returned.
 pub fn back_up_disks(
     session: &WriteSession<'_>,
-    disks: &[&dyn DiskSource],
+    jobs: &[DiskJob<'_>],
     chunk: u64,
     progress: &(dyn Fn(u64) + Sync),
     interrupted: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<DiskResult>> {
+    let disks: Vec<&dyn DiskSource> = jobs.iter().map(|j| j.src).collect();
+    if let Some(bad) = jobs.iter().find(|j| {
+        j.ids
+            .is_some_and(|ids| u64::try_from(ids.len()).ok() != Some(j.src.size().div_ceil(chunk)))
+    }) {
+        bail!(
+            "internal error: {} chunk ids for a disk of {} bytes",
+            bad.ids.map_or(0, <[Id]>::len),
+            bad.src.size()
+        );
+    }
     let ranges = disks
         .iter()
         .map(|d| d.data_ranges())
@@ -117,14 +147,16 @@ pub fn back_up_disks(
     std::thread::scope(|s| -> Result<()> {
         let abort_r = &abort;
         let mut reader_threads = Vec::new();
-        for (disk, (&src, queue)) in disks.iter().zip(&queues).enumerate() {
+        for (disk, (job, queue)) in jobs.iter().zip(&queues).enumerate() {
             for _ in 0..readers[disk] {
-                let (jobs, free) = (job_tx.clone(), free_rx.clone());
+                let (job_tx, free) = (job_tx.clone(), free_rx.clone());
                 let reader = Reader {
                     disk,
-                    src,
+                    src: job.src,
+                    ids: job.ids,
+                    session,
                     queue,
-                    jobs,
+                    jobs: job_tx,
                     free,
                     abort: abort_r,
                     interrupted,
@@ -243,6 +275,8 @@ impl<'a> ChunkQueue<'a> {
 struct Reader<'q, 'a> {
     disk: usize,
     src: &'a dyn DiskSource,
+    ids: Option<&'a [Id]>,
+    session: &'a WriteSession<'a>,
     queue: &'q ChunkQueue<'a>,
     jobs: Sender<Job>,
     free: Receiver<Vec<u8>>,
@@ -263,22 +297,28 @@ impl Reader<'_, '_> {
                 bail!("interrupted");
             }
             let len = task.range.end - task.range.start;
-            let data = if task.has_data {
-                let mut buf = self.free.recv().map_err(|_| anyhow!("workers stopped"))?;
-                buf.resize(usize::try_from(len)?, 0);
-                if let Err(e) = self.src.read_at(&mut buf, task.range.start) {
-                    self.abort.store(true, Ordering::Relaxed);
-                    return Err(e.into());
+            let hinted = self
+                .ids
+                .and_then(|ids| ids.get(usize::try_from(task.no).ok()?));
+            let content = match hinted {
+                _ if !task.has_data => Content::Zero,
+                Some(id) if id.is_zero() => Content::Zero,
+                Some(id) if self.session.is_known(id) => Content::Known(*id),
+                _ => {
+                    let mut buf = self.free.recv().map_err(|_| anyhow!("workers stopped"))?;
+                    buf.resize(usize::try_from(len)?, 0);
+                    if let Err(e) = self.src.read_at(&mut buf, task.range.start) {
+                        self.abort.store(true, Ordering::Relaxed);
+                        return Err(e.into());
+                    }
+                    read += len;
+                    Content::Data(buf)
                 }
-                read += len;
-                Some(buf)
-            } else {
-                None
             };
             let job = Job {
                 disk: self.disk,
                 no: task.no,
-                data,
+                content,
             };
             if self.jobs.send(job).is_err() {
                 return Ok(read);
@@ -299,7 +339,7 @@ fn hash_chunks(
 ) {
     for job in jobs {
         let result = (!abort.load(Ordering::Relaxed)).then(|| hash_chunk(session, &job));
-        if let Some(buf) = job.data {
+        if let Content::Data(buf) = job.content {
             let _ = free.send(buf);
         }
         if let Some(r) = result {
@@ -312,13 +352,19 @@ fn hash_chunks(
 
 fn hash_chunk(session: &WriteSession<'_>, job: &Job) -> Result<Done> {
     let (disk, no) = (job.disk, job.no);
-    match &job.data {
-        Some(buf) if !is_zero(buf) => {
+    match &job.content {
+        Content::Data(buf) if !is_zero(buf) => {
             let id = Id::of(buf);
             let new = session.save(BlobType::Data, id, buf)?;
             Ok(Done { disk, no, id, new })
         }
-        _ => Ok(Done {
+        Content::Known(id) => Ok(Done {
+            disk,
+            no,
+            id: *id,
+            new: false,
+        }),
+        Content::Data(_) | Content::Zero => Ok(Done {
             disk,
             no,
             id: Id::ZERO,
@@ -548,7 +594,16 @@ mod tests {
         let progress = |n| {
             done.fetch_add(n, Ordering::Relaxed);
         };
-        let disks: [&dyn DiskSource; 2] = [&one, &two];
+        let disks = [
+            DiskJob {
+                src: &one,
+                ids: None,
+            },
+            DiskJob {
+                src: &two,
+                ids: None,
+            },
+        ];
         let results =
             back_up_disks(&session, &disks, 64 << 10, &progress, &|| false).expect("backup");
         session.finish().expect("finish");
@@ -596,7 +651,16 @@ mod tests {
             readers: 4,
             fail_at: Some(10 << 16),
         };
-        let disks: [&dyn DiskSource; 2] = [&good, &bad];
+        let disks = [
+            DiskJob {
+                src: &good,
+                ids: None,
+            },
+            DiskJob {
+                src: &bad,
+                ids: None,
+            },
+        ];
         let err = back_up_disks(&session, &disks, 64 << 10, &|_| {}, &|| false)
             .err()
             .expect("the read error");
@@ -605,5 +669,52 @@ mod tests {
             .err()
             .expect("interrupted");
         assert!(format!("{err:#}").contains("interrupted"), "{err:#}");
+    }
+
+    #[test]
+    fn chunks_the_helper_hashed_are_read_only_when_the_repository_lacks_them() {
+        let repo = memory_repo();
+        let index = repo.load_index().expect("index");
+        let session = WriteSession::new(&repo, &index);
+        let chunk = 64usize << 10;
+        let bytes = disk_bytes(5, 12);
+        let ids: Vec<Id> = bytes
+            .chunks(chunk)
+            .map(|c| if is_zero(c) { Id::ZERO } else { Id::of(c) })
+            .collect();
+        assert!(session
+            .save(BlobType::Data, ids[0], &bytes[..chunk])
+            .expect("store chunk 0 beforehand"));
+        // Chunk 0 is known, chunk 2 is zero: reading either would fail.
+        for fail_at in [0, 2 * chunk] {
+            let disk = FakeDisk {
+                bytes: bytes.clone(),
+                readers: 2,
+                fail_at: Some(u64::try_from(fail_at).expect("offset")),
+            };
+            let jobs = [DiskJob {
+                src: &disk,
+                ids: Some(&ids),
+            }];
+            let result = back_up_disks(&session, &jobs, 64 << 10, &|_| {}, &|| false)
+                .expect("backup without reading known or zero chunks");
+            assert_eq!(result[0].counts.chunks, 12);
+            let read_chunks = ids.iter().skip(1).filter(|id| !id.is_zero()).count();
+            let expected_read = u64::try_from(read_chunks * chunk).expect("n");
+            assert!(
+                result[0].counts.read <= expected_read,
+                "read {} bytes, at most {expected_read} expected",
+                result[0].counts.read
+            );
+        }
+        let wrong = [DiskJob {
+            src: &FakeDisk {
+                bytes,
+                readers: 1,
+                fail_at: None,
+            },
+            ids: Some(&ids[..3]),
+        }];
+        assert!(back_up_disks(&session, &wrong, 64 << 10, &|_| {}, &|| false).is_err());
     }
 }

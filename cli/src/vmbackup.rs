@@ -14,16 +14,17 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use vmstash_repo::Repository;
+use vmstash_repo::{Id, Repository};
 
-use crate::args::{Global, VmRepairArgs, VmsArgs};
+use crate::args::{BackupArgs, Global, VmRepairArgs, VmsArgs};
 use crate::backup::{self, DiskInput, SnapshotPlan};
 use crate::cmd::print_json;
+use crate::helper::RemoteHelper;
 use crate::libvirt::shell::{LocalShell, Shell, SshShell};
 use crate::libvirt::uri::ConnectUri;
 use crate::libvirt::virsh::{DiskSpec, Virsh};
@@ -42,6 +43,8 @@ pub struct Hypervisor {
     uri: ConnectUri,
     /// The SSH session of a remote hypervisor.
     ssh: Option<SshSession>,
+    /// The hashblocks helper running there, once started.
+    helper: Mutex<Option<RemoteHelper>>,
 }
 
 /// The SSH options given on the command line.
@@ -76,7 +79,39 @@ impl Hypervisor {
             virsh: Virsh::new(shell, uri.virsh_uri()),
             uri,
             ssh,
+            helper: Mutex::new(None),
         })
+    }
+
+    /// Starts the hashblocks helper on a remote hypervisor, so that disks are hashed there and
+    /// only chunks the repository lacks are read; says in one line why when it cannot.
+    fn start_helper(&self, g: &Global) {
+        let Some(ssh) = &self.ssh else {
+            return;
+        };
+        match RemoteHelper::start(ssh) {
+            Ok(helper) => *self.helper.lock().unwrap_or_else(PoisonError::into_inner) = Some(helper),
+            Err(why) if !g.quiet => eprintln!(
+                "vmstash: warning: not using the hashblocks helper on {}: {why}; reading whole disks over SFTP",
+                ssh.describe()
+            ),
+            Err(_) => {}
+        }
+    }
+
+    /// Each chunk's id, hashed on the host by the helper; `None` without a helper.
+    fn chunk_ids(
+        &self,
+        path: &str,
+        format: ImageFormat,
+        chunk_size: u32,
+        size: u64,
+    ) -> Result<Option<Vec<Id>>> {
+        let mut helper = self.helper.lock().unwrap_or_else(PoisonError::into_inner);
+        helper
+            .as_mut()
+            .map(|h| h.hash_disk(path, format, chunk_size, size))
+            .transpose()
     }
 
     /// Opens a disk image on the hypervisor as the format libvirt declares.
@@ -149,12 +184,13 @@ pub fn run_backup(
     g: &Global,
     repo: &Repository,
     connect: &str,
-    vms: &[String],
-    all: bool,
-    excluded: &[String],
-    tags: &[String],
+    a: &BackupArgs,
 ) -> Result<ExitCode> {
+    let (vms, all, excluded, tags) = (&a.vms, a.all, &a.exclude_disks, &a.tags);
     let hv = Hypervisor::connect(g, connect)?;
+    if !a.no_helper {
+        hv.start_helper(g);
+    }
     let names = if all {
         hv.virsh.list_all()?
     } else {
@@ -224,7 +260,7 @@ fn back_up_domain(
     let read = |hv: &Hypervisor| -> Result<()> {
         let inputs = disks
             .iter()
-            .map(|d| disk_input(hv, d))
+            .map(|d| disk_input(hv, d, repo.config().chunk_size))
             .collect::<Result<Vec<_>>>()?;
         let plan = SnapshotPlan {
             name: name.to_string(),
@@ -273,15 +309,20 @@ fn included_disks(g: &Global, dom: &DomainDef, excluded: &[String]) -> Vec<DiskD
     out
 }
 
-fn disk_input(hv: &Hypervisor, d: &DiskDef) -> Result<DiskInput> {
+fn disk_input(hv: &Hypervisor, d: &DiskDef, chunk_size: u32) -> Result<DiskInput> {
     let path = d.source.as_deref().context("disk without a source")?;
+    let format = declared_format(d);
     let src = hv
-        .open_disk(path, declared_format(d))
+        .open_disk(path, format)
         .with_context(|| format!("opening disk {} ({path})", d.target))?;
+    let ids = hv
+        .chunk_ids(path, format, chunk_size, src.size())
+        .with_context(|| format!("hashing disk {} ({path}) on the host", d.target))?;
     Ok(DiskInput {
         name: d.target.clone(),
         source: path.to_string(),
         src,
+        ids,
     })
 }
 

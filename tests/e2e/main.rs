@@ -9,6 +9,7 @@ mod concurrency;
 mod env_smoke;
 mod failures;
 mod fixtures;
+mod helper;
 mod keys;
 mod roundtrip;
 mod ssh;

@@ -28,6 +28,7 @@ mod config;
 mod error;
 mod known_hosts;
 mod pattern;
+mod process;
 mod runtime;
 mod session;
 mod sftp;
@@ -42,6 +43,7 @@ use std::sync::Arc;
 // The whole API, even the parts no command uses yet.
 #[allow(unused_imports)]
 pub use error::{SftpFailure, SshError};
+pub use process::RemoteProcess;
 #[allow(unused_imports)]
 pub use sftp::{Sftp, SftpFile, SftpMetadata, SftpWriter};
 
@@ -103,6 +105,11 @@ impl SshSession {
     /// A non-zero exit status is not an error: look at [`ExecOutput::status`].
     pub fn exec(&self, command: &str) -> Result<ExecOutput, SshError> {
         self.connection.exec(command)
+    }
+
+    /// Starts `command` with its stdin and stdout streamed (see [`RemoteProcess`]).
+    pub fn spawn(&self, command: &str) -> Result<RemoteProcess, SshError> {
+        runtime::block_on(process::spawn(&self.connection, command))?
     }
 
     /// Opens a new SFTP channel.

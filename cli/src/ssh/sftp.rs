@@ -464,6 +464,21 @@ impl Sftp {
         })?
     }
 
+    /// Sets the permission bits of `path` (e.g. 0o755 to make an uploaded program executable).
+    pub fn set_mode(&self, path: &str, mode: u32) -> Result<(), SshError> {
+        let inner = &self.inner;
+        runtime::block_on(async {
+            let mut attrs = russh_sftp::protocol::FileAttributes::empty();
+            attrs.permissions = Some(mode);
+            inner
+                .raw
+                .setstat(path, attrs)
+                .await
+                .map(|_| ())
+                .map_err(|err| inner.error("set the permissions of", path, err))
+        })?
+    }
+
     /// Sets the size of `path` (truncating or extending with a hole).
     pub fn set_len(&self, path: &str, size: u64) -> Result<(), SshError> {
         let inner = &self.inner;

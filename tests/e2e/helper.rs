@@ -1,0 +1,194 @@
+//! The hashblocks helper against a real sshd and a running libvirt guest: shipped once and
+//! reused, replaced when the host's copy differs, incremental backups that read only changed
+//! chunks and restore bit-identical, a fallback when it cannot run, and a clear error (and no
+//! snapshot) when it dies mid-stream.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::fixtures::libvirt::TestVm;
+use crate::fixtures::sshd::Sshd;
+use crate::util::{describe, random_bytes, sha256_file, write_at, Repo};
+
+/// Where the helper lands on the host: the test sshd logs in as root.
+const REMOTE_CACHE: &str = "/root/.cache/vmstash";
+
+/// The static helper `scripts/build-helper.sh` installs beside the vmstash binary.
+fn helper_binary() -> PathBuf {
+    let p = crate::util::bin().with_file_name("vmstash-hashblocks");
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/build-helper.sh` first",
+        p.display()
+    );
+    p
+}
+
+fn remote_copy(helper_bytes: &[u8]) -> PathBuf {
+    let digest = hex::encode(Sha256::digest(helper_bytes));
+    Path::new(REMOTE_CACHE).join(format!("hashblocks-{digest}"))
+}
+
+/// `vmstash --json backup --connect … --vm NAME` with `helper` as the helper to ship.
+fn backup(sshd: &Sshd, repo: &Repo, vm: &TestVm, helper: &Path) -> std::process::Output {
+    let uri = format!("qemu+ssh://root@127.0.0.1:{}/system", sshd.port);
+    std::process::Command::new(crate::util::bin())
+        .args(["--identity", &sshd.client_key.display().to_string()])
+        .args(["--known-hosts", &sshd.known_hosts.display().to_string()])
+        .args(["-r", &repo.path.display().to_string(), "--json", "backup"])
+        .args(["--connect", &uri, "--vm", &vm.name])
+        .env("VMSTASH_PASSWORD", crate::util::PASSWORD)
+        .env("VMSTASH_HASHBLOCKS", helper)
+        .env("HOME", repo.dir.path())
+        .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("VMSTASH_REPOSITORY")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run vmstash")
+}
+
+fn summary(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", describe(out));
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {}", describe(out)))
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn snapshot_count(repo: &Repo) -> usize {
+    repo.json(&["snapshots"]).as_array().expect("array").len()
+}
+
+#[test]
+fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
+    if !Sshd::available() || !TestVm::available() {
+        return;
+    }
+    let helper = helper_binary();
+    let helper_bytes = std::fs::read(&helper).expect("read helper");
+    let remote = remote_copy(&helper_bytes);
+    let sshd = Sshd::start();
+    let vm = TestVm::create("helper");
+    let repo = Repo::init();
+
+    // Full backup through the helper: it is uploaded (or found) and runs.
+    let first = backup(&sshd, &repo, &vm, &helper);
+    let full = summary(&first);
+    assert!(
+        !stderr(&first).contains("not using the hashblocks helper"),
+        "{}",
+        describe(&first)
+    );
+    assert_eq!(
+        std::fs::read(&remote).expect("the helper on the host"),
+        helper_bytes
+    );
+    let shipped = std::fs::metadata(&remote)
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+
+    // Change 1 MiB of the raw disk; the next backup reads only the chunks around it.
+    write_at(&vm.vdb, 3 << 20, &random_bytes(99, 1 << 20));
+    let second = summary(&backup(&sshd, &repo, &vm, &helper));
+    let read = second["bytes_read"].as_u64().expect("bytes_read");
+    assert!(
+        read > 0 && read <= 2 << 20,
+        "read {read} bytes after a 1 MiB change: {second}"
+    );
+    assert!(
+        read * 4 < full["bytes_read"].as_u64().expect("bytes_read"),
+        "{second} vs {full}"
+    );
+    assert_eq!(
+        std::fs::metadata(&remote)
+            .expect("stat")
+            .modified()
+            .expect("mtime"),
+        shipped,
+        "the helper was uploaded again although the host had it"
+    );
+    let restored = repo.restore("latest");
+    assert_eq!(sha256_file(&restored.join("vdb.raw")), sha256_file(&vm.vdb));
+    crate::util::sh(
+        "qemu-img",
+        &[
+            "compare",
+            "-q",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            &restored.join("vda.raw").display().to_string(),
+            &vm.vda_source.display().to_string(),
+        ],
+    );
+
+    // A host copy that differs from this vmstash's helper is replaced.
+    std::fs::write(&remote, b"#!/bin/sh\nexit 1\n").expect("damage the host's copy");
+    let third = backup(&sshd, &repo, &vm, &helper);
+    summary(&third);
+    assert!(
+        !stderr(&third).contains("not using the hashblocks helper"),
+        "{}",
+        describe(&third)
+    );
+    assert_eq!(std::fs::read(&remote).expect("replaced"), helper_bytes);
+
+    let fakes = tempfile::tempdir().expect("tempdir");
+    // A helper that cannot run there (not a program for this host): SFTP reads, one warning.
+    let garbage = fakes.path().join("garbage");
+    std::fs::write(&garbage, random_bytes(5, 4096)).expect("write");
+    let fallback = backup(&sshd, &repo, &vm, &garbage);
+    let fell_back = summary(&fallback);
+    let warning = stderr(&fallback);
+    assert_eq!(
+        warning.matches("not using the hashblocks helper").count(),
+        1,
+        "{}",
+        describe(&fallback)
+    );
+    assert!(
+        fell_back["bytes_read"].as_u64().expect("bytes_read") > read,
+        "without the helper every data chunk is read: {fell_back}"
+    );
+
+    // A helper that dies mid-stream: the backup fails, says why, writes no snapshot, and the
+    // VM is back on its disks.
+    let dying = fakes.path().join("dying");
+    std::fs::write(
+        &dying,
+        "#!/bin/sh\n\
+         printf '\\000\\000\\000\\027\\001vmstash-hashblocks\\000\\001\\000\\001'\n\
+         dd bs=1 count=1 >/dev/null 2>&1\n\
+         printf '\\000\\000\\000\\031\\021\\000'\n\
+         echo 'hashblocks: simulated crash' >&2\n\
+         exit 3\n",
+    )
+    .expect("write");
+    let before = snapshot_count(&repo);
+    let died = backup(&sshd, &repo, &vm, &dying);
+    assert!(!died.status.success(), "{}", describe(&died));
+    assert!(
+        stderr(&died).contains("stopped while hashing"),
+        "{}",
+        describe(&died)
+    );
+    assert_eq!(snapshot_count(&repo), before, "a snapshot was written");
+    assert_eq!(vm.state(), "running");
+    vm.assert_on_original_disks();
+    assert!(vm.leftover_files().is_empty(), "{:?}", vm.leftover_files());
+    repo.ok(&["check"]);
+
+    for fake in [&garbage, &dying] {
+        let _ = std::fs::remove_file(remote_copy(&std::fs::read(fake).expect("read")));
+    }
+}
