@@ -274,69 +274,9 @@ check_domain() {
 }
 
 # --- a private sshd -------------------------------------------------------------
-# As tests/e2e/fixtures/sshd.rs: 127.0.0.1 on a free port, fresh ed25519 host
-# and client keys, root login by key only, internal-sftp.
-SSHD_DIR="$W/sshd"
-mkdir -m 0700 "$SSHD_DIR"
-mkdir -p /run/sshd   # privilege separation directory; only the service unit makes it
-HOST_KEY="$SSHD_DIR/host_ed25519"
-KEY="$SSHD_DIR/client_ed25519"
-KH="$SSHD_DIR/known_hosts"
-quiet keygen-host ssh-keygen -q -t ed25519 -N '' -C vmstash-bench-host -f "$HOST_KEY"
-quiet keygen-client ssh-keygen -q -t ed25519 -N '' -C vmstash-bench-client -f "$KEY"
-cp -- "$KEY.pub" "$SSHD_DIR/authorized_keys"
-
-free_port() {
-  perl -MIO::Socket::INET -e '
-    my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
-      Proto => "tcp", Listen => 1) or die "bind 127.0.0.1:0: $!\n";
-    print $s->sockport, "\n"'
-}
-banner_ok() { # port: the port answers with an SSH banner
-  (exec 3<>"/dev/tcp/127.0.0.1/$1" && IFS= read -r -t 2 line <&3 && [[ "$line" == SSH-2.0-* ]]) 2>/dev/null
-}
-PORT=""
-for _attempt in 1 2 3 4 5; do
-  port="$(free_port)"
-  cat >"$SSHD_DIR/sshd_config" <<EOF
-# Private sshd of one vmstash benchmark run.
-Port $port
-ListenAddress 127.0.0.1
-AddressFamily inet
-HostKey $HOST_KEY
-PidFile $SSHD_DIR/sshd.pid
-AuthorizedKeysFile $SSHD_DIR/authorized_keys
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-UseDNS no
-PrintMotd no
-LogLevel VERBOSE
-Subsystem sftp internal-sftp
-EOF
-  /usr/sbin/sshd -D -e -f "$SSHD_DIR/sshd_config" </dev/null >"$SSHD_DIR/sshd.log" 2>&1 &
-  SSHD_PID=$!
-  for _ in $(seq 1 300); do
-    kill -0 "$SSHD_PID" 2>/dev/null || break
-    if banner_ok "$port"; then
-      PORT="$port"
-      break
-    fi
-    sleep 0.05
-  done
-  [ -z "$PORT" ] || break
-  # Another process may have taken the port between probe and bind.
-  kill "$SSHD_PID" 2>/dev/null || true
-  wait "$SSHD_PID" 2>/dev/null || true
-  SSHD_PID=""
-done
-[ -n "$PORT" ] || die "sshd did not start; its log:
-$(cat "$SSHD_DIR/sshd.log")"
-printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$HOST_KEY.pub")" >"$KH"
-CONNECT="qemu+ssh://root@127.0.0.1:$PORT/system"
+# shellcheck source=bench/lib/sshd.sh
+. "$ROOT/bench/lib/sshd.sh"
+start_private_sshd "$W/sshd"
 note "sshd on 127.0.0.1:$PORT (pid $SSHD_PID)"
 
 # OpenSSH client options, as the fixture's client_opts(): no user or system

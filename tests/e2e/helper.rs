@@ -14,15 +14,23 @@ use crate::util::{describe, random_bytes, sha256_file, write_at, Repo};
 /// Where the helper lands on the host: the test sshd logs in as root.
 const REMOTE_CACHE: &str = "/root/.cache/vmstash";
 
-/// The static helper `scripts/build-helper.sh` installs beside the vmstash binary.
-fn helper_binary() -> PathBuf {
+/// The static helper `scripts/build-helper.sh` installs beside the vmstash binary; `None`
+/// (skip) when it is missing, except under CI where that fails the test.
+fn helper_binary() -> Option<PathBuf> {
     let p = crate::util::bin().with_file_name("vmstash-hashblocks");
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash scripts/build-helper.sh` first",
+    if p.exists() {
+        return Some(p);
+    }
+    let why = format!(
+        "{} is missing: run `bash scripts/build-helper.sh`",
         p.display()
     );
-    p
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "prerequisite missing under CI: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+    None
 }
 
 fn remote_copy(helper_bytes: &[u8]) -> PathBuf {
@@ -72,7 +80,9 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
     if !Sshd::available() || !TestVm::available() {
         return;
     }
-    let helper = helper_binary();
+    let Some(helper) = helper_binary() else {
+        return;
+    };
     let helper_bytes = std::fs::read(&helper).expect("read helper");
     let remote = remote_copy(&helper_bytes);
     let sshd = Sshd::start();

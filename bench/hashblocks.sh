@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# hashblocks benchmark: how much an incremental VM backup over SSH moves and
+# how long it takes, with the helper hashing disks on the host. Bytes are
+# counted on the wire: the `lo` interface's tx counter around each backup.
+#
+# Usage: sudo bench/hashblocks.sh
+#   SIZES="512M 4G"      disk sizes of the incremental scenario (one VM each)
+#   FILL=90              percent of each disk holding (random) data
+#   CHANGE_PCT=1         percent of the disk rewritten before the incremental
+#   EXTENT_KIB=1024      the changes are extents of this size at random 4 KiB-aligned offsets
+#   DROP_CACHES=1        1: drop the page cache before each backup (cold disk reads)
+#   BENCH_DIR=/var/tmp/vmstash-bench   KEEP=0   VMSTASH_BIN=PATH (else built)
+#
+# Scenarios, all through `vmstash backup --connect qemu+ssh://root@127.0.0.1:PORT/system`
+# of shut-off domains (their disks are read in place; no snapshot):
+#   incremental  per size: full backup, rewrite CHANGE_PCT %, incremental backup;
+#                bar: bytes <= 5 % (512M) / 2 % (4G) of the full's, time <= 50 % / 20 %
+#   sparse       a 4 GiB disk with 64 MiB of data: the full backup moves about the data only
+#   clone        a second domain on a copy of the 512M disk, into the same repository:
+#                moves almost nothing (bar here: <= 1 % of its disk's full backup)
+# Each scenario's last snapshot is restored and compared with the disk (cmp).
+# Exit status: 0 all bars passed, 2 a bar failed, 1 the benchmark failed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_DIR="${BENCH_DIR:-/var/tmp/vmstash-bench}"
+SIZES="${SIZES:-512M 4G}"
+FILL="${FILL:-90}"
+CHANGE_PCT="${CHANGE_PCT:-1}"
+EXTENT_KIB="${EXTENT_KIB:-1024}"
+DROP_CACHES="${DROP_CACHES:-1}"
+KEEP="${KEEP:-0}"
+URI_LOCAL="qemu:///system"
+IMAGES_DIR="/var/lib/libvirt/images"
+PREFIX="vmstash-hbench-"
+export VMSTASH_PASSWORD="vmstash-bench-password"
+unset VMSTASH_PASSWORD_FILE VMSTASH_PASSWORD_COMMAND VMSTASH_REPOSITORY
+
+die() {
+  echo "bench: error: $*" >&2
+  exit 1
+}
+note() { echo "bench: $*" >&2; }
+[ "$(id -u)" -eq 0 ] || die "run as root (private sshd with root login, libvirt, page cache)"
+
+bash "$ROOT/scripts/install-deps.sh"
+bash "$ROOT/scripts/test-services.sh" start
+if [ -n "${VMSTASH_BIN:-}" ]; then
+  VMSTASH="$VMSTASH_BIN"
+else
+  (cd "$ROOT" && cargo build --release -p vmstash && bash scripts/build-helper.sh)
+  VMSTASH="$ROOT/target/release/vmstash"
+fi
+[ -x "$(dirname "$VMSTASH")/vmstash-hashblocks" ] ||
+  die "no helper beside $VMSTASH (run scripts/build-helper.sh)"
+
+mkdir -p "$BENCH_DIR"
+W="$(mktemp -d -p "$BENCH_DIR" hashblocks.XXXXXX)"
+IMGDIR="$IMAGES_DIR/$PREFIX$$"
+mkdir -p "$IMGDIR" "$W/logs" "$W/home"
+LOGS="$W/logs"
+SSHD_PID=""
+DOMAINS=()
+virsh_() { virsh -c "$URI_LOCAL" "$@"; }
+cleanup() {
+  local rc=$? d
+  trap - EXIT INT TERM
+  set +e
+  [ -z "$SSHD_PID" ] || kill "$SSHD_PID" 2>/dev/null
+  for d in "${DOMAINS[@]}"; do virsh_ undefine "$d" >/dev/null 2>&1; done
+  rm -rf -- "$IMGDIR"
+  if [ "$KEEP" = 1 ]; then note "kept $W"; else rm -rf -- "$W"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+quiet() {
+  local name="$1"
+  shift
+  "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err" || {
+    echo "bench: '$*' failed:" >&2
+    tail -n 20 "$LOGS/$name.out" "$LOGS/$name.err" >&2
+    exit 1
+  }
+}
+
+# shellcheck source=bench/lib/sshd.sh
+. "$ROOT/bench/lib/sshd.sh"
+start_private_sshd "$W/sshd"
+note "sshd on 127.0.0.1:$PORT"
+
+bytes() { numfmt --from=iec "${1%B}"; }
+mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", 100 * a / b}'; }
+
+# define NAME DISK: a shut-off TCG domain with one raw virtio disk.
+define() {
+  cat >"$W/$1.xml" <<EOF
+<domain type='qemu'>
+  <name>$1</name>
+  <memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='$2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+EOF
+  quiet "define-$1" virsh_ define "$W/$1.xml"
+  DOMAINS+=("$1")
+}
+
+# random_extents FILE COUNT KIB LIMIT_BYTES: rewrite COUNT extents of KIB KiB
+# at random 4 KiB-aligned offsets below LIMIT_BYTES.
+random_extents() {
+  local file="$1" count="$2" kib="$3" limit="$4" i off
+  for ((i = 0; i < count; i++)); do
+    off=$(($(shuf -i 0-$(((limit - kib * 1024) / 4096)) -n 1) * 4))
+    dd if=/dev/urandom of="$file" bs=1K seek="$off" count="$kib" conv=notrunc status=none
+  done
+}
+
+# backup LABEL REPO DOMAIN: one timed backup; sets B_WIRE (bytes on lo),
+# B_SECS, B_READ (vmstash's bytes_read).
+backup() {
+  local label="$1" repo="$2" dom="$3" before after t0 t1
+  sync
+  if [ "$DROP_CACHES" = 1 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+  before="$(cat /sys/class/net/lo/statistics/tx_bytes)"
+  t0="$(date +%s%N)"
+  env -u SSH_AUTH_SOCK HOME="$W/home" "$VMSTASH" -r "$repo" --identity "$KEY" --known-hosts "$KH" \
+    --json backup --connect "$CONNECT" --vm "$dom" >"$LOGS/$label.out" 2>"$LOGS/$label.err" || {
+    tail -n 20 "$LOGS/$label.err" >&2
+    die "backup $label failed"
+  }
+  t1="$(date +%s%N)"
+  after="$(cat /sys/class/net/lo/statistics/tx_bytes)"
+  if grep -q "not using the hashblocks helper" "$LOGS/$label.err"; then
+    die "backup $label did not use the helper: $(cat "$LOGS/$label.err")"
+  fi
+  B_WIRE=$((after - before))
+  B_SECS="$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", (b - a) / 1e9}')"
+  B_READ="$(tail -n 1 "$LOGS/$label.out" | jq -r .bytes_read)"
+}
+
+verify() { # REPO DISK
+  rm -rf "$W/restore"
+  quiet "restore" env HOME="$W/home" "$VMSTASH" -r "$1" restore latest --target "$W/restore"
+  cmp -s "$W/restore/vda.raw" "$2" || die "restored disk differs from $2"
+  rm -rf "$W/restore"
+}
+
+RESULT=PASS
+ROWS=()
+verdict() { # EXPR -> PASS/FAIL; a FAIL fails the run
+  if awk "BEGIN {exit !($1)}"; then echo PASS; else echo FAIL; fi
+}
+
+for size in $SIZES; do
+  total="$(bytes "$size")"
+  case "$size" in 4G) bar_bytes=2 bar_time=20 ;; *) bar_bytes=5 bar_time=50 ;; esac
+  disk="$IMGDIR/inc-$size.raw"
+  data=$((total / 100 * FILL / 1048576))
+  note "incremental $size: disk with $data MiB of random data"
+  truncate -s "$size" "$disk"
+  dd if=/dev/urandom of="$disk" bs=1M count="$data" conv=notrunc status=none
+  dom="$PREFIX$$-inc-$size"
+  define "$dom" "$disk"
+  repo="$W/repo-$size"
+  quiet "init-$size" env HOME="$W/home" "$VMSTASH" -r "$repo" init
+  backup "full-$size" "$repo" "$dom"
+  f_wire=$B_WIRE f_secs=$B_SECS
+  extents=$((total * CHANGE_PCT / 100 / (EXTENT_KIB * 1024)))
+  random_extents "$disk" "$extents" "$EXTENT_KIB" "$((data * 1048576))"
+  backup "incr-$size" "$repo" "$dom"
+  i_wire=$B_WIRE i_secs=$B_SECS i_read=$B_READ
+  verify "$repo" "$disk"
+  v_bytes="$(verdict "$i_wire * 100 <= $f_wire * $bar_bytes")"
+  v_time="$(verdict "$i_secs * 100 <= $f_secs * $bar_time")"
+  [ "$v_bytes$v_time" = PASSPASS ] || RESULT=FAIL
+  ROWS+=("$(printf '%-12s %6s %10s %8s %10s %8s %9s %-6s %9s %-6s' incremental "$size" \
+    "$(mib "$f_wire")" "$f_secs" "$(mib "$i_wire")" "$i_secs" \
+    "$(pct "$i_wire" "$f_wire")%" "$v_bytes<=$bar_bytes%" "$(pct "$i_secs" "$f_secs")%" "$v_time<=$bar_time%")")
+  note "incremental $size: $extents extents changed; read $(mib "$i_read") MiB of changed chunks"
+  if [ "$size" = 512M ]; then CLONE_SRC="$disk" CLONE_REPO="$repo" CLONE_FULL=$f_wire; fi
+done
+
+note "sparse: a 4 GiB disk with 64 MiB of data"
+disk="$IMGDIR/sparse.raw"
+truncate -s 4G "$disk"
+for off in 100 1500 3000 4000; do
+  dd if=/dev/urandom of="$disk" bs=1M seek="$off" count=16 conv=notrunc status=none
+done
+define "$PREFIX$$-sparse" "$disk"
+quiet init-sparse env HOME="$W/home" "$VMSTASH" -r "$W/repo-sparse" init
+backup sparse "$W/repo-sparse" "$PREFIX$$-sparse"
+verify "$W/repo-sparse" "$disk"
+v="$(verdict "$B_WIRE <= 64 * 1048576 * 1.05 + 4 * 1048576")"
+[ "$v" = PASS ] || RESULT=FAIL
+ROWS+=("$(printf '%-12s %6s %10s %8s %10s %8s %9s %-6s' sparse 4G "$(mib $((64 << 20)))" "-" \
+  "$(mib "$B_WIRE")" "$B_SECS" "$(pct "$B_WIRE" $((64 << 20)))%" "$v<=105%+4MiB")")
+
+if [ -n "${CLONE_SRC:-}" ]; then
+  note "clone: a second domain on a copy of the 512M disk"
+  cp --sparse=always "$CLONE_SRC" "$IMGDIR/clone.raw"
+  define "$PREFIX$$-clone" "$IMGDIR/clone.raw"
+  backup clone "$CLONE_REPO" "$PREFIX$$-clone"
+  verify "$CLONE_REPO" "$IMGDIR/clone.raw"
+  v="$(verdict "$B_WIRE * 100 <= $CLONE_FULL")"
+  [ "$v" = PASS ] || RESULT=FAIL
+  ROWS+=("$(printf '%-12s %6s %10s %8s %10s %8s %9s %-6s' clone 512M "$(mib "$CLONE_FULL")" "-" \
+    "$(mib "$B_WIRE")" "$B_SECS" "$(pct "$B_WIRE" "$CLONE_FULL")%" "$v<=1%")")
+fi
+
+echo
+echo "vmstash backups over SSH (loopback) with the hashblocks helper; bytes = lo tx bytes"
+echo "during each backup (all loopback traffic: SSH, TCP/IP overhead included); page cache"
+echo "dropped before each backup: $DROP_CACHES; changes: $CHANGE_PCT % of the disk in $EXTENT_KIB KiB extents."
+printf '%-12s %6s %10s %8s %10s %8s %9s %-12s %9s %-12s\n' scenario disk full_MiB full_s next_MiB next_s bytes% bar time% bar
+printf '%s\n' "${ROWS[@]}"
+echo "(sparse: full_MiB is the data written; clone: full_MiB is the 512M disk's full backup)"
+[ "$RESULT" = PASS ] || exit 2
