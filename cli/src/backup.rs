@@ -39,11 +39,14 @@ pub struct SnapshotPlan {
     pub domain_xml: Option<String>,
     /// The disks, in order.
     pub disks: Vec<DiskInput>,
+    /// When reading began (hashing on the host included), for the summary's duration.
+    pub started: Instant,
 }
 
 /// Runs `vmstash backup --disk …`.
 pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
     let _lock = repo.lock(false)?;
+    let started = Instant::now();
     let names = disk_names(&a.disks);
     let disks = a
         .disks
@@ -65,6 +68,7 @@ pub fn run(g: &Global, repo: &Repository, a: &BackupArgs) -> Result<ExitCode> {
         tags: a.tags.clone(),
         domain_xml: None,
         disks,
+        started,
     };
     let (id, manifest) = store(g, repo, plan, &|| false)?;
     print_summary(g, &id, &manifest);
@@ -81,13 +85,13 @@ pub fn store(
     plan: SnapshotPlan,
     interrupted: &(dyn Fn() -> bool + Sync),
 ) -> Result<(Id, Manifest)> {
-    let started = Instant::now();
     let time = now_rfc3339();
     let SnapshotPlan {
         name,
         tags,
         domain_xml,
         disks: inputs,
+        started,
     } = plan;
     if let Some(bad) = std::iter::once(&name)
         .chain(inputs.iter().map(|d| &d.name))

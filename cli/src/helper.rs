@@ -113,7 +113,10 @@ impl RemoteHelper {
             }
             Ok(other) => return Err(format!("~/{remote_path} did not say hello: {other:?}")),
             Err(e) => {
-                let status = process.wait().ok();
+                // It ended (did not start, or crashed): its exit status and stderr say why.
+                // Anything else it sent is not our helper talking; do not wait for it.
+                let ended = matches!(e, ProtocolError::Closed | ProtocolError::Io(_));
+                let status = if ended { process.wait().ok() } else { None };
                 let stderr = process.stderr();
                 return Err(format!(
                     "~/{remote_path} does not run there ({e}{}{})",

@@ -258,6 +258,7 @@ fn back_up_domain(
     all_tags.push(format!("host:{}", hv.uri.host_label()));
     all_tags.push(format!("vm:{name}"));
     let read = |hv: &Hypervisor| -> Result<()> {
+        let started = std::time::Instant::now();
         let inputs = disks
             .iter()
             .map(|d| disk_input(hv, d, repo.config().chunk_size))
@@ -267,6 +268,7 @@ fn back_up_domain(
             tags: all_tags.clone(),
             domain_xml: Some(xml.clone()),
             disks: inputs,
+            started,
         };
         let (id, manifest) = backup::store(g, repo, plan, interrupted)?;
         backup::print_summary(g, &id, &manifest);

@@ -40,12 +40,24 @@ fn remote_copy(helper_bytes: &[u8]) -> PathBuf {
 
 /// `vmstash --json backup --connect … --vm NAME` with `helper` as the helper to ship.
 fn backup(sshd: &Sshd, repo: &Repo, vm: &TestVm, helper: &Path) -> std::process::Output {
+    backup_with(sshd, repo, vm, helper, &[])
+}
+
+/// [`backup`] with more backup options.
+fn backup_with(
+    sshd: &Sshd,
+    repo: &Repo,
+    vm: &TestVm,
+    helper: &Path,
+    extra: &[&str],
+) -> std::process::Output {
     let uri = format!("qemu+ssh://root@127.0.0.1:{}/system", sshd.port);
     std::process::Command::new(crate::util::bin())
         .args(["--identity", &sshd.client_key.display().to_string()])
         .args(["--known-hosts", &sshd.known_hosts.display().to_string()])
         .args(["-r", &repo.path.display().to_string(), "--json", "backup"])
         .args(["--connect", &uri, "--vm", &vm.name])
+        .args(extra)
         .env("VMSTASH_PASSWORD", crate::util::PASSWORD)
         .env("VMSTASH_HASHBLOCKS", helper)
         .env("HOME", repo.dir.path())
@@ -153,6 +165,20 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
     );
     assert_eq!(std::fs::read(&remote).expect("replaced"), helper_bytes);
 
+    // --no-helper reads every data chunk over SFTP, without a warning.
+    let plain = backup_with(&sshd, &repo, &vm, &helper, &["--no-helper"]);
+    let without = summary(&plain);
+    assert!(
+        !stderr(&plain).contains("hashblocks"),
+        "{}",
+        describe(&plain)
+    );
+    let read_all = without["bytes_read"].as_u64().expect("bytes_read");
+    assert!(
+        read_all >= full["bytes_read"].as_u64().expect("bytes_read"),
+        "{without} vs {full}"
+    );
+
     let fakes = tempfile::tempdir().expect("tempdir");
     // A helper that cannot run there (not a program for this host): SFTP reads, one warning.
     let garbage = fakes.path().join("garbage");
@@ -166,8 +192,9 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
         "{}",
         describe(&fallback)
     );
-    assert!(
-        fell_back["bytes_read"].as_u64().expect("bytes_read") > read,
+    assert_eq!(
+        fell_back["bytes_read"].as_u64(),
+        Some(read_all),
         "without the helper every data chunk is read: {fell_back}"
     );
 
