@@ -18,6 +18,7 @@ PACKAGES=(
   libvirt-daemon-system  # libvirtd, virtlogd, the qemu driver, /etc/libvirt
   libvirt-clients        # virsh
   qemu-system-x86        # qemu-system-x86_64 (TCG; no KVM needed)
+  fuse3                  # fusermount3: `vmstash mount` without root, and its tests
 )
 
 # qemu-utils (qemu-img, qemu-io, qemu-nbd) is installed by a SECOND apt-get

@@ -73,6 +73,21 @@ pub enum Command {
     Vms(VmsArgs),
     /// Commit overlays left on a VM by a backup that was killed.
     VmRepair(VmRepairArgs),
+    /// Mount the repository read-only: every backup's disks as raw images (runs until unmounted).
+    Mount(MountArgs),
+}
+
+/// `vmstash mount`
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An empty directory to mount on.
+    pub mountpoint: std::path::PathBuf,
+    /// Let other users read the mount (needs `user_allow_other` in /etc/fuse.conf unless root).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Memory for verified chunks kept for further reads.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub cache_size: u64,
 }
 
 /// `vmstash vms`

@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         },
         Command::Vms(a) => vmbackup::run_list(g, a),
         Command::VmRepair(a) => vmbackup::run_repair(g, a),
+        Command::Mount(a) => crate::mount::run(g, &open(g)?, a),
         Command::Snapshots(a) => snapshots(g, &open(g)?, a),
         Command::Restore(a) => restore::run(g, &open(g)?, a),
         Command::Check(a) => check_cmd(g, &open(g)?, a.read_data),

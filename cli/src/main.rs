@@ -11,6 +11,7 @@ mod cmd;
 mod exit;
 mod helper;
 mod libvirt;
+mod mount;
 mod password;
 mod pipeline;
 mod progress;

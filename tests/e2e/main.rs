@@ -11,6 +11,7 @@ mod failures;
 mod fixtures;
 mod helper;
 mod keys;
+mod mount;
 mod roundtrip;
 mod ssh;
 mod util;

@@ -1,0 +1,360 @@
+//! The mount's namespace: directories, snapshot files and `latest` links, built from the
+//! repository's snapshot manifests.
+//!
+//! A backup of a VM is found under its name; a backup of local disk files under its series
+//! name (the first disk's name unless `--name` was given), which stands in for the VM. Two
+//! snapshots of one series taken within the same second get the later one's short id appended.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use vmstash_repo::snapshot::Manifest;
+use vmstash_repo::Id;
+
+/// An inode number.
+pub type Ino = u64;
+/// The root directory's inode number (FUSE's).
+pub const ROOT: Ino = 1;
+
+/// What a path is.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// A directory: its entries by name.
+    Dir(BTreeMap<String, Ino>),
+    /// A symbolic link to a relative path.
+    Symlink(String),
+    /// A small file held in memory (the domain XML).
+    Text(Arc<str>),
+    /// A disk image of a snapshot: `disk` indexes the manifest's disks.
+    Disk {
+        /// The snapshot.
+        snapshot: Id,
+        /// The disk's index in the manifest.
+        disk: usize,
+        /// Its virtual size.
+        size: u64,
+    },
+}
+
+/// One path of the namespace.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The directory it is in (the root's parent is the root).
+    pub parent: Ino,
+    /// What it is.
+    pub entry: Entry,
+    /// Its modification time: the snapshot's time, or the mount's for the top directories.
+    pub mtime: SystemTime,
+}
+
+/// Hands out inode numbers by path, never twice, so a path keeps its number across rebuilds.
+#[derive(Debug)]
+pub struct Inodes {
+    by_path: HashMap<String, Ino>,
+    next: Ino,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        Inodes {
+            by_path: HashMap::new(),
+            next: ROOT + 1,
+        }
+    }
+}
+
+impl Inodes {
+    fn of(&mut self, path: &str) -> Ino {
+        if path.is_empty() {
+            return ROOT;
+        }
+        if let Some(&ino) = self.by_path.get(path) {
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_path.insert(path.to_owned(), ino);
+        ino
+    }
+}
+
+/// The whole namespace.
+#[derive(Debug, Default)]
+pub struct Tree {
+    nodes: HashMap<Ino, Node>,
+    /// The snapshots it shows, by id.
+    snapshots: HashMap<Id, Arc<Manifest>>,
+}
+
+/// The time of a manifest (RFC 3339) as a `SystemTime`; the epoch if it does not parse.
+fn manifest_time(m: &Manifest) -> SystemTime {
+    humantime::parse_rfc3339(&m.time).unwrap_or(UNIX_EPOCH)
+}
+
+/// The directory name of a snapshot taken at `time`: to the second, in UTC.
+fn timestamp_name(time: &str) -> String {
+    match time.get(..19) {
+        Some(prefix) => format!("{prefix}Z"),
+        None => time.to_owned(),
+    }
+}
+
+/// Whether `name` can be a file name in the mount.
+fn usable(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
+}
+
+impl Tree {
+    /// Builds the namespace of `snapshots`; `now` is the top directories' time.
+    pub fn build(snapshots: &[(Id, Manifest)], inodes: &mut Inodes, now: SystemTime) -> Tree {
+        let mut tree = Tree::default();
+        tree.dir_at(ROOT, ROOT, now);
+        for top in ["vms", "snapshots"] {
+            let ino = inodes.of(top);
+            tree.dir_at(ino, ROOT, now);
+            tree.link(ROOT, top, ino);
+        }
+        let mut series: BTreeMap<&str, Vec<&(Id, Manifest)>> = BTreeMap::new();
+        for s in snapshots.iter().filter(|(_, m)| usable(&m.name)) {
+            series.entry(s.1.name.as_str()).or_default().push(s);
+        }
+        for (name, mut snaps) in series {
+            snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+            let vm_path = format!("vms/{name}");
+            let vm_ino = inodes.of(&vm_path);
+            tree.dir_at(vm_ino, inodes.of("vms"), now);
+            tree.link(inodes.of("vms"), name, vm_ino);
+            let mut latest = None;
+            for (id, manifest) in snaps {
+                let mut dir_name = timestamp_name(&manifest.time);
+                if tree.child(vm_ino, &dir_name).is_some() {
+                    dir_name = format!("{dir_name}-{}", id.short());
+                }
+                let path = format!("{vm_path}/{dir_name}");
+                tree.snapshot_dir(&path, vm_ino, id, manifest, inodes);
+                latest = Some(dir_name);
+            }
+            if let Some(target) = latest {
+                let ino = inodes.of(&format!("{vm_path}/latest"));
+                tree.nodes.insert(
+                    ino,
+                    Node {
+                        parent: vm_ino,
+                        entry: Entry::Symlink(target),
+                        mtime: now,
+                    },
+                );
+                tree.link(vm_ino, "latest", ino);
+            }
+        }
+        let snapshots_ino = inodes.of("snapshots");
+        for (id, manifest) in snapshots {
+            let path = format!("snapshots/{}", id.short());
+            tree.snapshot_dir(&path, snapshots_ino, id, manifest, inodes);
+        }
+        tree
+    }
+
+    fn dir_at(&mut self, ino: Ino, parent: Ino, mtime: SystemTime) {
+        self.nodes.entry(ino).or_insert(Node {
+            parent,
+            entry: Entry::Dir(BTreeMap::new()),
+            mtime,
+        });
+    }
+
+    fn link(&mut self, dir: Ino, name: &str, ino: Ino) {
+        if let Some(Node {
+            entry: Entry::Dir(children),
+            ..
+        }) = self.nodes.get_mut(&dir)
+        {
+            children.insert(name.to_owned(), ino);
+        }
+    }
+
+    fn snapshot_dir(
+        &mut self,
+        path: &str,
+        parent: Ino,
+        id: &Id,
+        manifest: &Manifest,
+        inodes: &mut Inodes,
+    ) {
+        let mtime = manifest_time(manifest);
+        let ino = inodes.of(path);
+        self.dir_at(ino, parent, mtime);
+        let name = path.rsplit('/').next().unwrap_or(path);
+        self.link(parent, name, ino);
+        self.snapshots
+            .entry(*id)
+            .or_insert_with(|| Arc::new(manifest.clone()));
+        if let Some(xml) = &manifest.domain_xml {
+            self.file(
+                ino,
+                path,
+                "domain.xml",
+                Entry::Text(Arc::from(xml.as_str())),
+                mtime,
+                inodes,
+            );
+        }
+        for (disk, d) in manifest.disks.iter().enumerate() {
+            if !usable(&d.name) {
+                continue;
+            }
+            let entry = Entry::Disk {
+                snapshot: *id,
+                disk,
+                size: d.size,
+            };
+            self.file(ino, path, &format!("{}.raw", d.name), entry, mtime, inodes);
+        }
+    }
+
+    fn file(
+        &mut self,
+        dir: Ino,
+        dir_path: &str,
+        name: &str,
+        entry: Entry,
+        mtime: SystemTime,
+        inodes: &mut Inodes,
+    ) {
+        let ino = inodes.of(&format!("{dir_path}/{name}"));
+        self.nodes.insert(
+            ino,
+            Node {
+                parent: dir,
+                entry,
+                mtime,
+            },
+        );
+        self.link(dir, name, ino);
+    }
+
+    /// The node `ino`.
+    pub fn node(&self, ino: Ino) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    /// The entry `name` of directory `dir`.
+    pub fn child(&self, dir: Ino, name: &str) -> Option<Ino> {
+        match &self.nodes.get(&dir)?.entry {
+            Entry::Dir(children) => children.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    /// The manifest of snapshot `id`, if the tree shows it.
+    pub fn manifest(&self, id: &Id) -> Option<&Arc<Manifest>> {
+        self.snapshots.get(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use vmstash_repo::snapshot::{Disk, Summary};
+
+    fn manifest(name: &str, time: &str, disks: &[&str], xml: bool) -> Manifest {
+        Manifest {
+            version: 1,
+            time: time.to_owned(),
+            hostname: "h".to_owned(),
+            username: "u".to_owned(),
+            name: name.to_owned(),
+            tags: Vec::new(),
+            parent: None,
+            disks: disks
+                .iter()
+                .map(|d| Disk {
+                    name: (*d).to_owned(),
+                    source: format!("/images/{d}"),
+                    format: "raw".to_owned(),
+                    size: 1 << 20,
+                    chunk_size: 1 << 16,
+                    map: Vec::new(),
+                })
+                .collect(),
+            domain_xml: xml.then(|| "<domain/>".to_owned()),
+            summary: Summary::default(),
+        }
+    }
+
+    fn lookup(tree: &Tree, path: &str) -> Option<Ino> {
+        path.split('/')
+            .filter(|p| !p.is_empty())
+            .try_fold(ROOT, |dir, name| tree.child(dir, name))
+    }
+
+    #[test]
+    fn layout_matches_the_design() {
+        let a = Id::of(b"a");
+        let b = Id::of(b"b");
+        let c = Id::of(b"c");
+        let snaps = vec![
+            (
+                a,
+                manifest("web1", "2026-11-20T10:00:00.000001Z", &["vda", "vdb"], true),
+            ),
+            (
+                b,
+                manifest("web1", "2026-11-21T10:00:00.5Z", &["vda"], true),
+            ),
+            (
+                c,
+                manifest("web1", "2026-11-21T10:00:00.9Z", &["vda"], true),
+            ),
+        ];
+        let mut inodes = Inodes::default();
+        let tree = Tree::build(&snaps, &mut inodes, UNIX_EPOCH);
+        assert!(lookup(&tree, "vms/web1/2026-11-20T10:00:00Z/domain.xml").is_some());
+        assert!(lookup(&tree, "vms/web1/2026-11-20T10:00:00Z/vdb.raw").is_some());
+        let second = format!("vms/web1/2026-11-21T10:00:00Z-{}", c.short());
+        assert!(
+            lookup(&tree, &second).is_some(),
+            "same second gets the short id"
+        );
+        let latest = lookup(&tree, "vms/web1/latest").expect("latest");
+        match &tree.node(latest).expect("node").entry {
+            Entry::Symlink(target) => assert_eq!(target, second.rsplit('/').next().expect("name")),
+            other => panic!("{other:?}"),
+        }
+        let by_id = format!("snapshots/{}/vda.raw", a.short());
+        let ino = lookup(&tree, &by_id).expect("by id");
+        assert!(matches!(
+            tree.node(ino).expect("node").entry,
+            Entry::Disk { size: 1048576, .. }
+        ));
+        let again = Tree::build(&snaps[..1], &mut inodes, UNIX_EPOCH);
+        assert_eq!(
+            lookup(&again, &by_id),
+            Some(ino),
+            "inode numbers survive a rebuild"
+        );
+        assert_eq!(
+            manifest_time(&snaps[0].1),
+            UNIX_EPOCH + Duration::new(1_795_168_800, 1_000)
+        );
+    }
+
+    #[test]
+    fn unusable_names_are_left_out() {
+        let snaps = vec![(
+            Id::of(b"x"),
+            manifest("..", "2026-11-20T10:00:00Z", &["a/b"], false),
+        )];
+        let tree = Tree::build(&snaps, &mut Inodes::default(), UNIX_EPOCH);
+        match &tree
+            .node(lookup(&tree, "vms").expect("vms"))
+            .expect("node")
+            .entry
+        {
+            Entry::Dir(children) => assert!(children.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+}
