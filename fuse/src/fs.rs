@@ -19,9 +19,11 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 use vmstash_repo::backend::FileKind;
-use vmstash_repo::Repository;
+use vmstash_repo::snapshot::Disk;
+use vmstash_repo::{Id, Repository};
 
 use crate::image::ImageReader;
+use crate::partition::{self, Partition};
 use crate::tree::{Entry, Ino, Inodes, Node, Tree};
 
 /// How long the kernel may cache names and attributes.
@@ -50,10 +52,16 @@ impl VmstashFs {
         let index = repo.load_index()?;
         let chunk_size = repo.config().chunk_size;
         let names = snapshot_names(&repo)?;
+        let images = ImageReader::new(repo.clone(), index, cache_bytes, chunk_size);
         let mut inodes = Inodes::default();
-        let tree = Tree::build(&repo.snapshots()?, &mut inodes, SystemTime::now());
+        let tree = Tree::build(
+            &repo.snapshots()?,
+            &mut inodes,
+            SystemTime::now(),
+            &mut |id, no, disk| partitions_of(&images, id, no, disk),
+        );
         Ok(VmstashFs {
-            images: ImageReader::new(repo.clone(), index, cache_bytes, chunk_size),
+            images,
             repo,
             tree: RwLock::new(Arc::new(tree)),
             inodes: Mutex::new(inodes),
@@ -82,8 +90,13 @@ impl VmstashFs {
             let index = self.repo.load_index()?;
             let snapshots = self.repo.snapshots()?;
             let mut inodes = self.inodes.lock().unwrap_or_else(PoisonError::into_inner);
-            let tree = Tree::build(&snapshots, &mut inodes, SystemTime::now());
             self.images.set_index(index);
+            let tree = Tree::build(
+                &snapshots,
+                &mut inodes,
+                SystemTime::now(),
+                &mut |id, no, disk| partitions_of(&self.images, id, no, disk),
+            );
             *self.tree.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tree);
             seen.0 = names;
             Ok(())
@@ -127,6 +140,24 @@ impl VmstashFs {
 
 fn len64(len: usize) -> u64 {
     u64::try_from(len).unwrap_or(u64::MAX)
+}
+
+/// The partitions of a disk of a snapshot; none (and a log line) when its table is damaged or
+/// cannot be read, so the disk still shows as a whole.
+fn partitions_of(images: &ImageReader, id: &Id, no: usize, disk: &Disk) -> Vec<Partition> {
+    let mut read = |offset: u64, len: usize| {
+        images
+            .read(id, no, disk, offset, u32::try_from(len).unwrap_or(u32::MAX))
+            .map_err(|e| e.to_string())
+    };
+    partition::partitions(&mut read, disk.size).unwrap_or_else(|e| {
+        eprintln!(
+            "vmstash mount: disk {} of snapshot {}: {e}; showing the whole disk only",
+            disk.name,
+            id.short()
+        );
+        Vec::new()
+    })
 }
 
 /// The names of the repository's snapshot files.
@@ -207,7 +238,16 @@ impl Filesystem for VmstashFs {
                     .min(bytes.len());
                 reply.data(bytes.get(start..end).unwrap_or_default());
             }
-            Some(Entry::Disk { snapshot, disk, .. }) => {
+            Some(Entry::Disk {
+                snapshot,
+                disk,
+                start,
+                size: file_size,
+            }) => {
+                let size = u32::try_from(file_size.saturating_sub(offset))
+                    .unwrap_or(u32::MAX)
+                    .min(size);
+                let offset = start.saturating_add(offset);
                 let read = tree
                     .manifest(snapshot)
                     .and_then(|m| m.disks.get(*disk).map(|d| (m, d)))

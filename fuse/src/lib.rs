@@ -3,18 +3,21 @@
 //! ```text
 //! MNT/vms/<vm>/<timestamp>/domain.xml
 //! MNT/vms/<vm>/<timestamp>/<disk>.raw        whole disk, virtual size
+//! MNT/vms/<vm>/<timestamp>/<disk>/p<N>.raw   each partition (GPT, or MBR with logical ones)
 //! MNT/vms/<vm>/latest -> <timestamp>
 //! MNT/snapshots/<short-id>/...               the same, by snapshot id
 //! ```
 //!
 //! - [`tree`]: the namespace, rebuilt when snapshots come or go, with inode numbers that stay
 //!   the same for the same path for as long as the mount lives.
+//! - [`partition`]: GPT and MBR partition tables, parsed defensively.
 //! - [`image`]: reading a disk image of a snapshot: chunk map segments and verified chunks,
 //!   both in LRU caches, zero chunks without reading anything.
 //! - [`fs`]: the `fuser` filesystem, read-only, serving requests on several threads.
 
 pub mod fs;
 pub mod image;
+pub mod partition;
 pub mod tree;
 
 pub use fs::VmstashFs;

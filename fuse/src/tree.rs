@@ -9,7 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vmstash_repo::snapshot::Manifest;
+use vmstash_repo::snapshot::{Disk, Manifest};
+
+use crate::partition::Partition;
+
+/// The partitions of a disk of a snapshot (empty without a partition table).
+pub type PartitionsOf<'a> = dyn FnMut(&Id, usize, &Disk) -> Vec<Partition> + 'a;
 use vmstash_repo::Id;
 
 /// An inode number.
@@ -26,13 +31,16 @@ pub enum Entry {
     Symlink(String),
     /// A small file held in memory (the domain XML).
     Text(Arc<str>),
-    /// A disk image of a snapshot: `disk` indexes the manifest's disks.
+    /// A disk image of a snapshot, or a partition of one: `disk` indexes the manifest's
+    /// disks, and the file is its bytes `start..start + size`.
     Disk {
         /// The snapshot.
         snapshot: Id,
         /// The disk's index in the manifest.
         disk: usize,
-        /// Its virtual size.
+        /// Where the file starts on the disk (0 for the whole disk).
+        start: u64,
+        /// The file's size.
         size: u64,
     },
 }
@@ -107,7 +115,12 @@ fn usable(name: &str) -> bool {
 
 impl Tree {
     /// Builds the namespace of `snapshots`; `now` is the top directories' time.
-    pub fn build(snapshots: &[(Id, Manifest)], inodes: &mut Inodes, now: SystemTime) -> Tree {
+    pub fn build(
+        snapshots: &[(Id, Manifest)],
+        inodes: &mut Inodes,
+        now: SystemTime,
+        partitions: &mut PartitionsOf<'_>,
+    ) -> Tree {
         let mut tree = Tree::default();
         tree.dir_at(ROOT, ROOT, now);
         for top in ["vms", "snapshots"] {
@@ -132,7 +145,7 @@ impl Tree {
                     dir_name = format!("{dir_name}-{}", id.short());
                 }
                 let path = format!("{vm_path}/{dir_name}");
-                tree.snapshot_dir(&path, vm_ino, id, manifest, inodes);
+                tree.snapshot_dir(&path, vm_ino, id, manifest, inodes, partitions);
                 latest = Some(dir_name);
             }
             if let Some(target) = latest {
@@ -151,7 +164,7 @@ impl Tree {
         let snapshots_ino = inodes.of("snapshots");
         for (id, manifest) in snapshots {
             let path = format!("snapshots/{}", id.short());
-            tree.snapshot_dir(&path, snapshots_ino, id, manifest, inodes);
+            tree.snapshot_dir(&path, snapshots_ino, id, manifest, inodes, partitions);
         }
         tree
     }
@@ -181,6 +194,7 @@ impl Tree {
         id: &Id,
         manifest: &Manifest,
         inodes: &mut Inodes,
+        partitions: &mut PartitionsOf<'_>,
     ) {
         let mtime = manifest_time(manifest);
         let ino = inodes.of(path);
@@ -207,9 +221,28 @@ impl Tree {
             let entry = Entry::Disk {
                 snapshot: *id,
                 disk,
+                start: 0,
                 size: d.size,
             };
             self.file(ino, path, &format!("{}.raw", d.name), entry, mtime, inodes);
+            let parts = partitions(id, disk, d);
+            if parts.is_empty() {
+                continue;
+            }
+            let dir_path = format!("{path}/{}", d.name);
+            let dir = inodes.of(&dir_path);
+            self.dir_at(dir, ino, mtime);
+            self.link(ino, &d.name, dir);
+            for p in parts {
+                let entry = Entry::Disk {
+                    snapshot: *id,
+                    disk,
+                    start: p.start,
+                    size: p.len,
+                };
+                let name = format!("p{}.raw", p.number);
+                self.file(dir, &dir_path, &name, entry, mtime, inodes);
+            }
         }
     }
 
@@ -257,7 +290,7 @@ impl Tree {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use vmstash_repo::snapshot::{Disk, Summary};
+    use vmstash_repo::snapshot::Summary;
 
     fn manifest(name: &str, time: &str, disks: &[&str], xml: bool) -> Manifest {
         Manifest {
@@ -282,6 +315,10 @@ mod tests {
             domain_xml: xml.then(|| "<domain/>".to_owned()),
             summary: Summary::default(),
         }
+    }
+
+    fn no_partitions(_: &Id, _: usize, _: &Disk) -> Vec<Partition> {
+        Vec::new()
     }
 
     fn lookup(tree: &Tree, path: &str) -> Option<Ino> {
@@ -310,7 +347,7 @@ mod tests {
             ),
         ];
         let mut inodes = Inodes::default();
-        let tree = Tree::build(&snaps, &mut inodes, UNIX_EPOCH);
+        let tree = Tree::build(&snaps, &mut inodes, UNIX_EPOCH, &mut no_partitions);
         assert!(lookup(&tree, "vms/web1/2026-11-20T10:00:00Z/domain.xml").is_some());
         assert!(lookup(&tree, "vms/web1/2026-11-20T10:00:00Z/vdb.raw").is_some());
         let second = format!("vms/web1/2026-11-21T10:00:00Z-{}", c.short());
@@ -327,9 +364,13 @@ mod tests {
         let ino = lookup(&tree, &by_id).expect("by id");
         assert!(matches!(
             tree.node(ino).expect("node").entry,
-            Entry::Disk { size: 1048576, .. }
+            Entry::Disk {
+                size: 1048576,
+                start: 0,
+                ..
+            }
         ));
-        let again = Tree::build(&snaps[..1], &mut inodes, UNIX_EPOCH);
+        let again = Tree::build(&snaps[..1], &mut inodes, UNIX_EPOCH, &mut no_partitions);
         assert_eq!(
             lookup(&again, &by_id),
             Some(ino),
@@ -347,7 +388,12 @@ mod tests {
             Id::of(b"x"),
             manifest("..", "2026-11-20T10:00:00Z", &["a/b"], false),
         )];
-        let tree = Tree::build(&snaps, &mut Inodes::default(), UNIX_EPOCH);
+        let tree = Tree::build(
+            &snaps,
+            &mut Inodes::default(),
+            UNIX_EPOCH,
+            &mut no_partitions,
+        );
         match &tree
             .node(lookup(&tree, "vms").expect("vms"))
             .expect("node")

@@ -216,3 +216,69 @@ fn a_corrupted_pack_gives_eio_only_where_it_is_needed() {
 fn libc_eio() -> i32 {
     5
 }
+
+#[test]
+fn partitions_show_as_files_the_kernel_can_loop_mount() {
+    if !have(
+        &[
+            "fusermount3",
+            "sgdisk",
+            "mkfs.ext4",
+            "losetup",
+            "mount",
+            "diff",
+        ],
+        true,
+    ) {
+        return;
+    }
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir(&src).expect("src dir");
+    let disk = crate::util::partitioned_image(&src, 64);
+    let name = disk
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .into_owned();
+    repo.backup(&[&disk]);
+    let mnt = repo.dir.path().join("mnt");
+    let mounted = Mounted::start(&repo, &mnt);
+    let part = mnt.join(format!("vms/{name}/latest/{name}/p1.raw"));
+    assert!(part.is_file(), "{} missing", part.display());
+
+    // The same partition from the source image, attached by offset.
+    let ours = repo.dir.path().join("ours");
+    let theirs = repo.dir.path().join("theirs");
+    std::fs::create_dir(&ours).expect("mkdir");
+    std::fs::create_dir(&theirs).expect("mkdir");
+    let part_s = part.display().to_string();
+    let ours_s = ours.display().to_string();
+    crate::util::sh("mount", &["-o", "loop,ro", &part_s, &ours_s]);
+    let result = std::panic::catch_unwind(|| {
+        let start = (2048 * 512).to_string();
+        let size = std::fs::metadata(&part).expect("stat").len().to_string();
+        let theirs_s = theirs.display().to_string();
+        let options = format!("loop,ro,offset={start},sizelimit={size}");
+        crate::util::sh(
+            "mount",
+            &["-o", &options, &disk.display().to_string(), &theirs_s],
+        );
+        let same = std::process::Command::new("diff")
+            .args(["-r", "--no-dereference", &ours_s, &theirs_s])
+            .output()
+            .expect("diff");
+        let _ = std::process::Command::new("umount").arg(&theirs).output();
+        assert!(
+            same.status.success(),
+            "the partition's files differ: {}",
+            String::from_utf8_lossy(&same.stdout)
+        );
+    });
+    let _ = std::process::Command::new("umount").arg(&ours).output();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    let (status, stderr) = mounted.stop();
+    assert!(status.success(), "{stderr}");
+}
