@@ -239,10 +239,11 @@ fn gpt(read: &mut ReadAt<'_>, size: u64) -> Result<Vec<Partition>, PartitionErro
         let (Some(first), Some(last)) = (u64_at(entry, 32), u64_at(entry, 40)) else {
             return Err(corrupt("short GPT entry"));
         };
-        if last < first {
-            return Err(corrupt(format!("GPT entry {slot} ends before it starts")));
-        }
-        out.push(checked(slot, first, last - first + 1, size)?);
+        let sectors = last
+            .checked_sub(first)
+            .and_then(|n| n.checked_add(1))
+            .ok_or_else(|| corrupt(format!("GPT entry {slot} spans sectors {first}..={last}")))?;
+        out.push(checked(slot, first, sectors, size)?);
     }
     Ok(out)
 }
@@ -331,6 +332,13 @@ mod tests {
             disk[at + 40..at + 48].copy_from_slice(&last.to_le_bytes());
         }
         let parts = partitions(&mut reader(&disk), 8 << 20).expect("gpt");
+        let mut huge = disk.clone();
+        huge[1024 + 32..1024 + 40].copy_from_slice(&0u64.to_le_bytes());
+        huge[1024 + 40..1024 + 48].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(
+            partitions(&mut reader(&huge), 8 << 20).is_err(),
+            "found by the fuzzer"
+        );
         let got: Vec<(u32, u64, u64)> = parts
             .iter()
             .map(|p| (p.number, p.start / 512, p.len / 512))
