@@ -37,8 +37,13 @@ for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   dirs=("corpus/$t")
   [ -d "seeds/$t" ] && dirs+=("seeds/$t")
+  # libFuzzer cuts inputs at 1 MiB unless told otherwise; a larger seed (the
+  # 2 MiB NTFS image of guest_ntfs) would be cut and refused.
+  largest=$(find "${dirs[@]}" -type f -printf '%s\n' | sort -n | tail -n 1)
+  len_flags=()
+  [ "${largest:-0}" -gt 1048576 ] && len_flags=(-max_len="$largest")
   if ! cargo +nightly fuzz run "${build_flags[@]}" "$t" "${dirs[@]}" -- \
-      -max_total_time="$seconds" -rss_limit_mb=1024 >"$logs/$t.log" 2>&1; then
+      -max_total_time="$seconds" -rss_limit_mb=1024 "${len_flags[@]}" >"$logs/$t.log" 2>&1; then
     grep -A 4 "panicked at" "$logs/$t.log" >&2 || true
     tail -n 25 "$logs/$t.log" >&2
     echo "fuzz-smoke: target $t FAILED (log: $logs/$t.log)" >&2

@@ -6,6 +6,10 @@ set -euo pipefail
 
 PACKAGES=(
   gdisk        # sgdisk: partition tables for test and bench images
+  fdisk        # sfdisk: MBR tables with logical partitions for the mount tests
+  dosfstools   # mkfs.vfat: FAT filesystems for the mount tests
+  mtools       # mcopy: fills FAT images without mounting them
+  ntfs-3g      # mkntfs, ntfs-3g: NTFS filesystems for the mount tests
   e2fsprogs    # mkfs.ext4
   util-linux   # losetup, mount
   restic       # the benchmark's point of comparison

@@ -14,6 +14,12 @@
 #   -s SEED   seed for file sizes and text content (default 1); the random
 #             half comes from /dev/urandom, so it differs on every run
 #
+# Environment:
+#   MANY_FILES=N  also create the directory /many in the filesystem holding N
+#                 small text files (f00000, f00001, ...; about 40 bytes each,
+#                 one 4 KiB block each on disk), on top of DATA_MIB. Default 0:
+#                 no such directory. bench/mount.sh lists it through the mount.
+#
 # Needs root (loop devices, mount). Safe to run several times at once: each
 # run has its own loop devices and mount directory, and every mount and loop
 # device it made is released on exit, also on failure or interruption.
@@ -51,6 +57,8 @@ die() {
 
 [[ "$DATA_MIB" =~ ^[0-9]+$ ]] || die "DATA_MIB must be a whole number of MiB, got '$DATA_MIB'"
 [[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be a non-negative integer, got '$SEED'"
+MANY_FILES="${MANY_FILES:-0}"
+[[ "$MANY_FILES" =~ ^[0-9]+$ ]] || die "MANY_FILES must be a non-negative integer, got '$MANY_FILES'"
 [ "$(id -u)" -eq 0 ] || die "must run as root (loop devices and mount)"
 for tool in sgdisk partx losetup mkfs.ext4 mount umount truncate awk; do
   command -v "$tool" >/dev/null || die "$tool not found (run scripts/install-deps.sh)"
@@ -270,6 +278,16 @@ while [ "$written" -lt "$small_random_budget" ]; do
   head -c "$size" /dev/urandom >"$dir/obj-$j.bin"
   written=$((written + size))
 done
+
+# One directory with many small files, for listing benchmarks (MANY_FILES).
+if [ "$MANY_FILES" -gt 0 ]; then
+  log "writing $MANY_FILES small files in /many"
+  mkdir "$MNT/many"
+  for ((k = 0; k < MANY_FILES; k++)); do
+    printf -v name 'f%05d' "$k"
+    printf 'small file %05d of %d, seed %d\n' "$k" "$MANY_FILES" "$SEED" >"$MNT/many/$name"
+  done
+fi
 
 if [ "$VERBOSE" -eq 1 ]; then
   log "files: $(find "$MNT" -type f | wc -l), filesystem usage:"

@@ -11,17 +11,24 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
+use std::num::NonZeroUsize;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use lru::LruCache;
+
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEntry, ReplyOpen, Request,
 };
 use vmstash_repo::backend::FileKind;
-use vmstash_repo::snapshot::Disk;
+use vmstash_repo::snapshot::Manifest;
 use vmstash_repo::{Id, Repository};
 
+use crate::guestfs::{Attr, DirEntry, FsError, Kind, Owner};
+use crate::guests::{mount_ino, split_ino, Guest, Guests};
 use crate::image::ImageReader;
 use crate::partition::{self, Partition};
 use crate::tree::{Entry, Ino, Inodes, Node, Tree};
@@ -30,17 +37,43 @@ use crate::tree::{Entry, Ino, Inodes, Node, Tree};
 const TTL: Duration = Duration::from_secs(1);
 /// How often directory lookups check the repository for new snapshots.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// Guest directories whose listings are kept.
+const LISTINGS_CACHED: usize = 256;
+/// Guest file attributes kept (from listings), so `ls -l` of a large directory reads each
+/// inode once.
+const ATTRS_CACHED: usize = 1 << 17;
+
+/// A guest directory's listing, sorted by name.
+type Listing = Arc<Vec<DirEntry>>;
 
 /// The mounted repository.
 pub struct VmstashFs {
     repo: Repository,
-    images: ImageReader,
+    images: Arc<ImageReader>,
+    guests: Guests,
+    /// Listings of guest directories by mount inode number.
+    listings: Mutex<LruCache<Ino, Listing>>,
+    /// Attributes of guest files by mount inode number.
+    attrs: Mutex<LruCache<Ino, Attr>>,
     tree: RwLock<Arc<Tree>>,
     inodes: Mutex<Inodes>,
     /// The snapshot file names the tree was built from, and when they were last listed.
     seen: Mutex<(BTreeSet<String>, Instant)>,
-    uid: u32,
-    gid: u32,
+    owner: Owner,
+}
+
+/// What a mount inode number refers to.
+enum Target<'t> {
+    /// A path of the mount's own namespace.
+    Repo(&'t Node),
+    /// A file of a guest filesystem.
+    Guest {
+        guest: Arc<Guest>,
+        /// Its inode number in the guest filesystem.
+        local: u64,
+        /// Its slot, so its children get mount inode numbers.
+        slot: u64,
+    },
 }
 
 /// Why the filesystem could not be set up.
@@ -53,22 +86,78 @@ impl VmstashFs {
         let chunk_size = repo.config().chunk_size;
         let names = snapshot_names(&repo)?;
         let images = ImageReader::new(repo.clone(), index, cache_bytes, chunk_size);
-        let mut inodes = Inodes::default();
-        let tree = Tree::build(
-            &repo.snapshots()?,
-            &mut inodes,
-            SystemTime::now(),
-            &mut |id, no, disk| partitions_of(&images, id, no, disk),
-        );
-        Ok(VmstashFs {
+        let fs = VmstashFs {
             images,
             repo,
-            tree: RwLock::new(Arc::new(tree)),
-            inodes: Mutex::new(inodes),
+            guests: Guests::default(),
+            listings: Mutex::new(LruCache::new(
+                NonZeroUsize::new(LISTINGS_CACHED).unwrap_or(NonZeroUsize::MIN),
+            )),
+            attrs: Mutex::new(LruCache::new(
+                NonZeroUsize::new(ATTRS_CACHED).unwrap_or(NonZeroUsize::MIN),
+            )),
+            tree: RwLock::new(Arc::new(Tree::default())),
+            inodes: Mutex::new(Inodes::default()),
             seen: Mutex::new((names, Instant::now())),
-            uid: rustix::process::getuid().as_raw(),
-            gid: rustix::process::getgid().as_raw(),
-        })
+            owner: Owner {
+                uid: rustix::process::getuid().as_raw(),
+                gid: rustix::process::getgid().as_raw(),
+            },
+        };
+        let snapshots = fs.repo.snapshots()?;
+        fs.rebuild(&snapshots);
+        Ok(fs)
+    }
+
+    /// Builds the tree of `snapshots` and shows it.
+    fn rebuild(&self, snapshots: &[(Id, Manifest)]) {
+        let mut inodes = self.inodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let tree = Tree::build(
+            snapshots,
+            &mut inodes,
+            SystemTime::now(),
+            &mut |id, manifest, no| self.partitions_of(id, manifest, no),
+        );
+        *self.tree.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tree);
+    }
+
+    /// The partitions of a disk of a snapshot, with their filesystems' slots; none (and a log
+    /// line) when its table is damaged or cannot be read, so the disk still shows as a whole.
+    fn partitions_of(
+        &self,
+        id: &Id,
+        manifest: &Manifest,
+        no: usize,
+    ) -> Vec<(Partition, Option<u64>)> {
+        let Some(disk) = manifest.disks.get(no) else {
+            return Vec::new();
+        };
+        let mut read = |offset: u64, len: usize| {
+            self.images
+                .read(id, no, disk, offset, u32::try_from(len).unwrap_or(u32::MAX))
+                .map_err(|e| e.to_string())
+        };
+        let parts = partition::partitions(&mut read, disk.size).unwrap_or_else(|e| {
+            eprintln!(
+                "vmstash mount: disk {} of snapshot {}: {e}; showing the whole disk only",
+                disk.name,
+                id.short()
+            );
+            Vec::new()
+        });
+        parts
+            .into_iter()
+            .map(|p| {
+                let slot = self.guests.slot_of(
+                    &self.images,
+                    (id, &manifest.name),
+                    (no, disk),
+                    &p,
+                    self.owner,
+                );
+                (p, slot)
+            })
+            .collect()
     }
 
     fn tree(&self) -> Arc<Tree> {
@@ -89,15 +178,8 @@ impl VmstashFs {
             }
             let index = self.repo.load_index()?;
             let snapshots = self.repo.snapshots()?;
-            let mut inodes = self.inodes.lock().unwrap_or_else(PoisonError::into_inner);
             self.images.set_index(index);
-            let tree = Tree::build(
-                &snapshots,
-                &mut inodes,
-                SystemTime::now(),
-                &mut |id, no, disk| partitions_of(&self.images, id, no, disk),
-            );
-            *self.tree.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tree);
+            self.rebuild(&snapshots);
             seen.0 = names;
             Ok(())
         });
@@ -106,7 +188,9 @@ impl VmstashFs {
         }
     }
 
-    fn attr(&self, ino: Ino, node: &Node) -> FileAttr {
+    /// The attributes of a path of the mount's own namespace (a guest filesystem's root is
+    /// answered by [`VmstashFs::guest_attr`]).
+    fn repo_attr(&self, ino: Ino, node: &Node) -> FileAttr {
         let (kind, perm, size, nlink) = match &node.entry {
             Entry::Dir(children) => (
                 FileType::Directory,
@@ -117,6 +201,7 @@ impl VmstashFs {
             Entry::Symlink(target) => (FileType::Symlink, 0o777, len64(target.len()), 1),
             Entry::Text(text) => (FileType::RegularFile, 0o444, len64(text.len()), 1),
             Entry::Disk { size, .. } => (FileType::RegularFile, 0o444, *size, 1),
+            Entry::Guest { .. } => (FileType::Directory, 0o555, 0, 1),
         };
         FileAttr {
             ino: INodeNo(ino),
@@ -129,35 +214,302 @@ impl VmstashFs {
             kind,
             perm,
             nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid: self.owner.uid,
+            gid: self.owner.gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
         }
     }
+
+    /// What mount inode `ino` is.
+    fn target<'t>(&self, tree: &'t Tree, ino: Ino) -> Result<Target<'t>, Errno> {
+        if let Some((slot, local)) = split_ino(ino) {
+            let guest = self.guests.get(slot).ok_or(Errno::ENOENT)?;
+            return Ok(Target::Guest { guest, local, slot });
+        }
+        let node = tree.node(ino).ok_or(Errno::ENOENT)?;
+        match node.entry {
+            Entry::Guest { slot } => {
+                let guest = self.guests.get(slot).ok_or(Errno::ENOENT)?;
+                let local = guest.fs.root();
+                Ok(Target::Guest { guest, local, slot })
+            }
+            _ => Ok(Target::Repo(node)),
+        }
+    }
+
+    /// The attributes of `ino` in its place; logs failures.
+    fn attr_of(&self, tree: &Tree, ino: Ino) -> Result<FileAttr, Errno> {
+        match self.target(tree, ino)? {
+            Target::Repo(node) => Ok(self.repo_attr(ino, node)),
+            Target::Guest { guest, local, .. } => {
+                let attr = self.guest_attr(&guest, ino, local)?;
+                Ok(file_attr(ino, &attr))
+            }
+        }
+    }
+
+    /// A guest file's attributes: from the last listing that showed it, or its filesystem.
+    fn guest_attr(&self, guest: &Guest, ino: Ino, local: u64) -> Result<Attr, Errno> {
+        let cached = self
+            .attrs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&ino)
+            .cloned();
+        match cached {
+            Some(attr) => Ok(attr),
+            None => guest
+                .call(|fs| fs.attr(local))
+                .map_err(|e| failed(guest, &format!("inode {local}"), e)),
+        }
+    }
+
+    /// The listing of guest directory `local` (mount inode `ino`), sorted by name.
+    fn listing(&self, guest: &Guest, slot: u64, ino: Ino, local: u64) -> Result<Listing, Errno> {
+        let cached = self
+            .listings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&ino)
+            .cloned();
+        if let Some(listing) = cached {
+            return Ok(listing);
+        }
+        let mut entries = guest
+            .call(|fs| fs.read_dir(local))
+            .map_err(|e| failed(guest, &format!("listing directory inode {local}"), e))?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        {
+            let mut attrs = self.attrs.lock().unwrap_or_else(PoisonError::into_inner);
+            for e in &entries {
+                if let Some(attr) = &e.attr {
+                    attrs.put(mount_ino(slot, e.ino), attr.clone());
+                }
+            }
+        }
+        let listing = Arc::new(entries);
+        self.listings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(ino, Arc::clone(&listing));
+        Ok(listing)
+    }
+
+    /// Looks `name` up in directory `parent`.
+    fn lookup_in(&self, parent: Ino, name: &OsStr) -> Result<FileAttr, Errno> {
+        self.refresh();
+        let tree = self.tree();
+        match self.target(&tree, parent)? {
+            Target::Repo(_) => {
+                let ino = name
+                    .to_str()
+                    .and_then(|name| tree.child(parent, name))
+                    .ok_or(Errno::ENOENT)?;
+                self.attr_of(&tree, ino)
+            }
+            Target::Guest { guest, local, slot } => {
+                let listing = self.listing(&guest, slot, parent, local)?;
+                let found = listing
+                    .binary_search_by(|e| e.name.as_slice().cmp(name.as_bytes()))
+                    .ok()
+                    .and_then(|i| listing.get(i))
+                    .ok_or(Errno::ENOENT)?;
+                let ino = mount_ino(slot, found.ino);
+                let attr = match &found.attr {
+                    Some(attr) => attr.clone(),
+                    None => self.guest_attr(&guest, ino, found.ino)?,
+                };
+                Ok(file_attr(ino, &attr))
+            }
+        }
+    }
+
+    /// Up to `size` bytes of file `ino` at `offset`.
+    fn read_file(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let tree = self.tree();
+        match self.target(&tree, ino)? {
+            Target::Guest { guest, local, .. } => guest
+                .call(|fs| fs.read(local, offset, size))
+                .map_err(|e| failed(&guest, &format!("reading inode {local} at {offset}"), e)),
+            Target::Repo(node) => match &node.entry {
+                Entry::Text(text) => {
+                    let bytes = text.as_bytes();
+                    let start = usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len());
+                    let end = start
+                        .saturating_add(usize::try_from(size).unwrap_or(usize::MAX))
+                        .min(bytes.len());
+                    Ok(bytes.get(start..end).unwrap_or_default().to_vec())
+                }
+                Entry::Disk {
+                    snapshot,
+                    disk,
+                    start,
+                    size: file_size,
+                } => {
+                    let size = u32::try_from(file_size.saturating_sub(offset))
+                        .unwrap_or(u32::MAX)
+                        .min(size);
+                    let offset = start.saturating_add(offset);
+                    let manifest = tree.manifest(snapshot).ok_or(Errno::ENOENT)?;
+                    let d = manifest.disks.get(*disk).ok_or(Errno::ENOENT)?;
+                    self.images
+                        .read(snapshot, *disk, d, offset, size)
+                        .map_err(|e| {
+                            eprintln!(
+                                "vmstash mount: reading {size} bytes at {offset} of disk {} of snapshot {} ({}): {e}",
+                                d.name,
+                                snapshot.short(),
+                                manifest.name
+                            );
+                            Errno::EIO
+                        })
+                }
+                Entry::Dir(_) | Entry::Guest { .. } => Err(Errno::EISDIR),
+                Entry::Symlink(_) => Err(Errno::EINVAL),
+            },
+        }
+    }
+
+    /// The entries of directory `ino` from position `offset` on, with their attributes where
+    /// they can be read.
+    fn entries(&self, ino: Ino, offset: u64) -> Result<Vec<Listed>, Errno> {
+        if offset == 0 {
+            self.refresh();
+        }
+        let tree = self.tree();
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        match self.target(&tree, ino)? {
+            Target::Repo(node) => {
+                let Entry::Dir(children) = &node.entry else {
+                    return Err(Errno::ENOTDIR);
+                };
+                let dots = [(ino, b".".to_vec()), (node.parent, b"..".to_vec())];
+                let all = dots.into_iter().chain(
+                    children
+                        .iter()
+                        .map(|(name, &i)| (i, name.as_bytes().to_vec())),
+                );
+                Ok(all
+                    .skip(skip)
+                    .map(|(child, name)| Listed {
+                        ino: child,
+                        name,
+                        attr: self.attr_of(&tree, child).ok(),
+                    })
+                    .collect())
+            }
+            Target::Guest { guest, local, slot } => {
+                let listing = self.listing(&guest, slot, ino, local)?;
+                let here = self.guest_attr(&guest, ino, local).ok();
+                let dots = [".", ".."].map(|name: &str| Listed {
+                    ino,
+                    name: name.as_bytes().to_vec(),
+                    attr: here.as_ref().map(|a| file_attr(ino, a)),
+                });
+                Ok(dots
+                    .into_iter()
+                    .chain(listing.iter().map(|e| {
+                        let child = mount_ino(slot, e.ino);
+                        Listed {
+                            ino: child,
+                            name: e.name.clone(),
+                            attr: e.attr.as_ref().map(|a| file_attr(child, a)),
+                        }
+                    }))
+                    .skip(skip)
+                    .collect())
+            }
+        }
+    }
+}
+
+/// One entry of a directory listing.
+struct Listed {
+    ino: Ino,
+    name: Vec<u8>,
+    /// `None` when its metadata cannot be read (using it answers the error).
+    attr: Option<FileAttr>,
+}
+
+impl Listed {
+    fn kind(&self) -> FileType {
+        self.attr.as_ref().map_or(FileType::RegularFile, |a| a.kind)
+    }
+}
+
+/// Logs a failure of a guest filesystem (damaged metadata, an unreadable pack) with where it
+/// happened, and answers the errno for `e`.
+fn failed(guest: &Guest, what: &str, e: FsError) -> Errno {
+    if e.is_failure() {
+        eprintln!("vmstash mount: {}: {what}: {e}", guest.label);
+    }
+    match e {
+        FsError::NotFound => Errno::ENOENT,
+        FsError::NotDir => Errno::ENOTDIR,
+        FsError::IsDir => Errno::EISDIR,
+        FsError::NotSymlink => Errno::EINVAL,
+        FsError::Damaged { .. } | FsError::Read(_) => Errno::EIO,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::BlockDevice => FileType::BlockDevice,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+/// A guest file's attributes as FUSE wants them.
+fn file_attr(ino: Ino, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.crtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// Attributes for a name whose metadata cannot be read.
+fn placeholder_attr(ino: Ino) -> FileAttr {
+    file_attr(
+        ino,
+        &Attr {
+            kind: Kind::File,
+            size: 0,
+            perm: 0,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            atime: SystemTime::UNIX_EPOCH,
+            mtime: SystemTime::UNIX_EPOCH,
+            ctime: SystemTime::UNIX_EPOCH,
+            crtime: SystemTime::UNIX_EPOCH,
+        },
+    )
 }
 
 fn len64(len: usize) -> u64 {
     u64::try_from(len).unwrap_or(u64::MAX)
-}
-
-/// The partitions of a disk of a snapshot; none (and a log line) when its table is damaged or
-/// cannot be read, so the disk still shows as a whole.
-fn partitions_of(images: &ImageReader, id: &Id, no: usize, disk: &Disk) -> Vec<Partition> {
-    let mut read = |offset: u64, len: usize| {
-        images
-            .read(id, no, disk, offset, u32::try_from(len).unwrap_or(u32::MAX))
-            .map_err(|e| e.to_string())
-    };
-    partition::partitions(&mut read, disk.size).unwrap_or_else(|e| {
-        eprintln!(
-            "vmstash mount: disk {} of snapshot {}: {e}; showing the whole disk only",
-            disk.name,
-            id.short()
-        );
-        Vec::new()
-    })
 }
 
 /// The names of the repository's snapshot files.
@@ -171,32 +523,44 @@ fn snapshot_names(repo: &Repository) -> Result<BTreeSet<String>, Error> {
 }
 
 impl Filesystem for VmstashFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Listings with attributes (`ls -l` without a lookup per name), and symlink targets
+        // kept by the kernel (a path through `latest` would otherwise ask for it every time).
+        // Both are optimisations: a kernel without them still gets correct answers.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.refresh();
-        let tree = self.tree();
-        let found = name
-            .to_str()
-            .and_then(|name| tree.child(parent.0, name))
-            .and_then(|ino| Some((ino, tree.node(ino)?)));
-        match found {
-            Some((ino, node)) => reply.entry(&TTL, &self.attr(ino, node), Generation(0)),
-            None => reply.error(Errno::ENOENT),
+        match self.lookup_in(parent.0, name) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(errno) => reply.error(errno),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let tree = self.tree();
-        match tree.node(ino.0) {
-            Some(node) => reply.attr(&TTL, &self.attr(ino.0, node)),
-            None => reply.error(Errno::ENOENT),
+        match self.attr_of(&self.tree(), ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(errno) => reply.error(errno),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.tree().node(ino.0).map(|n| &n.entry) {
-            Some(Entry::Symlink(target)) => reply.data(target.as_bytes()),
-            Some(_) => reply.error(Errno::EINVAL),
-            None => reply.error(Errno::ENOENT),
+        let tree = self.tree();
+        let target = match self.target(&tree, ino.0) {
+            Ok(Target::Repo(node)) => match &node.entry {
+                Entry::Symlink(target) => Ok(target.as_bytes().to_vec()),
+                _ => Err(Errno::EINVAL),
+            },
+            Ok(Target::Guest { guest, local, .. }) => guest
+                .call(|fs| fs.read_link(local))
+                .map_err(|e| failed(&guest, &format!("reading link inode {local}"), e)),
+            Err(errno) => Err(errno),
+        };
+        match target {
+            Ok(bytes) => reply.data(&bytes),
+            Err(errno) => reply.error(errno),
         }
     }
 
@@ -205,13 +569,13 @@ impl Filesystem for VmstashFs {
             reply.error(Errno::EROFS);
             return;
         }
-        match self.tree().node(ino.0).map(|n| &n.entry) {
-            Some(Entry::Text(_) | Entry::Disk { .. }) => {
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            Some(Entry::Dir(_)) => reply.error(Errno::EISDIR),
-            Some(Entry::Symlink(_)) => reply.error(Errno::EINVAL),
-            None => reply.error(Errno::ENOENT),
+        match self.attr_of(&self.tree(), ino.0) {
+            Ok(attr) => match attr.kind {
+                FileType::Directory => reply.error(Errno::EISDIR),
+                FileType::Symlink => reply.error(Errno::EINVAL),
+                _ => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            },
+            Err(errno) => reply.error(errno),
         }
     }
 
@@ -226,54 +590,9 @@ impl Filesystem for VmstashFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let tree = self.tree();
-        match tree.node(ino.0).map(|n| &n.entry) {
-            Some(Entry::Text(text)) => {
-                let bytes = text.as_bytes();
-                let start = usize::try_from(offset)
-                    .unwrap_or(usize::MAX)
-                    .min(bytes.len());
-                let end = start
-                    .saturating_add(usize::try_from(size).unwrap_or(usize::MAX))
-                    .min(bytes.len());
-                reply.data(bytes.get(start..end).unwrap_or_default());
-            }
-            Some(Entry::Disk {
-                snapshot,
-                disk,
-                start,
-                size: file_size,
-            }) => {
-                let size = u32::try_from(file_size.saturating_sub(offset))
-                    .unwrap_or(u32::MAX)
-                    .min(size);
-                let offset = start.saturating_add(offset);
-                let read = tree
-                    .manifest(snapshot)
-                    .and_then(|m| m.disks.get(*disk).map(|d| (m, d)))
-                    .ok_or(Errno::ENOENT)
-                    .and_then(|(manifest, d)| {
-                        self.images
-                            .read(snapshot, *disk, d, offset, size)
-                            .map_err(|e| {
-                                eprintln!(
-                                    "vmstash mount: reading {} bytes at {offset} of disk {} of snapshot {} ({}): {e}",
-                                    size,
-                                    d.name,
-                                    snapshot.short(),
-                                    manifest.name
-                                );
-                                Errno::EIO
-                            })
-                    });
-                match read {
-                    Ok(data) => reply.data(&data),
-                    Err(errno) => reply.error(errno),
-                }
-            }
-            Some(Entry::Dir(_)) => reply.error(Errno::EISDIR),
-            Some(Entry::Symlink(_)) => reply.error(Errno::EINVAL),
-            None => reply.error(Errno::ENOENT),
+        match self.read_file(ino.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(errno) => reply.error(errno),
         }
     }
 
@@ -285,33 +604,45 @@ impl Filesystem for VmstashFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        if offset == 0 {
-            self.refresh();
-        }
-        let tree = self.tree();
-        let Some(node) = tree.node(ino.0) else {
-            reply.error(Errno::ENOENT);
-            return;
-        };
-        let Entry::Dir(children) = &node.entry else {
-            reply.error(Errno::ENOTDIR);
-            return;
-        };
-        let dots = [(ino.0, ".".to_owned()), (node.parent, "..".to_owned())];
-        let entries = dots
-            .into_iter()
-            .chain(children.iter().map(|(name, &ino)| (ino, name.clone())));
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, (child, name)) in entries.enumerate().skip(skip) {
-            let kind = match tree.node(child).map(|n| &n.entry) {
-                Some(Entry::Dir(_)) | None => FileType::Directory,
-                Some(Entry::Symlink(_)) => FileType::Symlink,
-                Some(Entry::Text(_) | Entry::Disk { .. }) => FileType::RegularFile,
-            };
-            if reply.add(INodeNo(child), len64(i + 1), kind, &name) {
-                break;
+        match self.entries(ino.0, offset) {
+            Ok(entries) => {
+                for (i, e) in (offset..).zip(entries) {
+                    if reply.add(INodeNo(e.ino), i + 1, e.kind(), OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok();
             }
+            Err(errno) => reply.error(errno),
         }
-        reply.ok();
+    }
+
+    /// Listing with attributes (`ls -l` without a lookup per name). An entry whose metadata
+    /// cannot be read goes out with placeholder attributes that the kernel may not cache, so
+    /// using it looks it up and gets the error.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.entries(ino.0, offset) {
+            Ok(entries) => {
+                for (i, e) in (offset..).zip(entries) {
+                    let (ttl, attr) = match e.attr {
+                        Some(attr) => (TTL, attr),
+                        None => (Duration::ZERO, placeholder_attr(e.ino)),
+                    };
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(INodeNo(e.ino), i + 1, name, &ttl, &attr, Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(errno) => reply.error(errno),
+        }
     }
 }

@@ -16,6 +16,8 @@
 //! - [`fs`]: the `fuser` filesystem, read-only, serving requests on several threads.
 
 pub mod fs;
+pub mod guestfs;
+pub mod guests;
 pub mod image;
 pub mod partition;
 pub mod tree;

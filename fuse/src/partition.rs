@@ -9,7 +9,8 @@
 //!
 //! Sectors are 512 bytes (4Kn disks are not recognised and show no partitions). Numbering is
 //! the kernel's: GPT entries by slot (p1 is slot 1, empty slots skipped), MBR primaries 1–4 by
-//! slot, logical partitions from 5 in chain order.
+//! slot, logical partitions from 5 in chain order. The extended partition itself is only a
+//! container for the logical ones and is not listed.
 
 /// Bytes per sector.
 const SECTOR: u64 = 512;
@@ -144,9 +145,11 @@ fn mbr_partitions(
         if !e.is_used() {
             continue;
         }
-        out.push(checked(slot, e.first, e.sectors, size)?);
+        let part = checked(slot, e.first, e.sectors, size)?;
         if e.is_extended() {
             logical(read, size, e, &mut out)?;
+        } else {
+            out.push(part);
         }
     }
     Ok(out)
@@ -285,12 +288,8 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [
-                (1, 2048, 1024),
-                (2, 4096, 4096),
-                (5, 4097, 1000),
-                (6, 6145, 500)
-            ]
+            [(1, 2048, 1024), (5, 4097, 1000), (6, 6145, 500)],
+            "the extended container (slot 2) is not listed"
         );
     }
 

@@ -9,13 +9,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vmstash_repo::snapshot::{Disk, Manifest};
+use vmstash_repo::snapshot::Manifest;
 
 use crate::partition::Partition;
 
-/// The partitions of a disk of a snapshot (empty without a partition table).
-pub type PartitionsOf<'a> = dyn FnMut(&Id, usize, &Disk) -> Vec<Partition> + 'a;
 use vmstash_repo::Id;
+
+/// The partitions of a disk of a snapshot (empty without a partition table), each with the
+/// slot of the filesystem in it that the mount can show, if any.
+pub type PartitionsOf<'a> = dyn FnMut(&Id, &Manifest, usize) -> Vec<(Partition, Option<u64>)> + 'a;
 
 /// An inode number.
 pub type Ino = u64;
@@ -42,6 +44,12 @@ pub enum Entry {
         start: u64,
         /// The file's size.
         size: u64,
+    },
+    /// The root directory of the filesystem in a partition (`<disk>/p<N>/`), served by the
+    /// filesystem in `slot`.
+    Guest {
+        /// The filesystem's slot.
+        slot: u64,
     },
 }
 
@@ -149,7 +157,8 @@ impl Tree {
                 latest = Some(dir_name);
             }
             if let Some(target) = latest {
-                let ino = inodes.of(&format!("{vm_path}/latest"));
+                // The kernel caches symlink targets by inode: a new target gets a new number.
+                let ino = inodes.of(&format!("{vm_path}/latest\0{target}"));
                 tree.nodes.insert(
                     ino,
                     Node {
@@ -225,7 +234,7 @@ impl Tree {
                 size: d.size,
             };
             self.file(ino, path, &format!("{}.raw", d.name), entry, mtime, inodes);
-            let parts = partitions(id, disk, d);
+            let parts = partitions(id, manifest, disk);
             if parts.is_empty() {
                 continue;
             }
@@ -233,7 +242,7 @@ impl Tree {
             let dir = inodes.of(&dir_path);
             self.dir_at(dir, ino, mtime);
             self.link(ino, &d.name, dir);
-            for p in parts {
+            for (p, slot) in parts {
                 let entry = Entry::Disk {
                     snapshot: *id,
                     disk,
@@ -242,6 +251,10 @@ impl Tree {
                 };
                 let name = format!("p{}.raw", p.number);
                 self.file(dir, &dir_path, &name, entry, mtime, inodes);
+                if let Some(slot) = slot {
+                    let name = format!("p{}", p.number);
+                    self.file(dir, &dir_path, &name, Entry::Guest { slot }, mtime, inodes);
+                }
             }
         }
     }
@@ -290,7 +303,7 @@ impl Tree {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use vmstash_repo::snapshot::Summary;
+    use vmstash_repo::snapshot::{Disk, Summary};
 
     fn manifest(name: &str, time: &str, disks: &[&str], xml: bool) -> Manifest {
         Manifest {
@@ -317,7 +330,7 @@ mod tests {
         }
     }
 
-    fn no_partitions(_: &Id, _: usize, _: &Disk) -> Vec<Partition> {
+    fn no_partitions(_: &Id, _: &Manifest, _: usize) -> Vec<(Partition, Option<u64>)> {
         Vec::new()
     }
 

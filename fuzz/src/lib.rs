@@ -61,3 +61,75 @@ impl<'a> Choices<'a> {
         self.take(self.bytes.len())
     }
 }
+
+/// Walks a guest filesystem the way the mount would (breadth first, at most 200 files, the
+/// first 64 KiB of each) and asserts its answers are consistent: inode numbers in range, a
+/// listed file's attributes those `attr` gives, a symlink's size its target's length, reads
+/// no longer than asked or than the file, and never a read error (the bytes are all in
+/// memory). `owner` is who every file must belong to, for filesystems without owners.
+pub fn walk_guest(
+    fs: &dyn vmstash_fuse::guestfs::GuestFs,
+    owner: Option<vmstash_fuse::guestfs::Owner>,
+) {
+    use std::collections::{HashSet, VecDeque};
+    use vmstash_fuse::guestfs::{FsError, Kind, MAX_LOCAL_INO};
+
+    const MAX_FILES: usize = 200;
+    const READ_LEN: u32 = 64 * 1024;
+    fn no_read_error<T>(r: &Result<T, FsError>) {
+        assert!(!matches!(r, Err(FsError::Read(_))), "a read error from memory");
+    }
+
+    let mut queue = VecDeque::from([fs.root()]);
+    let mut seen = HashSet::new();
+    while let Some(ino) = queue.pop_front() {
+        if seen.len() >= MAX_FILES || !seen.insert(ino) {
+            continue;
+        }
+        assert!(ino != 0 && ino <= MAX_LOCAL_INO);
+        let attr = fs.attr(ino);
+        no_read_error(&attr);
+        let read = fs.read(ino, 0, READ_LEN);
+        no_read_error(&read);
+        let link = fs.read_link(ino);
+        no_read_error(&link);
+        if let Ok(attr) = &attr {
+            if let Some(owner) = owner {
+                assert_eq!((attr.uid, attr.gid), (owner.uid, owner.gid));
+            }
+            match (&read, attr.kind) {
+                (Err(FsError::IsDir), Kind::Dir) => {}
+                (Ok(bytes), kind) if kind != Kind::Dir => {
+                    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                    assert!(len <= u64::from(READ_LEN));
+                    if kind == Kind::File {
+                        assert!(len <= attr.size);
+                    }
+                }
+                (Err(FsError::Damaged { .. }), kind) if kind != Kind::Dir => {}
+                (other, kind) => panic!("read gave {other:?} for a {kind:?}"),
+            }
+            match (&link, attr.kind) {
+                (Ok(target), Kind::Symlink) => {
+                    assert_eq!(u64::try_from(target.len()).ok(), Some(attr.size));
+                }
+                (Err(FsError::NotSymlink), kind) => assert_ne!(kind, Kind::Symlink),
+                (Err(FsError::Damaged { .. }), Kind::Symlink) => {}
+                (other, kind) => panic!("read_link gave {other:?} for a {kind:?}"),
+            }
+        }
+        let Ok(entries) = fs.read_dir(ino) else {
+            continue;
+        };
+        for e in entries {
+            assert!(e.ino != 0 && e.ino <= MAX_LOCAL_INO);
+            assert!(!e.name.is_empty() && !e.name.contains(&b'/') && !e.name.contains(&0));
+            if let Some(listed) = e.attr {
+                if let Ok(attr) = fs.attr(e.ino) {
+                    assert_eq!(listed, attr);
+                }
+            }
+            queue.push_back(e.ino);
+        }
+    }
+}

@@ -9,6 +9,7 @@ mod concurrency;
 mod env_smoke;
 mod failures;
 mod fixtures;
+mod guestfs;
 mod helper;
 mod keys;
 mod mount;

@@ -3,6 +3,7 @@
 //! line naming it) while the rest keeps working, and SIGTERM unmounts cleanly.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -10,16 +11,24 @@ use std::time::{Duration, Instant};
 use crate::util::{have, random_bytes, sha256_file, sparse_image, Repo};
 
 /// A running `vmstash mount`; unmounted and reaped on drop.
-struct Mounted {
+pub struct Mounted {
     child: Option<Child>,
     dir: PathBuf,
 }
 
 impl Mounted {
-    fn start(repo: &Repo, dir: &Path) -> Mounted {
+    pub fn start(repo: &Repo, dir: &Path) -> Mounted {
+        Mounted::start_with(repo, dir, &[])
+    }
+
+    /// Mounts with extra options of `vmstash mount`.
+    pub fn start_with(repo: &Repo, dir: &Path, options: &[&str]) -> Mounted {
         std::fs::create_dir_all(dir).expect("mountpoint");
+        let dir_s = dir.display().to_string();
+        let mut args = vec!["mount", dir_s.as_str()];
+        args.extend_from_slice(options);
         let child = repo
-            .cmd(&["mount", &dir.display().to_string()])
+            .cmd(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -35,10 +44,26 @@ impl Mounted {
     }
 
     /// Sends SIGTERM; returns the exit status and stderr.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
+    pub fn stop(self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        crate::util::sh("kill", &["-TERM", &pid]);
+        self.wait_exit()
+    }
+
+    /// Waits for the mount process to end by itself; returns its exit status and stderr.
+    pub fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().expect("running");
-        crate::util::sh("kill", &["-TERM", &child.id().to_string()]);
-        let status = child.wait().expect("wait");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("vmstash mount did not end");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let mut stderr = String::new();
         if let Some(mut e) = child.stderr.take() {
             let _ = e.read_to_string(&mut stderr);
@@ -60,7 +85,7 @@ impl Drop for Mounted {
     }
 }
 
-fn wait_for(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+pub fn wait_for(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
@@ -68,7 +93,7 @@ fn wait_for(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-fn is_mounted(dir: &Path) -> bool {
+pub fn is_mounted(dir: &Path) -> bool {
     let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
     std::fs::read_to_string("/proc/mounts")
         .unwrap_or_default()
@@ -280,5 +305,56 @@ fn partitions_show_as_files_the_kernel_can_loop_mount() {
         std::panic::resume_unwind(e);
     }
     let (status, stderr) = mounted.stop();
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn allow_other_lets_other_users_in_and_fusermount_unmounts() {
+    if !have(&["fusermount3", "runuser", "sha256sum"], true) {
+        return;
+    }
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir(&src).expect("src dir");
+    let disk = sparse_image(
+        &src,
+        "shared.img",
+        2 << 20,
+        &[(0, random_bytes(21, 1 << 20))],
+    );
+    repo.backup(&[&disk]);
+    // Other users must be able to reach the mountpoint at all.
+    let public = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mnt = public.path().join("mnt");
+    let image = mnt.join("vms/shared/latest/shared.raw");
+    let image_s = image.display().to_string();
+    let as_nobody = || {
+        std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "sha256sum", &image_s])
+            .output()
+            .expect("runuser")
+    };
+
+    let private = Mounted::start(&repo, &mnt);
+    let denied = as_nobody();
+    assert!(
+        !denied.status.success(),
+        "another user read the mount without --allow-other"
+    );
+    crate::util::sh("fusermount3", &["-u", &mnt.display().to_string()]);
+    let (status, stderr) = private.wait_exit();
+    assert!(
+        status.success(),
+        "fusermount3 -u: mount exited with {status}: {stderr}"
+    );
+    assert!(!is_mounted(&mnt), "still mounted after fusermount3 -u");
+
+    let shared = Mounted::start_with(&repo, &mnt, &["--allow-other"]);
+    let read = as_nobody();
+    assert!(read.status.success(), "{}", crate::util::describe(&read));
+    let sum = String::from_utf8_lossy(&read.stdout);
+    assert!(sum.starts_with(&sha256_file(&disk)), "{sum}");
+    let (status, stderr) = shared.stop();
     assert!(status.success(), "{stderr}");
 }

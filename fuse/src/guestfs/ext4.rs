@@ -1,0 +1,370 @@
+//! ext2, ext3 and ext4 through `ext4-view` (which replays the journal, checks metadata
+//! checksums and never panics on bad input).
+//!
+//! `ext4-view` resolves paths, not inode numbers, and its `Ext4` is not `Send`: each FUSE
+//! thread loads its own copy of a filesystem (superblock and group descriptors; a few hundred
+//! KiB with its block cache) the first time it serves a request for it, and keeps the file it
+//! read last open, so a sequential reader does not walk the extent tree again for every
+//! request. Inode numbers and link counts come from [`super::ext4_links`], so hard links show
+//! as in the guest.
+
+use std::cell::RefCell;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ext4_view::{Ext4, Ext4Error, Ext4Read, File, FileType, Metadata};
+use lru::LruCache;
+
+use super::device::{check_range, PastEnd};
+use super::ext4_links::Links;
+use super::inodes::{join, PathInodes};
+use super::{time_from_unix, usable_name, Attr, Device, DirEntry, FsError, GuestFs, Kind};
+
+/// The root directory's inode number on every ext2/3/4 filesystem.
+const ROOT_INO: u64 = 2;
+/// Numbers for names whose inode number is not known start here, above ext4's 32-bit ones.
+const FIRST_OWN_INO: u64 = 1 << 32;
+/// Byte offset of the superblock's magic number.
+const MAGIC_AT: usize = 1024 + 56;
+/// Filesystems each thread keeps loaded.
+const LOADED_PER_THREAD: usize = 16;
+/// Most entries listed from one directory.
+const MAX_DIR_ENTRIES: usize = 4_000_000;
+
+/// Whether the partition holds an ext2/3/4 superblock.
+pub fn recognises(head: &[u8]) -> bool {
+    head.get(MAGIC_AT..MAGIC_AT + 2) == Some(&[0x53, 0xEF])
+}
+
+/// Tells filesystems apart in the threads' caches.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+/// A filesystem loaded on one thread, and the file it read last.
+struct Loaded {
+    fs: Ext4,
+    last_file: Option<(u64, File)>,
+}
+
+thread_local! {
+    static LOADED: RefCell<LruCache<u64, Loaded>> = RefCell::new(LruCache::new(
+        NonZeroUsize::new(LOADED_PER_THREAD).unwrap_or(NonZeroUsize::MIN),
+    ));
+}
+
+/// The partition as `ext4-view` reads it.
+struct DeviceReader(Arc<dyn Device>);
+
+impl Ext4Read for DeviceReader {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        check_range(self.0.as_ref(), start_byte, dst.len())?;
+        self.0.read_at(start_byte, dst).map_err(Into::into)
+    }
+}
+
+/// An ext2/3/4 filesystem.
+pub struct Ext4Fs {
+    instance: u64,
+    dev: Arc<dyn Device>,
+    inodes: PathInodes,
+    links: Option<Links>,
+}
+
+impl Ext4Fs {
+    /// Opens the filesystem in `dev`: its superblock, group descriptors and journal must be
+    /// readable.
+    pub fn open(dev: Arc<dyn Device>) -> Result<Ext4Fs, FsError> {
+        let fs = Ext4Fs {
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            links: Links::open(Arc::clone(&dev)),
+            dev,
+            inodes: PathInodes::new(ROOT_INO, FIRST_OWN_INO),
+        };
+        fs.with(|_| Ok(()))?;
+        Ok(fs)
+    }
+
+    fn load(&self) -> Result<Ext4, FsError> {
+        Ext4::load(Box::new(DeviceReader(Arc::clone(&self.dev)))).map_err(from_ext4)
+    }
+
+    /// Runs `f` with this thread's copy of the filesystem, loading it first if needed.
+    fn with<R>(&self, f: impl FnOnce(&mut Loaded) -> Result<R, FsError>) -> Result<R, FsError> {
+        LOADED.with(|cell| {
+            let mut loaded = cell.borrow_mut();
+            if !loaded.contains(&self.instance) {
+                let fs = self.load()?;
+                loaded.put(
+                    self.instance,
+                    Loaded {
+                        fs,
+                        last_file: None,
+                    },
+                );
+            }
+            match loaded.get_mut(&self.instance) {
+                Some(l) => f(l),
+                None => Err(FsError::damaged("ext4", "filesystem not loaded")),
+            }
+        })
+    }
+}
+
+impl Ext4Fs {
+    /// The link count of `ino`; 1 where it is not known.
+    fn link_count(&self, ino: u64) -> u32 {
+        u32::try_from(ino)
+            .ok()
+            .and_then(|ino| self.links.as_ref()?.link_count(ino))
+            .map_or(1, u32::from)
+    }
+}
+
+fn from_ext4(e: Ext4Error) -> FsError {
+    match e {
+        Ext4Error::NotFound => FsError::NotFound,
+        Ext4Error::NotADirectory => FsError::NotDir,
+        Ext4Error::IsADirectory => FsError::IsDir,
+        Ext4Error::NotASymlink => FsError::NotSymlink,
+        Ext4Error::Io(e) if e.is::<PastEnd>() => FsError::damaged("ext4", e),
+        Ext4Error::Io(e) => FsError::Read(e.to_string()),
+        other => FsError::damaged("ext4", other),
+    }
+}
+
+fn kind_of(t: FileType) -> Kind {
+    match t {
+        FileType::BlockDevice => Kind::BlockDevice,
+        FileType::CharacterDevice => Kind::CharDevice,
+        FileType::Directory => Kind::Dir,
+        FileType::Fifo => Kind::Fifo,
+        FileType::Regular => Kind::File,
+        FileType::Socket => Kind::Socket,
+        FileType::Symlink => Kind::Symlink,
+    }
+}
+
+fn attr_of(m: &Metadata) -> Attr {
+    let time = |t: ext4_view::Timestamp| time_from_unix(t.seconds(), t.nanoseconds());
+    let mtime = time(m.modified());
+    Attr {
+        kind: kind_of(m.file_type()),
+        size: m.len(),
+        perm: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        nlink: 1,
+        atime: time(m.accessed()),
+        mtime,
+        ctime: mtime,
+        crtime: m.created().map_or(mtime, time),
+    }
+}
+
+impl GuestFs for Ext4Fs {
+    fn type_name(&self) -> &'static str {
+        "ext4"
+    }
+
+    fn root(&self) -> u64 {
+        ROOT_INO
+    }
+
+    fn attr(&self, ino: u64) -> Result<Attr, FsError> {
+        let path = self.inodes.path(ino)?;
+        let mut attr = self.with(|l| {
+            l.fs.symlink_metadata(path.as_slice())
+                .map(|m| attr_of(&m))
+                .map_err(from_ext4)
+        })?;
+        attr.nlink = self.link_count(ino);
+        Ok(attr)
+    }
+
+    fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let path = self.inodes.path(ino)?;
+        let numbers = u32::try_from(ino)
+            .ok()
+            .and_then(|dir| self.links.as_ref()?.names(dir));
+        self.with(|l| {
+            let mut out = Vec::new();
+            for entry in l.fs.read_dir(path.as_slice()).map_err(from_ext4)? {
+                let entry = entry.map_err(from_ext4)?;
+                let name = entry.file_name().as_ref().to_vec();
+                if !usable_name(&name) {
+                    continue;
+                }
+                if out.len() >= MAX_DIR_ENTRIES {
+                    return Err(FsError::damaged(
+                        "ext4",
+                        format!("more than {MAX_DIR_ENTRIES} entries in one directory"),
+                    ));
+                }
+                let child = join(&path, &name);
+                let ino = match numbers.as_ref().and_then(|n| n.get(&name)) {
+                    Some(&number) => self.inodes.register(&child, u64::from(number)),
+                    None => self.inodes.number(&child),
+                };
+                let attr = entry.metadata().ok().map(|m| Attr {
+                    nlink: self.link_count(ino),
+                    ..attr_of(&m)
+                });
+                out.push(DirEntry { name, ino, attr });
+            }
+            Ok(out)
+        })
+    }
+
+    fn read(&self, ino: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+        let path = self.inodes.path(ino)?;
+        self.with(|l| {
+            let mut file = match l.last_file.take() {
+                Some((last, file)) if last == ino => file,
+                _ => l.fs.open(path.as_slice()).map_err(from_ext4)?,
+            };
+            if !file.metadata().file_type().is_regular_file() {
+                return Err(FsError::damaged("ext4", "not a regular file"));
+            }
+            if file.position() != offset {
+                file.seek_to(offset).map_err(from_ext4)?;
+            }
+            let left = file.metadata().len().saturating_sub(offset);
+            let want = usize::try_from(left.min(u64::from(len))).unwrap_or(0);
+            let mut buf = vec![0u8; want];
+            let mut got = 0;
+            while got < want {
+                let n = file
+                    .read_bytes(buf.get_mut(got..).unwrap_or_default())
+                    .map_err(from_ext4)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            buf.truncate(got);
+            l.last_file = Some((ino, file));
+            Ok(buf)
+        })
+    }
+
+    fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let path = self.inodes.path(ino)?;
+        self.with(|l| {
+            l.fs.read_link(path.as_slice())
+                .map(|target| target.as_ref().to_vec())
+                .map_err(from_ext4)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// The image `testdata/make-ext4-fat.sh` made.
+    fn image() -> Vec<u8> {
+        zstd::decode_all(&include_bytes!("../../testdata/ext4.img.zst")[..]).expect("zstd")
+    }
+
+    fn entry(fs: &Ext4Fs, dir: u64, name: &str) -> DirEntry {
+        fs.read_dir(dir)
+            .expect("list")
+            .into_iter()
+            .find(|e| e.name == name.as_bytes())
+            .unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn files_links_and_attributes_are_as_in_the_image() {
+        let fs = Ext4Fs::open(Arc::new(image())).expect("open");
+        assert_eq!(fs.root(), 2);
+        let names: Vec<Vec<u8>> = fs
+            .read_dir(2)
+            .expect("root")
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        for want in ["hello", "hard", "link", "dir", "many", "lost+found"] {
+            assert!(names.contains(&want.as_bytes().to_vec()), "{want} missing");
+        }
+        let hello = entry(&fs, 2, "hello");
+        let hard = entry(&fs, 2, "hard");
+        assert_eq!(hello.ino, hard.ino, "hard links share the inode number");
+        let attr = hello.attr.expect("attr");
+        assert_eq!(
+            (attr.nlink, attr.perm, attr.uid, attr.gid),
+            (2, 0o640, 1001, 42)
+        );
+        assert_eq!(attr.mtime, UNIX_EPOCH + Duration::from_secs(1_614_834_367));
+        assert_eq!(fs.attr(hello.ino).expect("attr"), attr);
+        assert_eq!(fs.read(hello.ino, 0, 100).expect("read"), b"hello, guest\n");
+        let link = entry(&fs, 2, "link");
+        assert_eq!(link.attr.expect("attr").kind, Kind::Symlink);
+        assert_eq!(fs.read_link(link.ino).expect("readlink"), b"hello");
+        assert!(matches!(fs.read_link(hello.ino), Err(FsError::NotSymlink)));
+        let many = entry(&fs, 2, "many");
+        assert_eq!(fs.read_dir(many.ino).expect("many").len(), 100);
+    }
+
+    #[test]
+    fn reads_at_any_offset_match_the_file() {
+        let fs = Ext4Fs::open(Arc::new(image())).expect("open");
+        let dir = entry(&fs, 2, "dir");
+        let big = entry(&fs, dir.ino, "big");
+        let want: Vec<u8> = (0..40960u32)
+            .map(|i| u8::try_from(i * 7 % 251).expect("byte"))
+            .collect();
+        assert_eq!(big.attr.expect("attr").size, 40960);
+        // Forward, backward and past the end, reusing and reopening the open file.
+        for (offset, len) in [
+            (0u64, 4096u32),
+            (4096, 8192),
+            (1000, 3000),
+            (40000, 4096),
+            (50000, 10),
+        ] {
+            let got = fs.read(big.ino, offset, len).expect("read");
+            let start = usize::try_from(offset).expect("offset").min(want.len());
+            let end = (start + usize::try_from(len).expect("len")).min(want.len());
+            assert_eq!(got, &want[start..end], "at {offset}");
+        }
+        assert!(matches!(
+            fs.read(dir.ino, 0, 10),
+            Err(FsError::Damaged { .. } | FsError::IsDir)
+        ));
+        assert!(matches!(fs.attr(999_999), Err(FsError::NotFound)));
+    }
+
+    #[test]
+    fn damage_is_an_error_not_a_panic() {
+        let mut truncated = image();
+        truncated.truncate(1500);
+        assert!(matches!(
+            Ext4Fs::open(Arc::new(truncated)),
+            Err(FsError::Damaged { .. })
+        ));
+        let mut bad_block_size = image();
+        bad_block_size[1024 + 24] = 30;
+        assert!(Ext4Fs::open(Arc::new(bad_block_size)).is_err());
+        // Every 1 KiB block zeroed in turn: opening and walking never panics.
+        let clean = image();
+        for block in 0..clean.len() / 1024 {
+            let mut img = clean.clone();
+            img[block * 1024..(block + 1) * 1024].fill(0xa5);
+            if let Ok(fs) = Ext4Fs::open(Arc::new(img)) {
+                if let Ok(entries) = fs.read_dir(2) {
+                    for e in entries {
+                        let _ = fs.attr(e.ino);
+                        let _ = fs.read(e.ino, 0, 4096);
+                        let _ = fs.read_dir(e.ino);
+                    }
+                }
+            }
+        }
+    }
+}

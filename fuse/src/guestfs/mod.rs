@@ -1,0 +1,188 @@
+//! Filesystems inside partitions, browsable read-only as `<disk>/p<N>/…` (DESIGN.md, "The
+//! mount"): ext2/3/4 through `ext4-view`, FAT12/16/32 through `fatfs`, NTFS through `ntfs`.
+//!
+//! Each filesystem is a [`GuestFs`]: a small inode-numbered view (its own numbers, below
+//! [`MAX_LOCAL_INO`]) that the FUSE layer maps into the mount's inode space. A partition whose
+//! filesystem is not recognised, or whose superblock cannot be read, has no `p<N>/` directory;
+//! damaged metadata found later gives an error on the paths that need it (EIO in the mount).
+//!
+//! Every adapter reads the partition through a [`Device`], so unit tests and the fuzz targets
+//! feed them bytes in memory.
+
+pub mod device;
+pub mod ext4;
+pub mod ext4_links;
+pub mod fat;
+pub mod inodes;
+pub mod ntfs;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use device::{Device, DeviceCursor};
+
+/// The largest inode number an adapter may hand out (the mount keeps the bits above for the
+/// filesystem's slot).
+pub const MAX_LOCAL_INO: u64 = (1 << 40) - 1;
+
+/// What a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A block device node.
+    BlockDevice,
+    /// A character device node.
+    CharDevice,
+    /// A named pipe.
+    Fifo,
+    /// A socket.
+    Socket,
+}
+
+/// A file's attributes as the guest has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// What it is.
+    pub kind: Kind,
+    /// Length in bytes (for a symlink, of its target).
+    pub size: u64,
+    /// Permission bits (`0o7777`).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Number of names the file has (hard links).
+    pub nlink: u32,
+    /// Last access.
+    pub atime: SystemTime,
+    /// Last modification of the contents.
+    pub mtime: SystemTime,
+    /// Last change of the attributes.
+    pub ctime: SystemTime,
+    /// Creation.
+    pub crtime: SystemTime,
+}
+
+/// One name in a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name, as the guest stores it (not necessarily UTF-8 on ext4).
+    pub name: Vec<u8>,
+    /// The file's inode number in this filesystem.
+    pub ino: u64,
+    /// Its attributes; `None` when its own metadata (its inode) cannot be read, so the name
+    /// still lists and only using it fails (with [`GuestFs::attr`]'s error).
+    pub attr: Option<Attr>,
+}
+
+/// Why a filesystem request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// No such file.
+    #[error("no such file or directory")]
+    NotFound,
+    /// A directory operation on something else.
+    #[error("not a directory")]
+    NotDir,
+    /// A file operation on a directory.
+    #[error("is a directory")]
+    IsDir,
+    /// `readlink` on something that is not a symbolic link.
+    #[error("not a symbolic link")]
+    NotSymlink,
+    /// The filesystem's metadata is damaged, or uses something the reader does not support.
+    #[error("damaged or unsupported {fs} metadata: {detail}")]
+    Damaged {
+        /// Which filesystem type.
+        fs: &'static str,
+        /// What was found.
+        detail: String,
+    },
+    /// The partition's bytes could not be read (a damaged pack, for one).
+    #[error("cannot read the partition: {0}")]
+    Read(String),
+}
+
+impl FsError {
+    /// A damaged-metadata error of filesystem `fs`.
+    pub fn damaged(fs: &'static str, detail: impl ToString) -> FsError {
+        FsError::Damaged {
+            fs,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Whether this is a failure to be logged (as opposed to an answer such as "not found").
+    pub fn is_failure(&self) -> bool {
+        matches!(self, FsError::Damaged { .. } | FsError::Read(_))
+    }
+}
+
+/// A read-only filesystem inside a partition.
+pub trait GuestFs: Send + Sync {
+    /// The filesystem type, for messages ("ext4", "vfat", "ntfs").
+    fn type_name(&self) -> &'static str;
+    /// The root directory's inode number.
+    fn root(&self) -> u64;
+    /// The attributes of `ino`.
+    fn attr(&self, ino: u64) -> Result<Attr, FsError>;
+    /// The entries of directory `ino`, without `.` and `..`.
+    fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError>;
+    /// Up to `len` bytes of file `ino` at `offset`; fewer at its end, none past it.
+    fn read(&self, ino: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError>;
+    /// The target of symbolic link `ino`.
+    fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError>;
+}
+
+/// Who owns files of filesystems that have no owners (FAT, NTFS): the user who mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// The filesystem in `dev`, recognised by its signature; `Ok(None)` when it is none of the
+/// supported ones, an error when it is one but cannot be opened.
+pub fn open(dev: Arc<dyn Device>, owner: Owner) -> Result<Option<Box<dyn GuestFs>>, FsError> {
+    let mut head = vec![0u8; 2048];
+    let got = dev.len().min(2048);
+    head.truncate(usize::try_from(got).unwrap_or(0));
+    dev.read_at(0, &mut head).map_err(FsError::Read)?;
+    if ext4::recognises(&head) {
+        return Ok(Some(Box::new(ext4::Ext4Fs::open(dev)?)));
+    }
+    if ntfs::recognises(&head) {
+        return Ok(Some(Box::new(ntfs::NtfsFs::open(dev, owner)?)));
+    }
+    if fat::recognises(&head) {
+        return Ok(Some(Box::new(fat::FatFs::open(dev, owner)?)));
+    }
+    Ok(None)
+}
+
+/// Whether `name` can be a file name in the mount: not empty, not `.` or `..`, no `/` or NUL.
+/// Damaged directories can hold anything; entries with other names are left out.
+pub fn usable_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// `seconds` and `nanos` since the epoch (negative: before it) as a `SystemTime`; the epoch
+/// when out of range.
+pub fn time_from_unix(seconds: i64, nanos: u32) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(nanos.min(999_999_999)));
+    let whole = Duration::from_secs(seconds.unsigned_abs());
+    let t = if seconds >= 0 {
+        UNIX_EPOCH.checked_add(whole)
+    } else {
+        UNIX_EPOCH.checked_sub(whole)
+    };
+    t.and_then(|t| t.checked_add(nanos)).unwrap_or(UNIX_EPOCH)
+}

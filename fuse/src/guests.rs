@@ -1,0 +1,212 @@
+//! The filesystems inside partitions that the mount shows as `<disk>/p<N>/`: each opened once
+//! per mount, given a slot number that puts its inodes in a range of their own, and read
+//! through the repository like the raw images.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use vmstash_repo::snapshot::Disk;
+use vmstash_repo::Id;
+
+use crate::guestfs::{self, Device, FsError, GuestFs, Owner, MAX_LOCAL_INO};
+use crate::image::ImageReader;
+use crate::partition::Partition;
+
+/// Bits of a mount inode number below the slot.
+pub const SLOT_SHIFT: u32 = 40;
+/// Most filesystems one mount opens (the slot must fit above [`SLOT_SHIFT`]).
+const MAX_SLOTS: usize = (1 << 23) - 1;
+
+/// A partition of a snapshot's disk, read through the repository.
+pub struct PartitionDevice {
+    images: Arc<ImageReader>,
+    snapshot: Id,
+    disk_no: usize,
+    disk: Arc<Disk>,
+    start: u64,
+    len: u64,
+}
+
+impl Device for PartitionDevice {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let want = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        if offset.checked_add(want).is_none_or(|end| end > self.len) {
+            return Err(format!(
+                "{want} bytes at {offset} are past the end of the partition ({} bytes)",
+                self.len
+            ));
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let piece = u32::try_from(buf.len() - done).unwrap_or(u32::MAX);
+            let at = self.start + offset + u64::try_from(done).unwrap_or(0);
+            let bytes = self
+                .images
+                .read(&self.snapshot, self.disk_no, &self.disk, at, piece)
+                .map_err(|e| e.to_string())?;
+            let dst = buf
+                .get_mut(done..done + bytes.len())
+                .filter(|_| !bytes.is_empty())
+                .ok_or_else(|| format!("the disk ends before byte {at}"))?;
+            dst.copy_from_slice(&bytes);
+            done += bytes.len();
+        }
+        Ok(())
+    }
+}
+
+/// One open filesystem and what to call it in log lines.
+pub struct Guest {
+    /// The filesystem.
+    pub fs: Box<dyn GuestFs>,
+    /// "disk vda p1 (ext4) of snapshot 1a2b3c4d (web1)".
+    pub label: String,
+}
+
+impl Guest {
+    /// Runs `f` on the filesystem; a panic inside the filesystem reader becomes an error.
+    pub fn call<R>(
+        &self,
+        f: impl FnOnce(&dyn GuestFs) -> Result<R, FsError>,
+    ) -> Result<R, FsError> {
+        catch_unwind(AssertUnwindSafe(|| f(self.fs.as_ref()))).unwrap_or_else(|_| {
+            Err(FsError::damaged(
+                self.fs.type_name(),
+                "the filesystem reader failed on this request",
+            ))
+        })
+    }
+}
+
+/// Which partition: snapshot, disk index, partition number.
+type PartitionKey = (Id, usize, u32);
+
+/// The filesystems of a mount by slot (slot `n` is at index `n - 1`).
+#[derive(Default)]
+pub struct Guests {
+    slots: RwLock<Vec<Arc<Guest>>>,
+    /// Every partition looked at, and the slot of its filesystem if it has one we can read.
+    probed: Mutex<HashMap<PartitionKey, Option<u64>>>,
+}
+
+impl Guests {
+    /// The slot of the filesystem in partition `part` of disk `disk_no` of snapshot
+    /// `snapshot` (`name` is the snapshot's series, for log lines); opened the first time,
+    /// `None` (with a log line when it is damaged, or unknown) when there is none to show.
+    pub fn slot_of(
+        &self,
+        images: &Arc<ImageReader>,
+        (snapshot, name): (&Id, &str),
+        (disk_no, disk): (usize, &Disk),
+        part: &Partition,
+        owner: Owner,
+    ) -> Option<u64> {
+        let key = (*snapshot, disk_no, part.number);
+        if let Some(&known) = self
+            .probed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return known;
+        }
+        let device = PartitionDevice {
+            images: Arc::clone(images),
+            snapshot: *snapshot,
+            disk_no,
+            disk: Arc::new(disk.clone()),
+            start: part.start,
+            len: part.len,
+        };
+        let place = format!(
+            "disk {} p{} of snapshot {} ({name})",
+            disk.name,
+            part.number,
+            snapshot.short()
+        );
+        let opened = catch_unwind(AssertUnwindSafe(|| guestfs::open(Arc::new(device), owner)))
+            .unwrap_or_else(|_| Err(FsError::damaged("guest", "its reader failed")));
+        let slot = match opened {
+            Ok(Some(fs)) => self.add(Guest {
+                label: format!("{place} [{}]", fs.type_name()),
+                fs,
+            }),
+            Ok(None) => {
+                eprintln!(
+                    "vmstash mount: {place}: no filesystem vmstash can read (ext2/3/4, FAT, NTFS); showing p{}.raw only",
+                    part.number
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!(
+                    "vmstash mount: {place}: {e}; showing p{}.raw only",
+                    part.number
+                );
+                None
+            }
+        };
+        self.probed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, slot);
+        slot
+    }
+
+    fn add(&self, guest: Guest) -> Option<u64> {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        if slots.len() >= MAX_SLOTS {
+            eprintln!(
+                "vmstash mount: {}: more than {MAX_SLOTS} filesystems in one mount; not shown",
+                guest.label
+            );
+            return None;
+        }
+        slots.push(Arc::new(guest));
+        u64::try_from(slots.len()).ok()
+    }
+
+    /// The filesystem in `slot`.
+    pub fn get(&self, slot: u64) -> Option<Arc<Guest>> {
+        let i = usize::try_from(slot).ok()?.checked_sub(1)?;
+        self.slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(i)
+            .cloned()
+    }
+}
+
+/// The mount's inode number of inode `local` of the filesystem in `slot`.
+pub fn mount_ino(slot: u64, local: u64) -> u64 {
+    (slot << SLOT_SHIFT) | (local & MAX_LOCAL_INO)
+}
+
+/// The slot and local inode number of a mount inode number; `None` for the mount's own
+/// namespace (repository directories and files).
+pub fn split_ino(ino: u64) -> Option<(u64, u64)> {
+    let slot = ino >> SLOT_SHIFT;
+    (slot != 0).then_some((slot, ino & MAX_LOCAL_INO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_numbers_split_back() {
+        assert_eq!(split_ino(5), None);
+        assert_eq!(split_ino(MAX_LOCAL_INO), None);
+        assert_eq!(split_ino(mount_ino(3, 77)), Some((3, 77)));
+        let last = u64::try_from(MAX_SLOTS).expect("fits");
+        assert_eq!(
+            split_ino(mount_ino(last, MAX_LOCAL_INO)),
+            Some((last, MAX_LOCAL_INO))
+        );
+    }
+}

@@ -1,0 +1,442 @@
+//! Files inside partitions through `vmstash mount`. ext4, FAT and NTFS filesystems in MBR
+//! logical partitions must read back as the kernel (ext4), mtools (FAT) and ntfs-3g (NTFS)
+//! show the very same filesystem images: names, contents, sizes, mtimes, symlinks, hard links, and for ext4 modes
+//! and owners. Damaged filesystems show as raw partitions only, or give EIO on the damaged
+//! paths while the rest of the filesystem reads.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::mount::Mounted;
+use crate::util::{have, random_bytes, sh, unique, Repo};
+
+const SECTOR: u64 = 512;
+
+/// A file of `mib` MiB, made a filesystem by `mkfs args... FILE`.
+fn fs_image(dir: &Path, name: &str, mib: u64, mkfs: &[&str]) -> PathBuf {
+    let img = dir.join(name);
+    let f = std::fs::File::create(&img).expect("create");
+    f.set_len(mib << 20).expect("size");
+    drop(f);
+    let mut args = mkfs[1..].to_vec();
+    let img_s = img.display().to_string();
+    args.push(&img_s);
+    sh(mkfs[0], &args);
+    img
+}
+
+/// The files every filesystem gets: text, a file over several chunks, an empty one, nested
+/// directories and a directory of many small files.
+fn common_files(root: &Path) {
+    let etc = root.join("etc");
+    std::fs::create_dir_all(etc.join("deep/er")).expect("mkdir");
+    std::fs::write(etc.join("fstab"), b"/dev/vda1 / ext4 defaults 0 1\n").expect("write");
+    std::fs::write(etc.join("deep/er/notes.txt"), b"three levels down\n").expect("write");
+    std::fs::write(root.join("big.bin"), random_bytes(11, (3 << 20) + 12345)).expect("write");
+    std::fs::write(root.join("empty"), b"").expect("write");
+    std::fs::create_dir(root.join("many")).expect("mkdir");
+    for i in 0..300 {
+        std::fs::write(root.join(format!("many/file-{i:04}.txt")), format!("{i}\n"))
+            .expect("write");
+    }
+}
+
+/// Adds what only unix filesystems have: owners, modes, a set mtime, links.
+fn unix_files(root: &Path) {
+    common_files(root);
+    let secret = root.join("etc/shadow");
+    std::fs::write(&secret, b"root:*:19000:0:99999:7:::\n").expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    sh("chown", &["1001:42", &secret.display().to_string()]);
+    sh(
+        "touch",
+        &[
+            "-h",
+            "-d",
+            "2021-03-04 05:06:07.123456789",
+            &secret.display().to_string(),
+        ],
+    );
+    std::fs::hard_link(root.join("etc/fstab"), root.join("fstab.hardlink")).expect("link");
+    std::os::unix::fs::symlink("etc/fstab", root.join("fstab.symlink")).expect("symlink");
+    std::os::unix::fs::symlink("/nowhere/absolute", root.join("dangling")).expect("symlink");
+    std::fs::write(
+        root.join(OsStr::from_bytes(b"caf\xe9-latin1")),
+        b"not utf-8\n",
+    )
+    .expect("non-UTF-8 name");
+}
+
+/// An ext4 image holding `unix_files`, made by `mkfs.ext4 -d` (which keeps owners, modes,
+/// mtimes, symlinks and hard links).
+fn ext4_image(dir: &Path) -> PathBuf {
+    let tree = dir.join(format!("ext4-tree{}", unique()));
+    std::fs::create_dir(&tree).expect("mkdir");
+    unix_files(&tree);
+    let tree_s = tree.display().to_string();
+    fs_image(
+        dir,
+        "ext4.img",
+        64,
+        &["mkfs.ext4", "-q", "-F", "-d", &tree_s],
+    )
+}
+
+/// A FAT32 image holding `common_files` (long names included), copied in by mtools with
+/// their mtimes.
+fn fat_image(dir: &Path) -> PathBuf {
+    let tree = dir.join(format!("fat-tree{}", unique()));
+    std::fs::create_dir(&tree).expect("mkdir");
+    common_files(&tree);
+    std::fs::write(tree.join("A Long File Name.text"), b"long names\n").expect("write");
+    let img = fs_image(
+        dir,
+        "fat.img",
+        64,
+        &["mkfs.vfat", "-F", "32", "-n", "VMSTASH"],
+    );
+    let img_s = img.display().to_string();
+    for entry in std::fs::read_dir(&tree).expect("list") {
+        let path = entry.expect("entry").path().display().to_string();
+        sh("mcopy", &["-s", "-m", "-i", &img_s, &path, "::/"]);
+    }
+    img
+}
+
+/// An NTFS image made by mkntfs, filled through ntfs-3g (as root) with `common_files`, a hard
+/// link and a symlink.
+fn ntfs_image(dir: &Path) -> PathBuf {
+    let img = fs_image(dir, "ntfs.img", 32, &["mkntfs", "-q", "-F", "-Q"]);
+    let mnt = dir.join(format!("ntfs-fill{}", unique()));
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mnt_s = mnt.display().to_string();
+    sh("ntfs-3g", &[&img.display().to_string(), &mnt_s]);
+    let filled = std::panic::catch_unwind(|| {
+        common_files(&mnt);
+        std::fs::hard_link(mnt.join("etc/fstab"), mnt.join("fstab.hardlink")).expect("link");
+        std::os::unix::fs::symlink("etc/fstab", mnt.join("fstab.symlink")).expect("symlink");
+    });
+    sh("umount", &[&mnt_s]);
+    if let Err(e) = filled {
+        std::panic::resume_unwind(e);
+    }
+    img
+}
+
+/// A disk with an MBR: FAT32 as primary p1, an extended p2 holding ext4 as logical p5 and NTFS
+/// as logical p6. Each filesystem is copied in from its own image.
+fn mbr_disk(dir: &Path, fat: &Path, ext4: &Path, ntfs: &Path) -> PathBuf {
+    let disk = dir.join("mbr-disk.img");
+    let f = std::fs::File::create(&disk).expect("create");
+    f.set_len(200 << 20).expect("size");
+    drop(f);
+    let (p1, p5, p6) = (2048u64, 135_168u64, 268_288u64);
+    let table = format!(
+        "label: dos\nstart={p1}, size=131072, type=c\nstart=133120, type=5\n\
+         start={p5}, size=131072, type=83\nstart={p6}, size=65536, type=7\n"
+    );
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q", &disk.display().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    std::io::Write::write_all(sfdisk.stdin.as_mut().expect("stdin"), table.as_bytes())
+        .expect("table");
+    assert!(sfdisk.wait().expect("wait").success(), "sfdisk failed");
+    for (image, sector) in [(fat, p1), (ext4, p5), (ntfs, p6)] {
+        let bytes = std::fs::read(image).expect("image");
+        crate::util::write_at(&disk, sector * SECTOR, &bytes);
+    }
+    disk
+}
+
+/// What to compare besides names, kinds, sizes, contents, symlink targets and whole seconds
+/// of mtimes.
+#[derive(Clone, Copy)]
+struct Checks {
+    /// Modes, owners, link counts of directories and mtimes to the nanosecond.
+    unix: bool,
+}
+
+/// Compares the tree `ours` (in the vmstash mount) with `reference` (the same filesystem
+/// mounted by the kernel or ntfs-3g); returns how many paths were compared.
+fn compare_trees(ours: &Path, reference: &Path, checks: Checks) -> usize {
+    let mut inode_map: HashMap<u64, u64> = HashMap::new();
+    let mut compared = 0;
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        let names = |root: &Path| -> BTreeSet<Vec<u8>> {
+            std::fs::read_dir(root.join(&rel))
+                .unwrap_or_else(|e| panic!("listing {}: {e}", root.join(&rel).display()))
+                .map(|e| e.expect("entry").file_name().as_bytes().to_vec())
+                .collect()
+        };
+        let theirs = names(reference);
+        assert_eq!(names(ours), theirs, "names in {} differ", rel.display());
+        for name in theirs {
+            let rel = rel.join(OsStr::from_bytes(&name));
+            let (o, r) = (ours.join(&rel), reference.join(&rel));
+            let om =
+                std::fs::symlink_metadata(&o).unwrap_or_else(|e| panic!("{}: {e}", o.display()));
+            let rm = std::fs::symlink_metadata(&r).expect("reference stat");
+            let what = rel.display();
+            assert_eq!(om.file_type(), rm.file_type(), "{what}: kind");
+            assert_eq!(om.mtime(), rm.mtime(), "{what}: mtime");
+            if checks.unix {
+                assert_eq!(om.mode() & 0o7777, rm.mode() & 0o7777, "{what}: mode");
+                assert_eq!((om.uid(), om.gid()), (rm.uid(), rm.gid()), "{what}: owner");
+                assert_eq!(om.mtime_nsec(), rm.mtime_nsec(), "{what}: mtime ns");
+            }
+            if rm.is_dir() {
+                if checks.unix {
+                    assert_eq!(om.nlink(), rm.nlink(), "{what}: links");
+                }
+                dirs.push(rel.clone());
+            } else {
+                assert_eq!(om.nlink(), rm.nlink(), "{what}: links");
+                let mapped = *inode_map.entry(rm.ino()).or_insert(om.ino());
+                assert_eq!(mapped, om.ino(), "{what}: hard links must share an inode");
+            }
+            if rm.is_symlink() {
+                assert_eq!(
+                    std::fs::read_link(&o).expect("readlink"),
+                    std::fs::read_link(&r).expect("readlink"),
+                    "{what}: symlink target"
+                );
+            } else if rm.is_file() {
+                assert_eq!(om.len(), rm.len(), "{what}: size");
+                assert!(
+                    std::fs::read(&o).expect("read ours") == std::fs::read(&r).expect("read"),
+                    "{what}: contents differ"
+                );
+            }
+            compared += 1;
+        }
+    }
+    let distinct: BTreeSet<u64> = inode_map.values().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        inode_map.len(),
+        "different files must not share an inode"
+    );
+    compared
+}
+
+/// The files of FAT image `image` as mtools reads them, copied out with their mtimes (FAT's
+/// local times read as UTC, as vmstash shows them); kernels without vfat cannot mount it.
+fn fat_reference(image: &Path) -> PathBuf {
+    let dir = image.with_extension(format!("extracted{}", unique()));
+    std::fs::create_dir(&dir).expect("mkdir");
+    let out = Command::new("mcopy")
+        .args(["-s", "-m", "-n", "-i"])
+        .arg(image)
+        .arg("::/*")
+        .arg(&dir)
+        .env("TZ", "UTC")
+        .output()
+        .expect("mcopy");
+    assert!(out.status.success(), "{}", crate::util::describe(&out));
+    dir
+}
+
+/// Mounts `image` read-only with `how` (`mount -o loop,ro,...` or `ntfs-3g -o ro`), runs `f`
+/// with the mountpoint, unmounts.
+fn with_reference<R>(image: &Path, how: &[&str], f: impl FnOnce(&Path) -> R) -> R {
+    let dir = image.with_extension(format!("ref{}", unique()));
+    std::fs::create_dir(&dir).expect("mkdir");
+    let dir_s = dir.display().to_string();
+    let image_s = image.display().to_string();
+    let mut args: Vec<&str> = how[1..].to_vec();
+    args.extend([image_s.as_str(), dir_s.as_str()]);
+    sh(how[0], &args);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&dir)));
+    let _ = Command::new("umount").arg(&dir).output();
+    match result {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
+
+#[test]
+fn files_of_ext4_fat_and_ntfs_in_logical_partitions_read_as_in_the_guest() {
+    let tools = [
+        "fusermount3",
+        "sfdisk",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "mcopy",
+        "mkntfs",
+        "ntfs-3g",
+        "mount",
+    ];
+    if !have(&tools, true) {
+        return;
+    }
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir(&src).expect("src dir");
+    let ext4 = ext4_image(&src);
+    let fat = fat_image(&src);
+    let ntfs = ntfs_image(&src);
+    let disk = mbr_disk(&src, &fat, &ext4, &ntfs);
+    repo.backup(&[&disk]);
+    let mnt = repo.dir.path().join("mnt");
+    let mounted = Mounted::start(&repo, &mnt);
+    let parts = mnt.join("vms/mbr-disk/latest/mbr-disk");
+    let shown: BTreeSet<String> = std::fs::read_dir(&parts)
+        .expect("partitions")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let expected = ["p1", "p1.raw", "p5", "p5.raw", "p6", "p6.raw"];
+    assert_eq!(
+        shown,
+        expected.iter().map(|s| (*s).to_owned()).collect(),
+        "partitions and their filesystems (the extended container p2 is not shown)"
+    );
+    for (part, image) in [("p1.raw", &fat), ("p5.raw", &ext4), ("p6.raw", &ntfs)] {
+        assert!(
+            std::fs::read(parts.join(part)).expect("partition")
+                == std::fs::read(image).expect("image"),
+            "{part} is not the filesystem image"
+        );
+    }
+
+    let ext4_seen = with_reference(&ext4, &["mount", "-o", "loop,ro"], |r| {
+        compare_trees(&parts.join("p5"), r, Checks { unix: true })
+    });
+    let fat_seen = compare_trees(
+        &parts.join("p1"),
+        &fat_reference(&fat),
+        Checks { unix: false },
+    );
+    let ntfs_seen = with_reference(&ntfs, &["ntfs-3g", "-o", "ro"], |r| {
+        compare_trees(&parts.join("p6"), r, Checks { unix: false })
+    });
+    assert!(
+        ext4_seen > 310 && fat_seen > 305 && ntfs_seen > 305,
+        "{ext4_seen} {fat_seen} {ntfs_seen}"
+    );
+
+    // Hard links and symlinks as in the guest, spelled out.
+    let p5 = parts.join("p5");
+    let a = std::fs::metadata(p5.join("etc/fstab")).expect("stat");
+    let b = std::fs::metadata(p5.join("fstab.hardlink")).expect("stat");
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    assert_eq!(
+        std::fs::read_link(p5.join("fstab.symlink")).expect("readlink"),
+        Path::new("etc/fstab")
+    );
+    let shadow = std::fs::symlink_metadata(p5.join("etc/shadow")).expect("stat");
+    assert_eq!(
+        (shadow.mode() & 0o7777, shadow.uid(), shadow.gid()),
+        (0o640, 1001, 42)
+    );
+    assert!(
+        std::fs::write(p5.join("etc/fstab"), b"x").is_err(),
+        "read-only"
+    );
+
+    let (status, stderr) = mounted.stop();
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn damaged_filesystems_show_raw_partitions_or_eio_where_damaged() {
+    if !have(&["fusermount3", "sfdisk", "mkfs.ext4", "debugfs"], true) {
+        return;
+    }
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir(&src).expect("src dir");
+    // p1: an ext4 whose superblock claims an impossible block size.
+    let tree = src.join("tree");
+    std::fs::create_dir(&tree).expect("mkdir");
+    common_files(&tree);
+    let tree_s = tree.display().to_string();
+    let broken_sb = fs_image(
+        &src,
+        "sb.img",
+        16,
+        &["mkfs.ext4", "-q", "-F", "-d", &tree_s],
+    );
+    crate::util::write_at(&broken_sb, 1024 + 24, &[30, 0, 0, 0]);
+    // p2: a healthy ext4 but for one directory whose inode is wiped.
+    let inode_img = fs_image(
+        &src,
+        "inode.img",
+        16,
+        &["mkfs.ext4", "-q", "-F", "-d", &tree_s],
+    );
+    let inode_s = inode_img.display().to_string();
+    sh("debugfs", &["-w", "-R", "clri /etc/deep", &inode_s]);
+
+    let disk = src.join("damaged.img");
+    let f = std::fs::File::create(&disk).expect("create");
+    f.set_len(40 << 20).expect("size");
+    drop(f);
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q", &disk.display().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    std::io::Write::write_all(
+        sfdisk.stdin.as_mut().expect("stdin"),
+        b"label: dos\nstart=2048, size=32768, type=83\nstart=36864, size=32768, type=83\n",
+    )
+    .expect("table");
+    assert!(sfdisk.wait().expect("wait").success());
+    crate::util::write_at(
+        &disk,
+        2048 * SECTOR,
+        &std::fs::read(&broken_sb).expect("img"),
+    );
+    crate::util::write_at(
+        &disk,
+        36_864 * SECTOR,
+        &std::fs::read(&inode_img).expect("img"),
+    );
+    repo.backup(&[&disk]);
+
+    let mnt = repo.dir.path().join("mnt");
+    let mounted = Mounted::start(&repo, &mnt);
+    let parts = mnt.join("vms/damaged/latest/damaged");
+    assert!(parts.join("p1.raw").is_file());
+    assert!(
+        !parts.join("p1").exists(),
+        "a damaged superblock shows no directory"
+    );
+    let p2 = parts.join("p2");
+    let err = std::fs::metadata(p2.join("etc/deep")).expect_err("wiped inode");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(5),
+        "EIO on the damaged path: {err}"
+    );
+    assert_eq!(
+        std::fs::read(p2.join("etc/fstab")).expect("the rest still reads"),
+        std::fs::read(tree.join("etc/fstab")).expect("source")
+    );
+    assert_eq!(
+        std::fs::read(p2.join("big.bin")).expect("big file"),
+        std::fs::read(tree.join("big.bin")).expect("source")
+    );
+    let listed = std::fs::read_dir(p2.join("etc"))
+        .expect("the parent lists")
+        .count();
+    assert_eq!(listed, 2, "fstab and the damaged deep are both listed");
+
+    let (status, stderr) = mounted.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("disk damaged p1 of snapshot") && stderr.contains("showing p1.raw only"),
+        "no log line for the damaged superblock: {stderr}"
+    );
+    assert!(
+        stderr.contains("disk damaged p2 of snapshot") && stderr.contains("[ext4]"),
+        "no log line for the damaged inode: {stderr}"
+    );
+}
