@@ -19,6 +19,7 @@ pub mod fs;
 pub mod guestfs;
 pub mod guests;
 pub mod image;
+mod le;
 pub mod partition;
 pub mod tree;
 

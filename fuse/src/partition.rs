@@ -12,6 +12,8 @@
 //! slot, logical partitions from 5 in chain order. The extended partition itself is only a
 //! container for the logical ones and is not listed.
 
+use crate::le::{u16_at, u32_at, u64_at};
+
 /// Bytes per sector.
 const SECTOR: u64 = 512;
 /// Most GPT entries read (the usual array has 128).
@@ -49,18 +51,6 @@ fn corrupt(what: impl Into<String>) -> PartitionError {
 
 /// Reads `len` bytes at `offset` of the disk.
 pub type ReadAt<'a> = dyn FnMut(u64, usize) -> Result<Vec<u8>, String> + 'a;
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
 
 fn sector(read: &mut ReadAt<'_>, lba: u64) -> Result<Vec<u8>, PartitionError> {
     let offset = lba

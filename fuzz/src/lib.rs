@@ -77,7 +77,10 @@ pub fn walk_guest(
     const MAX_FILES: usize = 200;
     const READ_LEN: u32 = 64 * 1024;
     fn no_read_error<T>(r: &Result<T, FsError>) {
-        assert!(!matches!(r, Err(FsError::Read(_))), "a read error from memory");
+        assert!(
+            !matches!(r, Err(FsError::Read(_))),
+            "a read error from memory"
+        );
     }
 
     let mut queue = VecDeque::from([fs.root()]);

@@ -264,6 +264,7 @@ impl GuestFs for Ext4Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guestfs::test_support::{assert_reads_match, pattern};
     use std::time::{Duration, UNIX_EPOCH};
 
     /// The image `testdata/make-ext4-fat.sh` made.
@@ -316,23 +317,9 @@ mod tests {
         let fs = Ext4Fs::open(Arc::new(image())).expect("open");
         let dir = entry(&fs, 2, "dir");
         let big = entry(&fs, dir.ino, "big");
-        let want: Vec<u8> = (0..40960u32)
-            .map(|i| u8::try_from(i * 7 % 251).expect("byte"))
-            .collect();
+        let want = pattern(40960);
         assert_eq!(big.attr.expect("attr").size, 40960);
-        // Forward, backward and past the end, reusing and reopening the open file.
-        for (offset, len) in [
-            (0u64, 4096u32),
-            (4096, 8192),
-            (1000, 3000),
-            (40000, 4096),
-            (50000, 10),
-        ] {
-            let got = fs.read(big.ino, offset, len).expect("read");
-            let start = usize::try_from(offset).expect("offset").min(want.len());
-            let end = (start + usize::try_from(len).expect("len")).min(want.len());
-            assert_eq!(got, &want[start..end], "at {offset}");
-        }
+        assert_reads_match(&fs, big.ino, &want);
         assert!(matches!(
             fs.read(dir.ino, 0, 10),
             Err(FsError::Damaged { .. } | FsError::IsDir)

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Device;
+use crate::le::{u16_at, u32_at};
 
 /// Superblock offset and the fields used.
 const SB_AT: u64 = 1024;
@@ -27,14 +28,6 @@ const MAX_DIR_BYTES: u64 = 256 << 20;
 const MAX_EXTENT_DEPTH: u16 = 5;
 /// Most extent tree nodes read for one directory.
 const MAX_EXTENT_NODES: u32 = 4096;
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
 
 fn usize_of(n: u64) -> Option<usize> {
     usize::try_from(n).ok()

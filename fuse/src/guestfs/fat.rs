@@ -422,6 +422,7 @@ impl GuestFs for FatFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guestfs::test_support::{assert_reads_match, pattern};
     use std::time::Duration;
 
     const OWNER: Owner = Owner { uid: 7, gid: 8 };
@@ -467,21 +468,8 @@ mod tests {
         let fs = FatFs::open(Arc::new(image()), OWNER).expect("open");
         let dir = entry(&fs, ROOT_INO, "dir");
         let big = entry(&fs, dir.ino, "big.bin");
-        let want: Vec<u8> = (0..40960u32)
-            .map(|i| u8::try_from(i * 7 % 251).expect("byte"))
-            .collect();
-        for (offset, len) in [
-            (0u64, 4096u32),
-            (4096, 8192),
-            (1000, 3000),
-            (40000, 4096),
-            (50000, 10),
-        ] {
-            let got = fs.read(big.ino, offset, len).expect("read");
-            let start = usize::try_from(offset).expect("offset").min(want.len());
-            let end = (start + usize::try_from(len).expect("len")).min(want.len());
-            assert_eq!(got, &want[start..end], "at {offset}");
-        }
+        let want = pattern(40960);
+        assert_reads_match(&fs, big.ino, &want);
     }
 
     #[test]

@@ -186,3 +186,34 @@ pub fn time_from_unix(seconds: i64, nanos: u32) -> SystemTime {
     };
     t.and_then(|t| t.checked_add(nanos)).unwrap_or(UNIX_EPOCH)
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! What the adapters' tests share.
+
+    use super::GuestFs;
+
+    /// The bytes `testdata/make-ext4-fat.sh` writes into its 40 KiB files.
+    pub(crate) fn pattern(len: u32) -> Vec<u8> {
+        (0..len)
+            .map(|i| u8::try_from(i * 7 % 251).expect("byte"))
+            .collect()
+    }
+
+    /// Reads `ino` forward, backward, across blocks and past its end, reusing and reopening
+    /// the adapter's open file, and compares every read with `want`.
+    pub(crate) fn assert_reads_match(fs: &dyn GuestFs, ino: u64, want: &[u8]) {
+        for (offset, len) in [
+            (0u64, 4096u32),
+            (4096, 8192),
+            (1000, 3000),
+            (40000, 4096),
+            (50000, 10),
+        ] {
+            let got = fs.read(ino, offset, len).expect("read");
+            let start = usize::try_from(offset).expect("offset").min(want.len());
+            let end = (start + usize::try_from(len).expect("len")).min(want.len());
+            assert_eq!(got, &want[start..end], "at {offset}");
+        }
+    }
+}

@@ -8,6 +8,8 @@
 //! it. Layouts: <https://flatcap.github.io/linux-ntfs/ntfs/concepts/file_record.html>,
 //! `…/index_record.html`, `…/index_entry.html`, `…/attributes/index_root.html`.
 
+use crate::le;
+
 /// The unit of the update sequence ("multi-sector transfer") protection: the last two bytes of
 /// every 512 bytes of a record hold a check value, their real contents are in an array in the
 /// header. Always 512, whatever the sector size.
@@ -393,20 +395,16 @@ fn u16_at(bytes: &[u8], at: usize) -> Result<u16, String> {
 }
 
 fn opt_u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
-    Some(u32::from_le_bytes(b))
+    le::u32_at(bytes, at)
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Result<u32, String> {
-    opt_u32_at(bytes, at)
+    le::u32_at(bytes, at)
         .ok_or_else(|| format!("4 bytes at {at} are past the end ({})", bytes.len()))
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Result<u64, String> {
-    bytes
-        .get(at..at.saturating_add(8))
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
+    le::u64_at(bytes, at)
         .ok_or_else(|| format!("8 bytes at {at} are past the end ({})", bytes.len()))
 }
 

@@ -121,8 +121,8 @@ fn reparse_body(data: &[u8], tag: u32) -> Option<&[u8]> {
     data.get(start..)
 }
 
-/// A name in a symlink or junction's path buffer: `offset` and `length` in bytes at
-/// `header_offset` of `body`; the buffer starts after `buffer` header bytes.
+/// The substitute name of a symlink or junction: its offset in the path buffer and its length
+/// (bytes, u16 each) start `body`; the path buffer starts at `buffer`.
 fn substitute_name(body: &[u8], buffer: usize) -> Option<Vec<u16>> {
     let offset = usize::from(u16::from_le_bytes(body.get(0..2)?.try_into().ok()?));
     let length = usize::from(u16::from_le_bytes(body.get(2..4)?.try_into().ok()?));
