@@ -489,6 +489,14 @@ fn file_attr(ino: Ino, a: &Attr) -> FileAttr {
     }
 }
 
+/// Whether `ino` is a disk or partition image. Those are read with direct I/O: the chunk
+/// cache already holds what was read, and copying gigabytes through freshly allocated
+/// page-cache pages costs more than the decryption (reads go straight into the reader's
+/// buffer; `mmap` still works where the kernel allows it).
+fn is_disk_image(tree: &Tree, ino: Ino) -> bool {
+    split_ino(ino).is_none() && matches!(tree.node(ino).map(|n| &n.entry), Some(Entry::Disk { .. }))
+}
+
 /// Attributes for a name whose metadata cannot be read.
 fn placeholder_attr(ino: Ino) -> FileAttr {
     file_attr(
@@ -529,6 +537,7 @@ impl Filesystem for VmstashFs {
         // Both are optimisations: a kernel without them still gets correct answers.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         Ok(())
     }
 
@@ -569,10 +578,14 @@ impl Filesystem for VmstashFs {
             reply.error(Errno::EROFS);
             return;
         }
-        match self.attr_of(&self.tree(), ino.0) {
+        let tree = self.tree();
+        match self.attr_of(&tree, ino.0) {
             Ok(attr) => match attr.kind {
                 FileType::Directory => reply.error(Errno::EISDIR),
                 FileType::Symlink => reply.error(Errno::EINVAL),
+                _ if is_disk_image(&tree, ino.0) => {
+                    reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+                }
                 _ => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             },
             Err(errno) => reply.error(errno),
