@@ -45,8 +45,13 @@ impl Mounted {
 
     /// Sends SIGTERM; returns the exit status and stderr.
     pub fn stop(self) -> (std::process::ExitStatus, String) {
+        self.signal("-TERM")
+    }
+
+    /// Sends `signal` (`-INT` is Ctrl-C); returns the exit status and stderr.
+    pub fn signal(self, signal: &str) -> (std::process::ExitStatus, String) {
         let pid = self.child.as_ref().expect("running").id().to_string();
-        crate::util::sh("kill", &["-TERM", &pid]);
+        crate::util::sh("kill", &[signal, &pid]);
         self.wait_exit()
     }
 
@@ -309,7 +314,7 @@ fn partitions_show_as_files_the_kernel_can_loop_mount() {
 }
 
 #[test]
-fn allow_other_lets_other_users_in_and_fusermount_unmounts() {
+fn allow_other_lets_other_users_in_and_fusermount_or_ctrl_c_unmount() {
     if !have(&["fusermount3", "runuser", "sha256sum"], true) {
         return;
     }
@@ -355,6 +360,7 @@ fn allow_other_lets_other_users_in_and_fusermount_unmounts() {
     assert!(read.status.success(), "{}", crate::util::describe(&read));
     let sum = String::from_utf8_lossy(&read.stdout);
     assert!(sum.starts_with(&sha256_file(&disk)), "{sum}");
-    let (status, stderr) = shared.stop();
-    assert!(status.success(), "{stderr}");
+    let (status, stderr) = shared.signal("-INT");
+    assert!(status.success(), "Ctrl-C: {stderr}");
+    assert!(!is_mounted(&mnt), "still mounted after Ctrl-C");
 }

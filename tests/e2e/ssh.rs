@@ -33,16 +33,20 @@ fn ssh_args(key: &Path, known_hosts: &Path) -> Vec<String> {
 /// Runs vmstash with `args` (and no `-r` unless given), with a clean HOME
 /// and no agent so only the given identity can log in.
 fn vmstash(repo: &Repo, args: &[String]) -> std::process::Output {
-    std::process::Command::new(crate::util::bin())
-        .args(args)
+    vmstash_command(repo, args).output().expect("run vmstash")
+}
+
+/// The command [`vmstash`] runs, to spawn instead.
+fn vmstash_command(repo: &Repo, args: &[String]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(crate::util::bin());
+    cmd.args(args)
         .env("VMSTASH_PASSWORD", crate::util::PASSWORD)
         .env_remove("VMSTASH_REPOSITORY")
         .stdin(std::process::Stdio::null())
         .env("HOME", repo.dir.path())
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .expect("run vmstash")
+        .env_remove("SSH_AUTH_SOCK");
+    cmd
 }
 
 fn vms_args(sshd: &Sshd, key: &Path, known_hosts: &Path, extra: &[&str]) -> Vec<String> {
@@ -176,6 +180,57 @@ fn sftp_repository_round_trip_with_local_metadata_cache() {
         !cached.iter().any(|p| s(p).contains("/data/")),
         "packs must not be cached"
     );
+}
+
+#[test]
+fn mount_reads_an_sftp_repository() {
+    if !Sshd::available() || !crate::util::have(&["fusermount3"], false) {
+        return;
+    }
+    let sshd = Sshd::start();
+    let local = Repo::init();
+    let remote_dir = local.dir.path().join("remote-repo");
+    let url = format!("sftp://root@127.0.0.1:{}{}", sshd.port, s(&remote_dir));
+    let args = |extra: &[&str]| {
+        let mut a = ssh_args(&sshd.client_key, &sshd.known_hosts);
+        a.extend(["-r".to_string(), url.clone()]);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let init = vmstash(&local, &args(&["init"]));
+    assert!(init.status.success(), "{}", describe(&init));
+    let img = sparse_image(
+        local.dir.path(),
+        "web9.img",
+        16 << 20,
+        &[
+            (0, random_bytes(41, 3 << 20)),
+            (12 << 20, random_bytes(43, 1 << 20)),
+        ],
+    );
+    let b = vmstash(&local, &args(&["backup", "--disk", &s(&img)]));
+    assert!(b.status.success(), "{}", describe(&b));
+
+    let mnt = local.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    let mut child = vmstash_command(&local, &args(&["mount", &s(&mnt)]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn vmstash mount");
+    let image = mnt.join("vms/web9/latest/web9.raw");
+    crate::mount::wait_for(std::time::Duration::from_secs(30), "the mount", || {
+        image.is_file()
+    });
+    let same = sha256_file(&image) == sha256_file(&img);
+    crate::util::sh("kill", &["-TERM", &child.id().to_string()]);
+    let status = child.wait().expect("wait");
+    assert!(
+        same,
+        "the image read through a mount of an SFTP repository differs"
+    );
+    assert!(status.success(), "vmstash mount exited with {status}");
+    assert!(!crate::mount::is_mounted(&mnt));
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
