@@ -264,20 +264,12 @@ impl GuestFs for Ext4Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guestfs::test_support::{assert_reads_match, pattern};
+    use crate::guestfs::test_support::{assert_reads_match, entry, pattern};
     use std::time::{Duration, UNIX_EPOCH};
 
     /// The image `testdata/make-ext4-fat.sh` made.
     fn image() -> Vec<u8> {
         zstd::decode_all(&include_bytes!("../../testdata/ext4.img.zst")[..]).expect("zstd")
-    }
-
-    fn entry(fs: &Ext4Fs, dir: u64, name: &str) -> DirEntry {
-        fs.read_dir(dir)
-            .expect("list")
-            .into_iter()
-            .find(|e| e.name == name.as_bytes())
-            .unwrap_or_else(|| panic!("no {name}"))
     }
 
     #[test]

@@ -422,7 +422,7 @@ impl GuestFs for FatFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guestfs::test_support::{assert_reads_match, pattern};
+    use crate::guestfs::test_support::{assert_reads_match, entry, pattern};
     use std::time::Duration;
 
     const OWNER: Owner = Owner { uid: 7, gid: 8 };
@@ -430,14 +430,6 @@ mod tests {
     /// The image `testdata/make-ext4-fat.sh` made.
     fn image() -> Vec<u8> {
         zstd::decode_all(&include_bytes!("../../testdata/fat.img.zst")[..]).expect("zstd")
-    }
-
-    fn entry(fs: &FatFs, dir: u64, name: &str) -> DirEntry {
-        fs.read_dir(dir)
-            .expect("list")
-            .into_iter()
-            .find(|e| e.name == name.as_bytes())
-            .unwrap_or_else(|| panic!("no {name}"))
     }
 
     #[test]

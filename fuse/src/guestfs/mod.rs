@@ -191,7 +191,16 @@ pub fn time_from_unix(seconds: i64, nanos: u32) -> SystemTime {
 pub(crate) mod test_support {
     //! What the adapters' tests share.
 
-    use super::GuestFs;
+    use super::{DirEntry, GuestFs};
+
+    /// The entry `name` of directory `dir`.
+    pub(crate) fn entry(fs: &dyn GuestFs, dir: u64, name: &str) -> DirEntry {
+        fs.read_dir(dir)
+            .expect("list")
+            .into_iter()
+            .find(|e| e.name == name.as_bytes())
+            .unwrap_or_else(|| panic!("no {name}"))
+    }
 
     /// The bytes `testdata/make-ext4-fat.sh` writes into its 40 KiB files.
     pub(crate) fn pattern(len: u32) -> Vec<u8> {
