@@ -9,6 +9,7 @@
 //! as in the guest.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -191,13 +192,24 @@ impl GuestFs for Ext4Fs {
             .ok()
             .and_then(|dir| self.links.as_ref()?.names(dir));
         self.with(|l| {
-            let mut out = Vec::new();
+            let mut out: Vec<DirEntry> = Vec::new();
+            let mut listed: HashMap<Vec<u8>, usize> = HashMap::new();
             for entry in l.fs.read_dir(path.as_slice()).map_err(from_ext4)? {
                 let entry = entry.map_err(from_ext4)?;
                 let name = entry.file_name().as_ref().to_vec();
                 if !usable_name(&name) {
                     continue;
                 }
+                // A name twice in one directory (damaged): a path names only one of them, and
+                // the hashed lookup behind `attr` and `read` need not find the first; so it is
+                // listed once, without attributes, and `attr` says what the path leads to.
+                if let Some(&at) = listed.get(&name) {
+                    if let Some(first) = out.get_mut(at) {
+                        first.attr = None;
+                    }
+                    continue;
+                }
+                listed.insert(name.clone(), out.len());
                 if out.len() >= MAX_DIR_ENTRIES {
                     return Err(FsError::damaged(
                         "ext4",
@@ -270,6 +282,28 @@ mod tests {
     /// The image `testdata/make-ext4-fat.sh` made.
     fn image() -> Vec<u8> {
         zstd::decode_all(&include_bytes!("../../testdata/ext4.img.zst")[..]).expect("zstd")
+    }
+
+    #[test]
+    fn a_name_twice_in_a_directory_is_listed_once_and_attributed_by_its_path() {
+        let twin = zstd::decode_all(&include_bytes!("../../testdata/ext4-twin.img.zst")[..])
+            .expect("zstd");
+        let fs = Ext4Fs::open(Arc::new(twin)).expect("open");
+        let root = fs.read_dir(ROOT_INO).expect("list");
+        let hards: Vec<_> = root.iter().filter(|e| e.name == b"hard").collect();
+        assert_eq!(hards.len(), 1, "{root:?}");
+        assert_eq!(hards[0].attr, None);
+        let attr = fs.attr(hards[0].ino).expect("attr");
+        assert_eq!((attr.kind, attr.size), (Kind::File, 13));
+        assert_eq!(
+            fs.read(hards[0].ino, 0, 100).expect("read"),
+            b"hello, guest\n"
+        );
+        let hello = entry(&fs, ROOT_INO, "hello");
+        assert_eq!(
+            fs.attr(hello.ino).expect("attr"),
+            hello.attr.expect("listed")
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! directories are `0o755` and files `0o644` (`0o444` when read-only), and the local times
 //! FAT stores are shown as if they were UTC.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -258,11 +259,55 @@ fn relative(path: &[u8]) -> Result<String, FsError> {
     Ok(path.trim_start_matches('/').to_owned())
 }
 
+/// The entry at `path` (`a/b`, not empty): at each level the first entry whose name is
+/// exactly that component. `fatfs`'s own lookup matches long and short names without regard
+/// to case, so in a damaged directory (two entries of one name, or names differing only in
+/// case) it could open another entry than the one listed.
+fn find_entry<'a>(fs: &'a Fs, path: &str) -> Result<fatfs::DirEntry<'a, FatDisk>, FsError> {
+    let mut dir = fs.root_dir();
+    let mut components = path.split('/').peekable();
+    while let Some(name) = components.next() {
+        let mut found = None;
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| from_io(&e))?;
+            if entry.file_name() == name {
+                found = Some(entry);
+                break;
+            }
+        }
+        let entry = found.ok_or(FsError::NotFound)?;
+        if components.peek().is_none() {
+            return Ok(entry);
+        }
+        if !entry.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        dir = entry.to_dir();
+    }
+    Err(FsError::NotFound)
+}
+
 fn open_dir<'a>(fs: &'a Fs, path: &str) -> Result<fatfs::Dir<'a, FatDisk>, FsError> {
     if path.is_empty() {
-        Ok(fs.root_dir())
+        return Ok(fs.root_dir());
+    }
+    let entry = find_entry(fs, path)?;
+    if entry.is_dir() {
+        Ok(entry.to_dir())
     } else {
-        fs.root_dir().open_dir(path).map_err(|e| from_io(&e))
+        Err(FsError::NotDir)
+    }
+}
+
+fn open_file<'a>(fs: &'a Fs, path: &str) -> Result<OpenFile<'a>, FsError> {
+    if path.is_empty() {
+        return Err(FsError::IsDir);
+    }
+    let entry = find_entry(fs, path)?;
+    if entry.is_dir() {
+        Err(FsError::IsDir)
+    } else {
+        Ok(entry.to_file())
     }
 }
 
@@ -348,10 +393,13 @@ impl GuestFs for FatFs {
         let entries = self.call(0, move |w| {
             let dir = open_dir(w.fs, &rel)?;
             let mut out = Vec::new();
+            let mut names = HashSet::new();
             for entry in dir.iter() {
                 let entry = entry.map_err(|e| from_io(&e))?;
                 let name = entry.file_name().into_bytes();
-                if !usable_name(&name) {
+                // A second entry of a name already listed (a damaged directory) could not be
+                // told apart from the first by path: only the first is shown.
+                if !usable_name(&name) || !names.insert(name.clone()) {
                     continue;
                 }
                 if out.len() >= MAX_DIR_ENTRIES {
@@ -385,15 +433,7 @@ impl GuestFs for FatFs {
         self.call(u64::from(len), move |w| {
             let mut file = match w.last_file.take() {
                 Some((last, file)) if last == ino => file,
-                _ => {
-                    w.fs.root_dir()
-                        .open_file(&rel)
-                        .map_err(|e| match e.kind() {
-                            io::ErrorKind::NotFound => FsError::NotFound,
-                            _ if open_dir(w.fs, &rel).is_ok() => FsError::IsDir,
-                            _ => damaged(e),
-                        })?
-                }
+                _ => open_file(w.fs, &rel)?,
             };
             file.seek(SeekFrom::Start(offset))
                 .map_err(|e| from_io(&e))?;
@@ -480,6 +520,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The image with the short name of `ro.txt` (no long name) overwritten by `short`
+    /// with the NT lower-case flags `case`.
+    fn image_with_ro_renamed(short: &[u8; 11], case: u8) -> Vec<u8> {
+        let mut img = image();
+        let at = img
+            .chunks(32)
+            .position(|e| e.starts_with(b"RO      TXT"))
+            .expect("ro.txt's entry")
+            * 32;
+        img[at..at + 11].copy_from_slice(short);
+        img[at + 12] = case;
+        img
+    }
+
+    #[test]
+    fn a_name_twice_in_a_directory_is_listed_once_as_its_first_entry() {
+        let fs =
+            FatFs::open(Arc::new(image_with_ro_renamed(b"README  TXT", 0)), OWNER).expect("open");
+        let entries = fs.read_dir(ROOT_INO).expect("list");
+        let readmes: Vec<_> = entries.iter().filter(|e| e.name == b"README.TXT").collect();
+        assert_eq!(readmes.len(), 1, "{entries:?}");
+        let listed = readmes[0].attr.clone().expect("attr");
+        assert_eq!(listed.perm, 0o644, "the first entry, not the read-only one");
+        assert_eq!(fs.attr(readmes[0].ino).expect("attr"), listed);
+        assert_eq!(
+            fs.read(readmes[0].ino, 0, 100).expect("read"),
+            b"fat readme\n"
+        );
+    }
+
+    #[test]
+    fn names_differing_only_in_case_open_their_own_entries() {
+        let img = image_with_ro_renamed(b"README  TXT", 0x18);
+        let ro_text = {
+            let fs = FatFs::open(Arc::new(image()), OWNER).expect("open");
+            let ro = entry(&fs, ROOT_INO, "ro.txt");
+            fs.read(ro.ino, 0, 100).expect("read")
+        };
+        let fs = FatFs::open(Arc::new(img), OWNER).expect("open");
+        let upper = entry(&fs, ROOT_INO, "README.TXT");
+        let lower = entry(&fs, ROOT_INO, "readme.txt");
+        assert_ne!(upper.ino, lower.ino);
+        assert_eq!(fs.read(upper.ino, 0, 100).expect("read"), b"fat readme\n");
+        assert_eq!(fs.read(lower.ino, 0, 100).expect("read"), ro_text);
+        assert_eq!(fs.attr(lower.ino).expect("attr").perm, 0o444);
     }
 
     #[test]
