@@ -83,6 +83,10 @@ impl Read for DeviceCursor {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.dev.len().saturating_sub(self.pos);
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        if n == 0 {
+            // At or past the end (a seek may go there): end of stream, as for a file.
+            return Ok(0);
+        }
         let (head, _) = buf.split_at_mut(n);
         self.dev.read_at(self.pos, head).map_err(io::Error::other)?;
         self.pos += u64::try_from(n).unwrap_or(0);
@@ -129,7 +133,9 @@ mod tests {
         assert_eq!(c.read(&mut buf).expect("read"), 3);
         assert_eq!(&buf[..3], &[7, 8, 9]);
         assert_eq!(c.read(&mut buf).expect("read"), 0);
-        assert!(c.seek(SeekFrom::Current(-20)).is_err());
+        c.seek(SeekFrom::Start(1 << 40)).expect("seek past the end");
+        assert_eq!(c.read(&mut buf).expect("read past the end"), 0);
+        assert!(c.seek(SeekFrom::Current(-(1 << 41))).is_err());
         assert_eq!(c.seek(SeekFrom::End(-1)).expect("seek"), 9);
         assert!(c.write(b"x").is_err());
     }

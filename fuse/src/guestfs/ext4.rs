@@ -32,6 +32,9 @@ const MAGIC_AT: usize = 1024 + 56;
 const LOADED_PER_THREAD: usize = 16;
 /// Most entries listed from one directory.
 const MAX_DIR_ENTRIES: usize = 4_000_000;
+/// Longest symlink target read (Linux's PATH_MAX). `ext4-view` allocates a symlink's whole
+/// stated size before reading it, and a damaged inode can state terabytes.
+const MAX_SYMLINK_LEN: u64 = 4096;
 
 /// Whether the partition holds an ext2/3/4 superblock.
 pub fn recognises(head: &[u8]) -> bool {
@@ -45,6 +48,13 @@ static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 struct Loaded {
     fs: Ext4,
     last_file: Option<(u64, File)>,
+}
+
+impl Loaded {
+    /// What `path` itself is, a symlink not followed.
+    fn metadata(&self, path: &[u8]) -> Result<Metadata, FsError> {
+        self.fs.symlink_metadata(path).map_err(from_ext4)
+    }
 }
 
 thread_local! {
@@ -177,11 +187,7 @@ impl GuestFs for Ext4Fs {
 
     fn attr(&self, ino: u64) -> Result<Attr, FsError> {
         let path = self.inodes.path(ino)?;
-        let mut attr = self.with(|l| {
-            l.fs.symlink_metadata(path.as_slice())
-                .map(|m| attr_of(&m))
-                .map_err(from_ext4)
-        })?;
+        let mut attr = self.with(|l| l.metadata(&path).map(|m| attr_of(&m)))?;
         attr.nlink = self.link_count(ino);
         Ok(attr)
     }
@@ -192,6 +198,10 @@ impl GuestFs for Ext4Fs {
             .ok()
             .and_then(|dir| self.links.as_ref()?.names(dir));
         self.with(|l| {
+            // `read_dir` follows a symlink at the end of the path: see `MAX_SYMLINK_LEN`.
+            if !l.metadata(&path)?.file_type().is_dir() {
+                return Err(FsError::NotDir);
+            }
             let mut out: Vec<DirEntry> = Vec::new();
             let mut listed: HashMap<Vec<u8>, usize> = HashMap::new();
             for entry in l.fs.read_dir(path.as_slice()).map_err(from_ext4)? {
@@ -236,11 +246,18 @@ impl GuestFs for Ext4Fs {
         self.with(|l| {
             let mut file = match l.last_file.take() {
                 Some((last, file)) if last == ino => file,
-                _ => l.fs.open(path.as_slice()).map_err(from_ext4)?,
+                _ => {
+                    // `open` follows a symlink at the end of the path: see `MAX_SYMLINK_LEN`.
+                    let kind = l.metadata(&path)?.file_type();
+                    if kind.is_dir() {
+                        return Err(FsError::IsDir);
+                    }
+                    if !kind.is_regular_file() {
+                        return Err(FsError::damaged("ext4", "not a regular file"));
+                    }
+                    l.fs.open(path.as_slice()).map_err(from_ext4)?
+                }
             };
-            if !file.metadata().file_type().is_regular_file() {
-                return Err(FsError::damaged("ext4", "not a regular file"));
-            }
             if file.position() != offset {
                 file.seek_to(offset).map_err(from_ext4)?;
             }
@@ -266,6 +283,16 @@ impl GuestFs for Ext4Fs {
     fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let path = self.inodes.path(ino)?;
         self.with(|l| {
+            let meta = l.metadata(&path)?;
+            if !meta.file_type().is_symlink() {
+                return Err(FsError::NotSymlink);
+            }
+            if meta.len() > MAX_SYMLINK_LEN {
+                return Err(FsError::damaged(
+                    "ext4",
+                    format!("a symlink target of {} bytes", meta.len()),
+                ));
+            }
             l.fs.read_link(path.as_slice())
                 .map(|target| target.as_ref().to_vec())
                 .map_err(from_ext4)
@@ -304,6 +331,38 @@ mod tests {
             fs.attr(hello.ino).expect("attr"),
             hello.attr.expect("listed")
         );
+    }
+
+    #[test]
+    fn a_symlink_stating_a_terabyte_is_damage_not_an_allocation() {
+        // The checksum-free copy with its symlink (inode 16, "hello" kept in the inode) named
+        // `link` again and its size set to 2^40.
+        let mut img = zstd::decode_all(&include_bytes!("../../testdata/ext4-twin.img.zst")[..])
+            .expect("zstd");
+        let dirent = img
+            .windows(12)
+            .position(|w| w == [16, 0, 0, 0, 12, 0, 4, 7, b'h', b'a', b'r', b'd'])
+            .expect("the entry of inode 16");
+        img[dirent + 8..dirent + 12].copy_from_slice(b"link");
+        let inode = img
+            .chunks(256)
+            .position(|i| i.starts_with(&[0xff, 0xa1]) && i.get(40..45) == Some(b"hello"))
+            .expect("the symlink's inode")
+            * 256;
+        img[inode + 4..inode + 8].fill(0);
+        img[inode + 108..inode + 112].copy_from_slice(&0x100u32.to_le_bytes());
+        let fs = Ext4Fs::open(Arc::new(img)).expect("open");
+        let link = entry(&fs, ROOT_INO, "link");
+        assert_eq!(fs.attr(link.ino).expect("attr").size, 1 << 40);
+        assert!(matches!(
+            fs.read_link(link.ino),
+            Err(FsError::Damaged { .. })
+        ));
+        assert!(matches!(
+            fs.read(link.ino, 0, 10),
+            Err(FsError::Damaged { .. })
+        ));
+        assert!(matches!(fs.read_dir(link.ino), Err(FsError::NotDir)));
     }
 
     #[test]
