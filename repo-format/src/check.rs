@@ -237,7 +237,7 @@ fn snapshot_problems(
                 ));
                 continue;
             }
-            let ids = match repo.map_segment(index, disk, seg) {
+            let ids = match crate::disk_reader::map_segment(repo, index, disk, seg) {
                 Ok(ids) => ids,
                 Err(e) => {
                     problems.push(format!("disk {}: {e}", disk.name));

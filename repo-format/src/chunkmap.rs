@@ -8,6 +8,12 @@
 //! segment that did not change, and a reader finds chunk *i* in segment
 //! `i / 1024` without loading the rest. A segment of only zero chunks is
 //! itself all-zero bytes and is recorded as [`Id::ZERO`], never stored.
+//!
+//! [`ChunkMapWriter`] builds a disk's map during a backup from chunk ids arriving in any order
+//! (several reader and worker threads), storing each segment as soon as it is complete;
+//! [`decode_segment`] is the reader's side.
+
+use std::collections::BTreeMap;
 
 use crate::id::{Id, ID_LEN};
 use crate::{Error, Result};
@@ -39,6 +45,100 @@ pub fn decode_segment(plain: &[u8], file: &str) -> Result<Vec<Id>> {
         .collect())
 }
 
+/// True when every byte of `chunk` is zero: such a chunk is recorded as [`Id::ZERO`] and never
+/// stored (§9).
+pub fn is_zero(chunk: &[u8]) -> bool {
+    let words = chunk.chunks_exact(16);
+    let tail = words.remainder();
+    words
+        .map(|w| w.iter().fold(0u8, |acc, b| acc | b))
+        .all(|w| w == 0)
+        && tail.iter().all(|&b| b == 0)
+}
+
+/// Where a [`ChunkMapWriter`] stores the map blobs it makes: the backup's
+/// [`Committer`](crate::commit::Committer).
+pub trait MapBlobStore {
+    /// Stores `plain` as a map blob with id `id` (unless it is already stored).
+    fn save_map_blob(&self, id: Id, plain: &[u8]) -> Result<()>;
+}
+
+/// Builds the chunk map of one disk while it is backed up: chunk ids go in by chunk number, in
+/// any order; each segment is stored as a map blob (or recorded as [`Id::ZERO`] when all its
+/// chunks are zero) as soon as its chunks are all in.
+pub struct ChunkMapWriter<'c> {
+    store: &'c dyn MapBlobStore,
+    /// Chunks of the disk.
+    chunks: u64,
+    /// Ids that arrived ahead of `next`.
+    pending: BTreeMap<u64, Id>,
+    /// The next chunk number the current segment needs.
+    next: u64,
+    current: Vec<Id>,
+    segments: Vec<Id>,
+}
+
+impl<'c> ChunkMapWriter<'c> {
+    /// A writer for a disk of `chunks` chunks, storing map blobs in `store`.
+    pub fn new(store: &'c dyn MapBlobStore, chunks: u64) -> Self {
+        ChunkMapWriter {
+            store,
+            chunks,
+            pending: BTreeMap::new(),
+            next: 0,
+            current: Vec::with_capacity(SEGMENT_ENTRIES),
+            segments: Vec::new(),
+        }
+    }
+
+    /// Records that chunk `no` has id `id` ([`Id::ZERO`] for zeros).
+    pub fn put(&mut self, no: u64, id: Id) -> Result<()> {
+        if no >= self.chunks || no < self.next || self.pending.insert(no, id).is_some() {
+            return Err(Error::InvalidParameter(format!(
+                "chunk {no} given twice or beyond the {} chunks of the disk",
+                self.chunks
+            )));
+        }
+        while let Some(id) = self.pending.remove(&self.next) {
+            self.current.push(id);
+            self.next += 1;
+            if self.current.len() == SEGMENT_ENTRIES {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let segment = std::mem::take(&mut self.current);
+        let id = if segment.iter().all(Id::is_zero) {
+            Id::ZERO
+        } else {
+            let plain = encode_segment(&segment);
+            let id = Id::of(&plain);
+            self.store.save_map_blob(id, &plain)?;
+            id
+        };
+        self.segments.push(id);
+        self.current = Vec::with_capacity(SEGMENT_ENTRIES);
+        Ok(())
+    }
+
+    /// The ids of the disk's map segments, once every chunk is in.
+    pub fn finish(mut self) -> Result<Vec<Id>> {
+        if self.next != self.chunks || !self.pending.is_empty() {
+            return Err(Error::InvalidParameter(format!(
+                "the chunk map has {} of {} chunks",
+                self.next, self.chunks
+            )));
+        }
+        if !self.current.is_empty() {
+            self.flush()?;
+        }
+        Ok(self.segments)
+    }
+}
+
 /// Number of chunks of a disk of `size` bytes at `chunk_size`.
 pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
     size.div_ceil(u64::from(chunk_size).max(1))
@@ -63,5 +163,51 @@ mod tests {
         assert_eq!(chunk_count(0, 4), 0);
         assert_eq!(chunk_count(9, 4), 3);
         assert_eq!(segment_count(1025), 2);
+    }
+
+    #[test]
+    fn zero_test_looks_at_every_byte() {
+        assert!(is_zero(&[0; 1000]));
+        assert!(is_zero(&[]));
+        for at in [0, 15, 16, 999] {
+            let mut b = vec![0u8; 1000];
+            b[at] = 1;
+            assert!(!is_zero(&b), "byte {at}");
+        }
+    }
+
+    use crate::commit::Committer;
+
+    #[test]
+    fn map_writer_takes_ids_in_any_order_and_stores_only_nonzero_segments() {
+        let (_, repo) = crate::testing::memory_repository();
+        let index = repo.load_index().expect("index");
+        let committer = Committer::new(&repo, &index, 1);
+        let chunks = u64::try_from(2 * SEGMENT_ENTRIES + 3).expect("n");
+        let id_of = |no: u64| {
+            if no < u64::try_from(SEGMENT_ENTRIES).expect("n") {
+                Id::ZERO
+            } else {
+                Id::of(&no.to_le_bytes())
+            }
+        };
+        let mut w = ChunkMapWriter::new(&committer, chunks);
+        for no in (0..chunks).rev() {
+            w.put(no, id_of(no)).expect("put");
+        }
+        assert!(w.put(0, Id::ZERO).is_err(), "a chunk given twice");
+        let segments = w.finish().expect("finish");
+        committer.finish().expect("commit");
+        assert_eq!(segments.len(), 3);
+        assert!(segments[0].is_zero(), "all-zero segment is not stored");
+        let index = repo.load_index().expect("index");
+        let last = decode_segment(&repo.read_blob(&index, &segments[2]).expect("read"), "m")
+            .expect("decode");
+        let expected: Vec<Id> = (chunks - 3..chunks).map(id_of).collect();
+        assert_eq!(last, expected);
+
+        let committer = Committer::new(&repo, &index, 1);
+        let short = ChunkMapWriter::new(&committer, 2);
+        assert!(short.finish().is_err(), "a map missing chunks is refused");
     }
 }

@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::keyfile::check_version;
-use crate::{Error, Result, FORMAT_VERSION};
+use crate::version::check_json_version;
+use crate::version::FORMAT_VERSION;
+use crate::{Error, Result};
 
 /// Default chunk size: 512 KiB (the reasoning is in spec/FORMAT.md §12).
 pub const DEFAULT_CHUNK_SIZE: u32 = 512 * 1024;
@@ -74,11 +75,19 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The same config with packs of about `bytes` bytes (1 MiB to 1 GiB): small packs make
+    /// tests that need several packs cheap.
+    pub fn with_pack_size(mut self, bytes: u32) -> Result<Config> {
+        self.pack_size = bytes;
+        self.validate("config")?;
+        Ok(self)
+    }
+
     /// Parses the plaintext of `config`.
     pub fn decode(plain: &[u8]) -> Result<Config> {
         let v: serde_json::Value = serde_json::from_slice(plain)
             .map_err(|e| Error::corrupt("config", format!("not JSON: {e}")))?;
-        check_version(v.get("version"), "config")?;
+        check_json_version(v.get("version"), "config")?;
         let cfg: Config = serde_json::from_value(v)
             .map_err(|e| Error::corrupt("config", format!("bad config: {e}")))?;
         cfg.validate("config")?;

@@ -14,6 +14,9 @@ use crate::crypto::SEAL_OVERHEAD;
 use crate::id::{Id, ID_LEN};
 use crate::{Error, Result};
 
+/// Largest pack a reader accepts: offsets in entries are u32 (spec §8).
+pub const MAX_PACK_LEN: u64 = 1 << 31;
+
 /// Encoded size of one entry.
 pub const ENTRY_LEN: usize = 1 + ID_LEN + 4 + 4 + 4;
 
@@ -64,7 +67,7 @@ impl BlobEntry {
         let ok = self.raw_length <= MAX_BLOB_LEN
             && self.length > u32::try_from(SEAL_OVERHEAD).unwrap_or(u32::MAX)
             && self.length <= max_sealed
-            && self.end() <= crate::pack::MAX_PACK_LEN;
+            && self.end() <= MAX_PACK_LEN;
         if ok {
             Ok(())
         } else {

@@ -3,7 +3,9 @@
 //! Split by whose fault it is, as in ext4-view: the storage failed (`Io`),
 //! the bytes are wrong (`Corrupt`), the bytes are valid but of a version or
 //! feature this build does not support (`Incompatible`), or the user's input
-//! does not open the repository (`WrongPassword`, `NotARepository`, `Locked`).
+//! does not open the repository (`WrongPassword`, `NotARepository`, `Locked`), a disk being
+//! backed up failed (`Source`, whose own kind says whose fault), or the caller stopped the
+//! operation (`Cancelled`).
 
 use std::path::PathBuf;
 
@@ -61,6 +63,23 @@ pub enum Error {
     /// A parameter given by the caller is out of range.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
+    /// A disk being backed up could not be read, or its image is damaged or unsupported: no
+    /// snapshot was written.
+    #[error("disk {disk}: {source}")]
+    Source {
+        /// The disk's name in the snapshot.
+        disk: String,
+        /// What the disk's reader said (its kind says whose fault).
+        #[source]
+        source: crate::source::SourceError,
+    },
+    /// The caller cancelled the operation ([`crate::CancelToken`]); nothing was committed.
+    #[error("cancelled; nothing was committed and the repository is intact")]
+    Cancelled,
+    /// This part stopped because another part of the same operation failed first; that
+    /// failure is the error to report.
+    #[error("stopped after another part of the operation failed")]
+    Aborted,
 }
 
 /// Result with the engine's error.
@@ -86,5 +105,10 @@ impl Error {
     /// True when the error says the disk is full.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
+
+    /// True for [`Error::Aborted`]: an error that only echoes another one.
+    pub fn is_aborted(&self) -> bool {
+        matches!(self, Error::Aborted)
     }
 }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::crypto::{random_salt, FileKey, MasterKey, KEY_LEN, SEAL_OVERHEAD};
-use crate::{Error, Result, FORMAT_VERSION};
+use crate::version::{check_json_version, FORMAT_VERSION};
+use crate::{Error, Result};
 
 /// Associated data of the sealed master key.
 const KEY_AAD: &[u8] = b"vmstash/v1/key";
@@ -123,7 +124,7 @@ impl KeyFile {
         }
         let probe: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| Error::corrupt(file, format!("not JSON: {e}")))?;
-        check_version(probe.get("version"), file)?;
+        check_json_version(probe.get("version"), file)?;
         let key: KeyFile = serde_json::from_value(probe)
             .map_err(|e| Error::corrupt(file, format!("bad key file: {e}")))?;
         if key.kdf != "argon2id" {
@@ -161,15 +162,6 @@ impl KeyFile {
             .try_into()
             .map_err(|_| Error::corrupt(file, "master key is not 32 bytes"))?;
         Ok(Some(MasterKey::from_bytes(arr)))
-    }
-}
-
-/// Refuses a missing or unknown `version` field with a clear message.
-pub(crate) fn check_version(v: Option<&serde_json::Value>, file: &str) -> Result<()> {
-    match v.and_then(serde_json::Value::as_u64) {
-        Some(v) if v == u64::from(FORMAT_VERSION) => Ok(()),
-        Some(v) => Err(crate::unsupported_version(file, v)),
-        None => Err(Error::corrupt(file, "no version field")),
     }
 }
 

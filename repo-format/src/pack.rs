@@ -18,15 +18,15 @@ use crate::blob::{self, BlobType};
 use crate::crypto::{purpose, random_salt, FileKey, MasterKey, SALT_LEN, SEAL_OVERHEAD};
 use crate::entry::{BlobEntry, Reader, ENTRY_LEN};
 use crate::id::Id;
-use crate::sealed::{check_header, FileType, FORMAT_VERSION_BYTE};
+use crate::sealed::{check_header, FileType};
+use crate::version::FORMAT_VERSION_BYTE;
 use crate::{payload, Error, Result};
 
 /// Bytes before the first blob.
 pub const PACK_HEADER_LEN: usize = 2 + SALT_LEN;
 /// Associated data of the sealed pack header.
 const HEADER_AAD: &[u8] = b"vmstash/v1/pack-header";
-/// Largest pack a reader accepts: offsets are u32.
-pub const MAX_PACK_LEN: u64 = 1 << 31;
+pub use crate::entry::MAX_PACK_LEN;
 
 /// Builds one pack in memory.
 pub struct PackWriter {
@@ -66,14 +66,18 @@ impl PackWriter {
 
     /// Seals and appends a blob whose framed payload (§5) is `framed`.
     pub fn add(&mut self, ty: BlobType, id: Id, raw_length: u32, framed: &[u8]) -> Result<()> {
-        let sealed = self.key.seal(framed, &blob::aad(ty, &id));
         let too_big = || Error::InvalidParameter("pack exceeds 2 GiB".into());
         let offset = u32::try_from(self.buf.len()).map_err(|_| too_big())?;
-        let length = u32::try_from(sealed.len()).map_err(|_| too_big())?;
+        let length = framed
+            .len()
+            .checked_add(SEAL_OVERHEAD)
+            .and_then(|l| u32::try_from(l).ok())
+            .ok_or_else(too_big)?;
         if u64::from(offset) + u64::from(length) > MAX_PACK_LEN {
             return Err(too_big());
         }
-        self.buf.extend_from_slice(&sealed);
+        self.key
+            .seal_into(framed, &blob::aad(ty, &id), &mut self.buf);
         self.entries.push(BlobEntry {
             ty,
             id,
@@ -191,9 +195,21 @@ pub fn open_blob(
     sealed: &[u8],
     file: &str,
 ) -> Result<Vec<u8>> {
+    open_blob_owned(master, salt, entry, sealed.to_vec(), file)
+}
+
+/// [`open_blob`] on a buffer the caller gives up: decrypted and unframed in place, so a stored
+/// (uncompressed) blob costs no copy and no allocation.
+pub fn open_blob_owned(
+    master: &MasterKey,
+    salt: &[u8; SALT_LEN],
+    entry: &BlobEntry,
+    mut sealed: Vec<u8>,
+    file: &str,
+) -> Result<Vec<u8>> {
     let key = master.subkey(salt, purpose::PACK);
     let framed = key
-        .open(sealed, &blob::aad(entry.ty, &entry.id))
+        .open_in_place(&mut sealed, &blob::aad(entry.ty, &entry.id))
         .map_err(|_| {
             Error::corrupt(
                 file,
@@ -204,8 +220,10 @@ pub fn open_blob(
                 ),
             )
         })?;
+    sealed.truncate(framed.end);
+    sealed.drain(..framed.start);
     let max = usize::try_from(entry.raw_length).unwrap_or(usize::MAX);
-    let plain = payload::decode(&framed, max, file)?;
+    let plain = payload::decode_owned(sealed, max, file)?;
     blob::verify(&plain, &entry.id, entry.raw_length, file)?;
     Ok(plain)
 }

@@ -4,14 +4,13 @@
 use std::sync::Arc;
 
 use crate::backend::{relative_path, Backend, FileKind};
-use crate::chunkmap::{self, SEGMENT_ENTRIES};
 use crate::config::{ChunkSize, Config};
 use crate::crypto::MasterKey;
 use crate::id::Id;
 use crate::index::{self, IndexedPack, MasterIndex};
 use crate::keyfile::{KdfParams, KeyFile};
 use crate::sealed::{self, FileType};
-use crate::snapshot::{Disk, Manifest};
+use crate::snapshot::Manifest;
 use crate::{pack, Error, Result};
 
 /// Who is using the repository: written into keys, locks and snapshots.
@@ -69,9 +68,19 @@ impl Repository {
         compression_level: i32,
         kdf: KdfParams,
     ) -> Result<Repository> {
+        let config = Config::new(chunk_size, compression_level, &now_rfc3339())?;
+        Repository::init_with(backend, password, config, kdf)
+    }
+
+    /// Creates a repository with `config` in an empty `backend`.
+    pub fn init_with(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        config: Config,
+        kdf: KdfParams,
+    ) -> Result<Repository> {
         let identity = Identity::current();
         let now = now_rfc3339();
-        let config = Config::new(chunk_size, compression_level, &now)?;
         backend.create()?;
         let master = MasterKey::generate();
         let key = KeyFile::create(
@@ -239,36 +248,7 @@ impl Repository {
             u64::from(loc.entry.offset),
             loc.entry.length,
         )?;
-        pack::open_blob(self.master(), loc.salt, &loc.entry, &sealed, &file)
-    }
-
-    /// The chunk ids of segment `seg` of `disk` (all [`Id::ZERO`] for a
-    /// zero segment).
-    pub fn map_segment(&self, index: &MasterIndex, disk: &Disk, seg: usize) -> Result<Vec<Id>> {
-        let chunks = chunkmap::chunk_count(disk.size, disk.chunk_size);
-        let first = u64::try_from(seg.saturating_mul(SEGMENT_ENTRIES)).unwrap_or(u64::MAX);
-        let want = usize::try_from(chunks.saturating_sub(first))
-            .unwrap_or(usize::MAX)
-            .min(SEGMENT_ENTRIES);
-        let id = disk.map.get(seg).ok_or_else(|| {
-            Error::InvalidParameter(format!("disk {} has no map segment {seg}", disk.name))
-        })?;
-        if id.is_zero() {
-            return Ok(vec![Id::ZERO; want]);
-        }
-        let plain = self.read_blob(index, id)?;
-        let ids = chunkmap::decode_segment(&plain, &format!("map blob {}", id.short()))?;
-        if ids.len() != want {
-            return Err(Error::corrupt(
-                format!("map blob {}", id.short()),
-                format!(
-                    "{} entries where disk {} needs {want}",
-                    ids.len(),
-                    disk.name
-                ),
-            ));
-        }
-        Ok(ids)
+        pack::open_blob_owned(self.master(), loc.salt, &loc.entry, sealed, &file)
     }
 
     /// Adds a key file for `password`; returns its name.

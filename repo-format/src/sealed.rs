@@ -13,7 +13,8 @@
 //! repository is refused with a clear message, not a tag failure.
 
 use crate::crypto::{purpose, random_salt, MasterKey, SALT_LEN, SEAL_OVERHEAD};
-use crate::{payload, unsupported_version, Error, Result, FORMAT_VERSION};
+use crate::version::{check_version_byte, FORMAT_VERSION_BYTE};
+use crate::{payload, Error, Result};
 
 /// Bytes before the sealed payload: version, type, salt.
 pub const HEADER_LEN: usize = 2 + SALT_LEN;
@@ -62,10 +63,6 @@ pub fn seal(master: &MasterKey, ty: FileType, plaintext: &[u8], level: i32) -> V
     out
 }
 
-/// The version byte every file of this format starts with.
-pub(crate) const FORMAT_VERSION_BYTE: u8 = 1;
-const _: () = assert!(u32::from_le_bytes([FORMAT_VERSION_BYTE, 0, 0, 0]) == FORMAT_VERSION);
-
 /// Checks the two header bytes of any repository file.
 pub(crate) fn check_header(bytes: &[u8], ty: FileType, file: &str) -> Result<()> {
     let [version, kind] = bytes
@@ -77,9 +74,7 @@ pub(crate) fn check_header(bytes: &[u8], ty: FileType, file: &str) -> Result<()>
                 format!("{} bytes, shorter than any {ty:?} file", bytes.len()),
             )
         })?;
-    if version != FORMAT_VERSION_BYTE {
-        return Err(unsupported_version(file, u64::from(version)));
-    }
+    check_version_byte(version, file)?;
     if kind != ty.byte() {
         return Err(Error::corrupt(
             file,

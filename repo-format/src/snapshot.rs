@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
-use crate::keyfile::check_version;
+use crate::version::check_json_version;
 use crate::{Error, Result};
 
 /// A snapshot: one backup of one VM (or of a set of disk files).
@@ -79,7 +79,7 @@ impl Manifest {
     pub fn decode(plain: &[u8], file: &str) -> Result<Manifest> {
         let v: serde_json::Value = serde_json::from_slice(plain)
             .map_err(|e| Error::corrupt(file, format!("not JSON: {e}")))?;
-        check_version(v.get("version"), file)?;
+        check_json_version(v.get("version"), file)?;
         let m: Manifest = serde_json::from_value(v)
             .map_err(|e| Error::corrupt(file, format!("bad snapshot: {e}")))?;
         m.validate(file)?;

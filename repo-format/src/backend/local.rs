@@ -3,12 +3,20 @@
 //! Every write goes to a temporary name in the target directory, is
 //! fsynced, made read-only, renamed into place, and the directory is
 //! fsynced: a crash leaves either the whole file or a `.tmp-*` file that
-//! no reader looks at.
+//! no reader looks at. Files are written past the page cache where the
+//! filesystem allows it ([`crate::direct`]): a backup's packs are not read
+//! back soon, and the host's cache is worth more than they are.
+//!
+//! Range reads keep the last [`OPEN_FILES`] files open, so that a restore or
+//! a mount reading blob after blob of one pack keeps the kernel's read-ahead
+//! for that file instead of opening it anew (and losing it) for every blob.
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{relative_path, Backend, FileKind};
 use crate::{Error, Result};
@@ -16,16 +24,37 @@ use crate::{Error, Result};
 /// Prefix of temporary files; readers skip them.
 pub(crate) const TMP_PREFIX: &str = ".tmp-";
 
+/// Files kept open for range reads.
+const OPEN_FILES: usize = 64;
+
 /// A repository in a local directory.
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    open: Arc<Mutex<HashMap<PathBuf, Arc<fs::File>>>>,
 }
 
 impl LocalBackend {
     /// A backend rooted at `root` (which need not exist yet).
     pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            open: Arc::default(),
+        }
+    }
+
+    /// `path`, open for reading: kept from an earlier read, or opened now and kept.
+    fn open_for_reading(&self, path: &Path) -> Result<Arc<fs::File>> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = open.get(path) {
+            return Ok(Arc::clone(f));
+        }
+        let f = Arc::new(fs::File::open(path).map_err(io_err(path))?);
+        if open.len() >= OPEN_FILES {
+            open.clear();
+        }
+        open.insert(path.to_path_buf(), Arc::clone(&f));
+        Ok(f)
     }
 
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
@@ -87,7 +116,12 @@ impl Backend for LocalBackend {
             let p = self.path(kind, "config");
             return match fs::metadata(&p) {
                 Ok(m) => Ok(vec![("config".to_string(), m.len())]),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+                // No such directory, or the location is a file: no repository there.
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory =>
+                {
+                    Ok(Vec::new())
+                }
                 Err(e) => Err(Error::io(p, e)),
             };
         }
@@ -127,10 +161,9 @@ impl Backend for LocalBackend {
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
         valid_name(name)?;
         let p = self.path(kind, name);
-        let mut f = fs::File::open(&p).map_err(io_err(&p))?;
-        f.seek(SeekFrom::Start(offset)).map_err(io_err(&p))?;
+        let f = self.open_for_reading(&p)?;
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-        f.read_exact(&mut buf).map_err(io_err(&p))?;
+        f.read_exact_at(&mut buf, offset).map_err(io_err(&p))?;
         Ok(buf)
     }
 
@@ -159,6 +192,10 @@ impl Backend for LocalBackend {
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
         valid_name(name)?;
         let p = self.path(kind, name);
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&p);
         fs::remove_file(&p).map_err(io_err(&p))
     }
 }
@@ -176,15 +213,8 @@ fn create_dir_durably(dir: &Path) -> Result<()> {
 }
 
 fn write_durably(tmp: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .map_err(io_err(tmp))?;
-    f.write_all(bytes).map_err(io_err(tmp))?;
-    f.sync_all().map_err(io_err(tmp))?;
-    f.set_permissions(fs::Permissions::from_mode(0o444))
-        .map_err(io_err(tmp))
+    crate::direct::write_new_file(tmp, bytes).map_err(io_err(tmp))?;
+    fs::set_permissions(tmp, fs::Permissions::from_mode(0o444)).map_err(io_err(tmp))
 }
 
 #[cfg(test)]
@@ -214,5 +244,14 @@ mod tests {
         b.remove(FileKind::Pack, &name).expect("remove");
         assert!(b.read(FileKind::Pack, &name).is_err());
         assert!(b.read(FileKind::Pack, "../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn a_file_where_the_repository_should_be_holds_no_repository() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("password.txt");
+        fs::write(&file, "secret").expect("write");
+        let b = LocalBackend::new(&file);
+        assert!(b.list(FileKind::Config).expect("list").is_empty());
     }
 }

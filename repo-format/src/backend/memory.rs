@@ -10,6 +10,8 @@ use crate::{Error, Result};
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     files: Mutex<BTreeMap<(u8, String), Vec<u8>>>,
+    /// Kinds whose writes fail as on a full disk.
+    full: Mutex<Vec<FileKind>>,
 }
 
 fn key(kind: FileKind, name: &str) -> (u8, String) {
@@ -32,6 +34,15 @@ impl MemoryBackend {
         self.files
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes every later write of `kind` fail with "no space left on device", to test what a
+    /// full disk does.
+    pub fn fail_writes_of(&self, kind: FileKind) {
+        self.full
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(kind);
     }
 
     /// Applies `f` to a stored file, to simulate damage in tests.
@@ -88,6 +99,17 @@ impl Backend for MemoryBackend {
     }
 
     fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<()> {
+        let full = self
+            .full
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&kind);
+        if full {
+            return Err(Error::io(
+                relative_path(kind, name),
+                std::io::Error::from_raw_os_error(28),
+            ));
+        }
         self.files().insert(key(kind, name), bytes.to_vec());
         Ok(())
     }

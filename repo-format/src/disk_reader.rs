@@ -1,0 +1,199 @@
+//! Reading a snapshot's disk: spec/FORMAT.md §17 "Reading a disk", steps 4–12, in one place.
+//!
+//! A [`DiskReader`] turns a chunk number into its id (through the disk's map segments) and an id
+//! into the chunk's verified bytes (index lookup, pack range read, GCM, framing, SHA-256), and
+//! checks what only the position can tell: that a data chunk is exactly `Lᵢ = min(c, size −
+//! i·c)` bytes long. Restore and the mount both read through it; the mount keeps its caches,
+//! in-flight sharing and read-ahead around it, and checks a cached chunk's length against the
+//! position it is used at ([`DiskReader::check_chunk_len`]).
+//!
+//! Errors keep whose fault it is: a missing blob is [`Error::BlobNotFound`], damaged bytes are
+//! [`Error::Corrupt`] naming the pack file, a failed read is [`Error::Io`].
+
+use std::sync::Arc;
+
+use crate::backend::{relative_path, FileKind};
+use crate::chunkmap::{chunk_count, decode_segment, SEGMENT_ENTRIES};
+use crate::id::Id;
+use crate::index::MasterIndex;
+use crate::repository::Repository;
+use crate::snapshot::Disk;
+use crate::{Error, Result};
+
+/// Reads one disk of a snapshot; cheap to clone (everything is shared).
+#[derive(Clone)]
+pub struct DiskReader {
+    repo: Repository,
+    index: Arc<MasterIndex>,
+    disk: Arc<Disk>,
+}
+
+impl DiskReader {
+    /// A reader of `disk` (from a snapshot of `repo`) through `index`.
+    pub fn new(repo: Repository, index: Arc<MasterIndex>, disk: Arc<Disk>) -> Self {
+        DiskReader { repo, index, disk }
+    }
+
+    /// The disk.
+    pub fn disk(&self) -> &Disk {
+        &self.disk
+    }
+
+    /// The disk's chunk size in bytes.
+    pub fn chunk_size(&self) -> u64 {
+        u64::from(self.disk.chunk_size)
+    }
+
+    /// Number of chunks of the disk.
+    pub fn chunk_count(&self) -> u64 {
+        chunk_count(self.disk.size, self.disk.chunk_size)
+    }
+
+    /// Where chunk `no` starts on the disk.
+    pub fn chunk_offset(&self, no: u64) -> u64 {
+        no.saturating_mul(self.chunk_size())
+    }
+
+    /// `Lᵢ`: the length of chunk `no` (the last one may be short); an error past the end.
+    pub fn chunk_len(&self, no: u64) -> Result<u64> {
+        let start = self.chunk_offset(no);
+        if no >= self.chunk_count() {
+            return Err(Error::InvalidParameter(format!(
+                "chunk {no} is beyond the {} chunks of disk {}",
+                self.chunk_count(),
+                self.disk.name
+            )));
+        }
+        Ok(self.chunk_size().min(self.disk.size - start))
+    }
+
+    /// Step 5: the chunk ids of map segment `seg` (all [`Id::ZERO`] for a zero segment), each
+    /// checked to be a whole segment of the right length.
+    pub fn segment(&self, seg: usize) -> Result<Vec<Id>> {
+        map_segment(&self.repo, &self.index, &self.disk, seg)
+    }
+
+    /// The id of chunk `no`, reading its map segment (uncached: callers that read many chunks
+    /// take whole segments with [`segment`](Self::segment)).
+    pub fn chunk_id(&self, no: u64) -> Result<Id> {
+        self.chunk_len(no)?;
+        let no = usize::try_from(no).map_err(|_| Error::InvalidParameter("chunk number".into()))?;
+        let ids = self.segment(no / SEGMENT_ENTRIES)?;
+        ids.get(no % SEGMENT_ENTRIES).copied().ok_or_else(|| {
+            Error::InvalidParameter(format!(
+                "chunk {no} is beyond the map of disk {}",
+                self.disk.name
+            ))
+        })
+    }
+
+    /// Steps 6–11 for chunk `no` whose id is `id`: its verified bytes, exactly `Lᵢ` of them
+    /// (zeros for the zero id, without reading anything).
+    pub fn read_chunk(&self, no: u64, id: &Id) -> Result<Vec<u8>> {
+        let len = self.chunk_len(no)?;
+        if id.is_zero() {
+            return Ok(vec![0; usize::try_from(len).unwrap_or(0)]);
+        }
+        let plain = self.repo.read_blob(&self.index, id)?;
+        self.check_chunk_len(no, id, plain.len())?;
+        Ok(plain)
+    }
+
+    /// The last check of step 11: a verified plaintext of `len` bytes for id `id` is chunk
+    /// `no`'s only if `len = Lᵢ`. A mismatch means the map names a blob of another length: the
+    /// repository is damaged.
+    pub fn check_chunk_len(&self, no: u64, id: &Id, len: usize) -> Result<()> {
+        let expected = self.chunk_len(no)?;
+        if u64::try_from(len).ok() == Some(expected) {
+            return Ok(());
+        }
+        let file = self.index.find(id).map_or_else(
+            || format!("blob {}", id.short()),
+            |loc| relative_path(FileKind::Pack, &loc.pack.to_hex()),
+        );
+        Err(Error::corrupt(
+            file,
+            format!(
+                "blob {} has {len} bytes where chunk {no} of disk {} needs {expected}; run `vmstash check --read-data`",
+                id.short(),
+                self.disk.name
+            ),
+        ))
+    }
+
+    /// Fills `buf` with the disk's bytes at `offset` (which must lie inside the disk), reading
+    /// each chunk it touches. No caching: for a few reads, tests and examples; restore and the
+    /// mount read whole chunks.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset
+            .checked_add(u64::try_from(buf.len()).unwrap_or(u64::MAX))
+            .filter(|&end| end <= self.disk.size)
+            .ok_or_else(|| {
+                Error::InvalidParameter(format!(
+                    "{} bytes at {offset} are beyond disk {} of {} bytes",
+                    buf.len(),
+                    self.disk.name,
+                    self.disk.size
+                ))
+            })?;
+        let mut pos = offset;
+        let mut done = 0usize;
+        while pos < end {
+            let no = pos / self.chunk_size();
+            let within = usize::try_from(pos - self.chunk_offset(no)).unwrap_or(0);
+            let chunk = self.read_chunk(no, &self.chunk_id(no)?)?;
+            let take = (chunk.len() - within).min(buf.len() - done);
+            let (Some(dst), Some(src)) = (
+                buf.get_mut(done..done + take),
+                chunk.get(within..within + take),
+            ) else {
+                return Err(Error::InvalidParameter("read past a chunk".into()));
+            };
+            dst.copy_from_slice(src);
+            done += take;
+            pos += u64::try_from(take).unwrap_or(u64::MAX);
+        }
+        Ok(())
+    }
+}
+
+/// Step 5 of §17 for any caller holding an index: the chunk ids of map segment `seg` of `disk`
+/// (all [`Id::ZERO`] for a zero segment), checked to be exactly as many as the segment covers.
+pub fn map_segment(
+    repo: &Repository,
+    index: &MasterIndex,
+    disk: &Disk,
+    seg: usize,
+) -> Result<Vec<Id>> {
+    let chunks = chunk_count(disk.size, disk.chunk_size);
+    let first = u64::try_from(seg.saturating_mul(SEGMENT_ENTRIES)).unwrap_or(u64::MAX);
+    let want = usize::try_from(chunks.saturating_sub(first))
+        .unwrap_or(usize::MAX)
+        .min(SEGMENT_ENTRIES);
+    let id = disk.map.get(seg).ok_or_else(|| {
+        Error::InvalidParameter(format!("disk {} has no map segment {seg}", disk.name))
+    })?;
+    if id.is_zero() {
+        return Ok(vec![Id::ZERO; want]);
+    }
+    let file = || {
+        index.find(id).map_or_else(
+            || format!("map blob {}", id.short()),
+            |loc| relative_path(FileKind::Pack, &loc.pack.to_hex()),
+        )
+    };
+    let plain = repo.read_blob(index, id)?;
+    let ids = decode_segment(&plain, &file())?;
+    if ids.len() != want {
+        return Err(Error::corrupt(
+            file(),
+            format!(
+                "map blob {} has {} entries where disk {} needs {want}",
+                id.short(),
+                ids.len(),
+                disk.name
+            ),
+        ));
+    }
+    Ok(ids)
+}
