@@ -188,15 +188,8 @@ fn overlaps_data(ranges: &[Range<u64>], r: Range<u64>) -> bool {
     ranges.get(i).is_some_and(|d| d.start < r.end)
 }
 
-/// True when every byte is zero.
-pub fn is_zero(buf: &[u8]) -> bool {
-    let words = buf.chunks_exact(16);
-    let tail = words.remainder();
-    words
-        .map(|w| w.iter().fold(0u8, |acc, b| acc | b))
-        .all(|w| w == 0)
-        && tail.iter().all(|&b| b == 0)
-}
+/// The zero test of the format (spec §9): the helper and the backup must agree on it.
+pub use vmstash_repo::chunkmap::is_zero;
 
 /// Collects consecutive results of one batch into frames.
 #[derive(Default)]

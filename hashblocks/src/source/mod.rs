@@ -1,6 +1,7 @@
 //! Disk-image sources: raw files (sparse-aware) and qcow2 (with backing chains, through imago).
 //!
-//! A backup reads a VM disk through the [`DiskSource`] trait: the virtual
+//! A backup reads a VM disk through the engine's [`DiskSource`] trait (defined in
+//! `vmstash_repo::source` and re-exported here): the virtual
 //! size, positional reads of guest bytes, and the list of byte ranges that
 //! may hold data (everything else is known to read as zeros, so the backup
 //! can skip it without reading it).
@@ -35,123 +36,18 @@
 mod mapped;
 pub mod qcow2;
 mod raw;
-#[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
 pub use mapped::with_data_ranges;
+pub use vmstash_repo::source::{
+    check_read_range, len_u64, whole_disk, DiskSource, ImageFormat, SourceError,
+};
 
 use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::path::{Path, PathBuf};
-
-/// The on-disk format of a disk image, as detected from its content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageFormat {
-    /// A plain file or block device holding the guest bytes 1:1.
-    Raw,
-    /// A qcow2 image (version 2 or 3), possibly with a backing chain.
-    Qcow2,
-}
-
-impl ImageFormat {
-    /// The format's name as qemu spells it (`"raw"`, `"qcow2"`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Raw => "raw",
-            Self::Qcow2 => "qcow2",
-        }
-    }
-}
-
-/// A VM disk opened for reading.
-pub trait DiskSource: Send + Sync {
-    /// The format the image was detected as.
-    fn format(&self) -> ImageFormat;
-
-    /// Virtual size in bytes.
-    fn size(&self) -> u64;
-
-    /// Fills `buf` with the bytes at `offset`; `offset + buf.len() <= size()` (error otherwise).
-    ///
-    /// Must be callable from several threads at once.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError>;
-
-    /// Sorted, non-overlapping byte ranges that may hold non-zero data; everything outside them
-    /// reads as zeros and need not be read.
-    ///
-    /// Raw: from `SEEK_DATA`/`SEEK_HOLE`, the whole file if the filesystem does not support them.
-    /// qcow2: from imago's mapping query, resolved through the backing chain (unallocated
-    /// clusters without backing data and zero clusters are outside).
-    fn data_ranges(&self) -> Result<Vec<Range<u64>>, SourceError>;
-
-    /// How many chunks a backup should read at once to keep this source busy.
-    ///
-    /// Local files are read one chunk at a time, in order, which the kernel's read-ahead serves
-    /// best; remote sources want several chunks' requests in flight so that no round trip
-    /// leaves the connection idle.
-    fn concurrent_reads(&self) -> usize {
-        1
-    }
-}
-
-/// Why a disk image could not be opened or read.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The operating system failed an operation on a file.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// The file the operation was on.
-        path: PathBuf,
-        /// What was being done, phrased to precede the path ("open", "read 4096 bytes at
-        /// offset 0 of").
-        action: String,
-        /// The error the operating system (or imago, for I/O below it) reported.
-        source: io::Error,
-    },
-
-    /// The image's metadata is damaged or not valid qcow2.
-    #[error(
-        "{} is damaged or not a valid qcow2 image: {what}; inspect it with `qemu-img check`",
-        path.display()
-    )]
-    Corrupt {
-        /// The image whose metadata is wrong.
-        path: PathBuf,
-        /// What is wrong, with the values found.
-        what: String,
-    },
-
-    /// The image is valid but uses something vmstash cannot read.
-    #[error("{} cannot be backed up: {what}", path.display())]
-    Unsupported {
-        /// The image using the feature.
-        path: PathBuf,
-        /// The feature, and how to get an image vmstash can read.
-        what: String,
-    },
-
-    /// A read was asked for bytes beyond the end of the disk (a bug in the caller).
-    #[error(
-        "cannot read {len} bytes at offset {offset} of {}: the disk is only {size} bytes long",
-        path.display()
-    )]
-    OutOfRange {
-        /// The disk image.
-        path: PathBuf,
-        /// Where the read started.
-        offset: u64,
-        /// How many bytes were asked for.
-        len: usize,
-        /// The disk's virtual size.
-        size: u64,
-    },
-
-    /// Reading a disk on a remote host failed (the message names the host, the path and why).
-    #[error(transparent)]
-    Remote(Box<dyn std::error::Error + Send + Sync + 'static>),
-}
+use std::path::Path;
 
 /// Opens `path`, detecting the format by content (qcow2 magic "QFI\xfb"), never by file name.
 ///
@@ -240,24 +136,6 @@ fn read_prefix(file: &File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Checks that a read of `len` bytes at `offset` stays inside a disk of `size` bytes.
-pub fn check_read_range(
-    path: &Path,
-    offset: u64,
-    len: usize,
-    size: u64,
-) -> Result<(), SourceError> {
-    match offset.checked_add(len_u64(len)) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(SourceError::OutOfRange {
-            path: path.to_owned(),
-            offset,
-            len,
-            size,
-        }),
-    }
-}
-
 /// Appends `range` to sorted, non-overlapping `ranges`, merging it with the last one if they
 /// touch. Empty ranges are dropped.
 fn push_range(ranges: &mut Vec<Range<u64>>, range: Range<u64>) {
@@ -270,29 +148,10 @@ fn push_range(ranges: &mut Vec<Range<u64>>, range: Range<u64>) {
     }
 }
 
-/// The data ranges of a disk about which nothing is known: all of it.
-pub fn whole_disk(size: u64) -> Vec<Range<u64>> {
-    let mut ranges = Vec::new();
-    push_range(&mut ranges, 0..size);
-    ranges
-}
-
-/// A buffer length as `u64` (lossless on every target Rust supports; saturates otherwise, which
-/// makes bound checks fail rather than pass).
-pub fn len_u64(len: usize) -> u64 {
-    u64::try_from(len).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::test_util::{qemu, TestResult};
     use super::*;
-
-    #[test]
-    fn format_names_match_qemu() {
-        assert_eq!(ImageFormat::Raw.name(), "raw");
-        assert_eq!(ImageFormat::Qcow2.name(), "qcow2");
-    }
 
     #[test]
     fn raw_file_named_qcow2_is_raw() -> TestResult {

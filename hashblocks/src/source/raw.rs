@@ -1,9 +1,12 @@
 //! Raw disk images: regular files (possibly sparse) and block devices.
 //!
-//! Reads are positional (`pread`), so one open file serves any number of threads. Data ranges
-//! come from `lseek(SEEK_DATA)` / `lseek(SEEK_HOLE)`: holes in a sparse file read as zeros and
-//! are skipped. Filesystems without hole reporting, and block devices (which report everything as
-//! data), give the whole disk.
+//! Reads are positional (`pread`), so one open file serves any number of threads, and go past
+//! the page cache (`O_DIRECT`, through `vmstash_repo::direct::DirectReader`) where the
+//! filesystem allows it: a disk is read once, and copying it through the cache would cost CPU
+//! and evict what the host (on a hypervisor: its VMs) had cached. Without the kernel's
+//! read-ahead, [`READERS`] reads are kept in flight. Data ranges come from `lseek(SEEK_DATA)` /
+//! `lseek(SEEK_HOLE)`: holes in a sparse file read as zeros and are skipped. Filesystems without
+//! hole reporting, and block devices (which report everything as data), give the whole disk.
 
 use super::{check_read_range, push_range, whole_disk, DiskSource, ImageFormat, SourceError};
 use rustix::fs::SeekFrom;
@@ -11,16 +14,21 @@ use rustix::io::Errno;
 use std::fs::File;
 use std::io::{self, Seek};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use vmstash_repo::direct::DirectReader;
+
+/// Reads a backup keeps in flight on one raw image: direct reads get no read-ahead from the
+/// kernel, so the next chunk's read is issued while the last one is hashed.
+pub(super) const READERS: usize = 2;
 
 /// A raw image: the file's bytes are the guest's bytes.
 #[derive(Debug)]
 pub(super) struct RawSource {
     /// The path the image was opened by, for error messages.
     path: PathBuf,
-    /// The image, opened read-only.
-    file: File,
+    /// The image, opened read-only (direct where possible).
+    file: DirectReader,
     /// Size in bytes, fixed when the image was opened.
     size: u64,
 }
@@ -36,6 +44,11 @@ impl RawSource {
                 action: "find the size of".to_owned(),
                 source,
             })?;
+        let file = DirectReader::new(path, file).map_err(|source| SourceError::Io {
+            path: path.to_owned(),
+            action: "open (for direct reads)".to_owned(),
+            source,
+        })?;
         Ok(Self {
             path: path.to_owned(),
             file,
@@ -65,7 +78,7 @@ impl DiskSource for RawSource {
     }
 
     fn data_ranges(&self) -> Result<Vec<Range<u64>>, SourceError> {
-        match scan_data_ranges(&self.file, self.size) {
+        match scan_data_ranges(self.file.file(), self.size) {
             Ok(Some(ranges)) => Ok(ranges),
             Ok(None) => Ok(whole_disk(self.size)),
             Err(source) => Err(SourceError::Io {
@@ -74,6 +87,10 @@ impl DiskSource for RawSource {
                 source,
             }),
         }
+    }
+
+    fn concurrent_reads(&self) -> usize {
+        READERS
     }
 }
 
@@ -141,6 +158,7 @@ mod tests {
     use super::super::{open, SourceError};
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
 
     const MIB: u64 = 1 << 20;
 

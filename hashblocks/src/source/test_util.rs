@@ -1,4 +1,6 @@
-//! Helpers for tests of disk sources, here and in the CLI (feature `test-util`).
+//! Helpers for tests of disk sources, here and in the CLI. Always compiled (small, no extra
+//! dependencies): a feature for it would make the test build's feature set differ from the
+//! release build's and recompile every crate above this one.
 
 use std::error::Error;
 use std::ops::Range;
