@@ -6,8 +6,10 @@
 //! every [`REFRESH_EVERY`], whether the repository's snapshot files changed, and then reloads
 //! the index and rebuilds the tree (paths keep their inode numbers).
 //!
-//! A read that fails (a damaged or missing pack) answers EIO and logs one line naming the file
-//! and the cause; everything else in the mount keeps working.
+//! A read that fails answers EIO and logs one line naming the file and the cause, which says
+//! whose fault it is: the backup's bytes could not be read (a damaged or missing pack), the
+//! guest's filesystem is damaged, or it uses something vmstash does not support. Everything
+//! else in the mount keeps working.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -135,7 +137,6 @@ impl VmstashFs {
         let mut read = |offset: u64, len: usize| {
             self.images
                 .read(id, no, disk, offset, u32::try_from(len).unwrap_or(u32::MAX))
-                .map_err(|e| e.to_string())
         };
         let parts = partition::partitions(&mut read, disk.size).unwrap_or_else(|e| {
             eprintln!(
@@ -441,18 +442,24 @@ impl Listed {
     }
 }
 
-/// Logs a failure of a guest filesystem (damaged metadata, an unreadable pack) with where it
-/// happened, and answers the errno for `e`.
+/// Logs a failure of a guest filesystem with where it happened and whose fault it is
+/// ("damaged ext4 metadata: …", "not supported by vmstash: …", "cannot read the backup: …"),
+/// and answers the errno for `e`.
 fn failed(guest: &Guest, what: &str, e: FsError) -> Errno {
     if e.is_failure() {
         eprintln!("vmstash mount: {}: {what}: {e}", guest.label);
     }
+    errno(&e)
+}
+
+/// The errno that answers `e`: EIO for every failure, whoever's fault.
+fn errno(e: &FsError) -> Errno {
     match e {
         FsError::NotFound => Errno::ENOENT,
         FsError::NotDir => Errno::ENOTDIR,
         FsError::IsDir => Errno::EISDIR,
         FsError::NotSymlink => Errno::EINVAL,
-        FsError::Damaged { .. } | FsError::Read(_) => Errno::EIO,
+        FsError::Corrupt { .. } | FsError::Unsupported { .. } | FsError::Read(_) => Errno::EIO,
     }
 }
 
@@ -657,5 +664,27 @@ impl Filesystem for VmstashFs {
             }
             Err(errno) => reply.error(errno),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_answer_eio_whoever_is_at_fault_and_answers_their_own_errno() {
+        let repo = Arc::new(vmstash_repo::Error::BlobNotFound("1a2b".into()));
+        for e in [
+            FsError::corrupt("ext4", "bad extent"),
+            FsError::unsupported("ntfs", "compressed files"),
+            FsError::Read(repo),
+        ] {
+            assert!(e.is_failure());
+            assert_eq!(errno(&e), Errno::EIO, "{e}");
+        }
+        assert_eq!(errno(&FsError::NotFound), Errno::ENOENT);
+        assert_eq!(errno(&FsError::NotDir), Errno::ENOTDIR);
+        assert_eq!(errno(&FsError::IsDir), Errno::EISDIR);
+        assert_eq!(errno(&FsError::NotSymlink), Errno::EINVAL);
     }
 }

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use vmstash_repo::snapshot::Disk;
 use vmstash_repo::Id;
 
-use crate::guestfs::{self, Device, FsError, GuestFs, Owner, MAX_LOCAL_INO};
+use crate::guestfs::device::{check_range, PastEnd};
+use crate::guestfs::{self, Device, DeviceError, FsError, GuestFs, Owner, MAX_LOCAL_INO};
 use crate::image::ImageReader;
 use crate::partition::Partition;
 
@@ -33,26 +34,33 @@ impl Device for PartitionDevice {
         self.len
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-        let want = u64::try_from(buf.len()).unwrap_or(u64::MAX);
-        if offset.checked_add(want).is_none_or(|end| end > self.len) {
-            return Err(format!(
-                "{want} bytes at {offset} are past the end of the partition ({} bytes)",
-                self.len
-            ));
-        }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        check_range(self, offset, buf.len())?;
+        let want = buf.len();
         let mut done = 0usize;
-        while done < buf.len() {
-            let piece = u32::try_from(buf.len() - done).unwrap_or(u32::MAX);
-            let at = self.start + offset + u64::try_from(done).unwrap_or(0);
+        while done < want {
+            let piece = u32::try_from(want - done).unwrap_or(u32::MAX);
+            let at = offset + u64::try_from(done).unwrap_or(0);
             let bytes = self
                 .images
-                .read(&self.snapshot, self.disk_no, &self.disk, at, piece)
-                .map_err(|e| e.to_string())?;
+                .read(
+                    &self.snapshot,
+                    self.disk_no,
+                    &self.disk,
+                    self.start + at,
+                    piece,
+                )
+                .map_err(DeviceError::Read)?;
+            // The disk ends inside the partition (the table checked it does not): what is
+            // missing is past the partition's readable end.
             let dst = buf
                 .get_mut(done..done + bytes.len())
                 .filter(|_| !bytes.is_empty())
-                .ok_or_else(|| format!("the disk ends before byte {at}"))?;
+                .ok_or(PastEnd {
+                    offset,
+                    len: want,
+                    size: at,
+                })?;
             dst.copy_from_slice(&bytes);
             done += bytes.len();
         }
@@ -69,13 +77,15 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// Runs `f` on the filesystem; a panic inside the filesystem reader becomes an error.
+    /// Runs `f` on the filesystem; a panic inside the filesystem reader becomes an error:
+    /// damage, since the readers panic only on metadata they did not expect (though they
+    /// cannot say what).
     pub fn call<R>(
         &self,
         f: impl FnOnce(&dyn GuestFs) -> Result<R, FsError>,
     ) -> Result<R, FsError> {
         catch_unwind(AssertUnwindSafe(|| f(self.fs.as_ref()))).unwrap_or_else(|_| {
-            Err(FsError::damaged(
+            Err(FsError::corrupt(
                 self.fs.type_name(),
                 "the filesystem reader failed on this request",
             ))
@@ -130,7 +140,7 @@ impl Guests {
             snapshot.short()
         );
         let opened = catch_unwind(AssertUnwindSafe(|| guestfs::open(Arc::new(device), owner)))
-            .unwrap_or_else(|_| Err(FsError::damaged("guest", "its reader failed")));
+            .unwrap_or_else(|_| Err(FsError::corrupt("guest", "its reader failed")));
         let slot = match opened {
             Ok(Some(fs)) => self.add(Guest {
                 label: format!("{place} [{}]", fs.type_name()),

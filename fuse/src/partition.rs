@@ -12,6 +12,8 @@
 //! slot, logical partitions from 5 in chain order. The extended partition itself is only a
 //! container for the logical ones and is not listed.
 
+use std::sync::Arc;
+
 use crate::le::{u16_at, u32_at, u64_at};
 
 /// Bytes per sector.
@@ -34,13 +36,14 @@ pub struct Partition {
     pub len: u64,
 }
 
-/// Why the table could not be read.
+/// Why the table could not be read, by whose fault it is.
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionError {
-    /// Reading the disk failed.
-    #[error("cannot read the partition table: {0}")]
-    Read(String),
-    /// The table is damaged.
+    /// The backup's bytes of the table could not be read (a damaged pack, a missing blob):
+    /// the repository's error, unchanged.
+    #[error("cannot read the backup's partition table: {0}")]
+    Read(Arc<vmstash_repo::Error>),
+    /// The table is damaged: the bytes were read, and make no valid table.
     #[error("damaged partition table: {0}")]
     Corrupt(String),
 }
@@ -49,8 +52,9 @@ fn corrupt(what: impl Into<String>) -> PartitionError {
     PartitionError::Corrupt(what.into())
 }
 
-/// Reads `len` bytes at `offset` of the disk.
-pub type ReadAt<'a> = dyn FnMut(u64, usize) -> Result<Vec<u8>, String> + 'a;
+/// Reads `len` bytes at `offset` of the disk: fewer at its end (the table is then damaged),
+/// the repository's error when the backup's bytes cannot be read.
+pub type ReadAt<'a> = dyn FnMut(u64, usize) -> Result<Vec<u8>, Arc<vmstash_repo::Error>> + 'a;
 
 fn sector(read: &mut ReadAt<'_>, lba: u64) -> Result<Vec<u8>, PartitionError> {
     let offset = lba
@@ -245,12 +249,21 @@ fn gpt(read: &mut ReadAt<'_>, size: u64) -> Result<Vec<Partition>, PartitionErro
 mod tests {
     use super::*;
 
-    fn reader(disk: &[u8]) -> impl FnMut(u64, usize) -> Result<Vec<u8>, String> + '_ {
+    type Read = Result<Vec<u8>, Arc<vmstash_repo::Error>>;
+
+    /// Reads `disk` as the mount reads a disk image: fewer bytes at its end.
+    fn reader(disk: &[u8]) -> impl FnMut(u64, usize) -> Read + '_ {
         move |offset, len| {
-            let start = usize::try_from(offset).map_err(|e| e.to_string())?;
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(disk.len());
             let end = start.saturating_add(len).min(disk.len());
             Ok(disk.get(start..end).unwrap_or_default().to_vec())
         }
+    }
+
+    fn is_corrupt(r: &Result<Vec<Partition>, PartitionError>) -> bool {
+        matches!(r, Err(PartitionError::Corrupt(_)))
     }
 
     fn mbr_entry(disk: &mut [u8], sector_at: usize, slot: usize, kind: u8, first: u32, n: u32) {
@@ -289,13 +302,12 @@ mod tests {
         mbr_entry(&mut disk, 0, 0, 0x05, 4096, 4096);
         mbr_entry(&mut disk, 4096, 0, 0x83, 1, 10);
         mbr_entry(&mut disk, 4096, 1, 0x05, 0, 10);
-        assert!(partitions(&mut reader(&disk), 4 << 20).is_err(), "loop");
+        let looped = partitions(&mut reader(&disk), 4 << 20);
+        assert!(is_corrupt(&looped), "loop: {looped:?}");
         let mut disk = vec![0u8; 1 << 20];
         mbr_entry(&mut disk, 0, 0, 0x83, 2048, u32::MAX);
-        assert!(
-            partitions(&mut reader(&disk), 1 << 20).is_err(),
-            "beyond the disk"
-        );
+        let beyond = partitions(&mut reader(&disk), 1 << 20);
+        assert!(is_corrupt(&beyond), "beyond the disk: {beyond:?}");
     }
 
     #[test]
@@ -324,18 +336,47 @@ mod tests {
         let mut huge = disk.clone();
         huge[1024 + 32..1024 + 40].copy_from_slice(&0u64.to_le_bytes());
         huge[1024 + 40..1024 + 48].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(
-            partitions(&mut reader(&huge), 8 << 20).is_err(),
-            "found by the fuzzer"
-        );
+        let huge = partitions(&mut reader(&huge), 8 << 20);
+        assert!(is_corrupt(&huge), "found by the fuzzer: {huge:?}");
         let got: Vec<(u32, u64, u64)> = parts
             .iter()
             .map(|p| (p.number, p.start / 512, p.len / 512))
             .collect();
         assert_eq!(got, [(1, 2048, 2048), (3, 8192, 4096)]);
-        // Every truncation of the disk is an error or a smaller table, never a panic.
+        // Every truncation of the disk is damage or a smaller table, never a panic.
         for cut in (0..disk.len()).step_by(4096) {
-            let _ = partitions(&mut reader(&disk[..cut]), u64::try_from(cut).expect("cut"));
+            let cut_short = partitions(&mut reader(&disk[..cut]), u64::try_from(cut).expect("cut"));
+            assert!(
+                cut_short.is_ok() || is_corrupt(&cut_short),
+                "{cut}: {cut_short:?}"
+            );
         }
+    }
+
+    #[test]
+    fn an_unreadable_table_is_the_repositorys_error_not_damage() {
+        let mut disk = vec![0u8; 8 << 20];
+        mbr_entry(&mut disk, 0, 0, 0xee, 1, 16383);
+        let mut reads = 0;
+        // The MBR reads; the GPT header's sector is in a damaged pack.
+        let mut read = |offset: u64, len: usize| -> Read {
+            reads += 1;
+            if offset == 0 {
+                return reader(&disk)(offset, len);
+            }
+            Err(Arc::new(vmstash_repo::Error::corrupt(
+                "data/5e/5eed",
+                "a blob fails its MAC",
+            )))
+        };
+        let err = partitions(&mut read, 8 << 20).expect_err("unreadable");
+        assert!(
+            matches!(&err, PartitionError::Read(e) if matches!(**e, vmstash_repo::Error::Corrupt { .. })),
+            "{err:?}"
+        );
+        assert_eq!(reads, 2);
+        assert!(err
+            .to_string()
+            .starts_with("cannot read the backup's partition table: "));
     }
 }

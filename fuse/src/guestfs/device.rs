@@ -1,4 +1,6 @@
-//! The bytes of a partition, as the filesystem adapters read them.
+//! The bytes of a partition, as the filesystem adapters read them, and why a read of them
+//! failed: past the partition's end (the filesystem's metadata points outside it: damage) or
+//! unreadable (the repository could not give the backup's bytes).
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
@@ -11,9 +13,31 @@ pub trait Device: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Fills `buf` from `offset`; an error (naming the cause) when any of it is past the end
-    /// or cannot be read.
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String>;
+    /// Fills `buf` from `offset`: [`DeviceError::PastEnd`] when any of it is past the end,
+    /// [`DeviceError::Read`] when the backup's bytes cannot be read.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
+}
+
+/// Why a [`Device`] read failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeviceError {
+    /// The read reaches past the partition's end: whoever asked (a filesystem's metadata, a
+    /// partition table that cut the filesystem short) is damaged.
+    #[error(transparent)]
+    PastEnd(#[from] PastEnd),
+    /// The backup's bytes could not be read (a damaged pack, a missing blob, an I/O error of
+    /// the repository's storage): the repository's error, unchanged, shared because several
+    /// readers waiting for one chunk get the same one.
+    #[error("cannot read the backup: {0}")]
+    Read(Arc<vmstash_repo::Error>),
+}
+
+impl DeviceError {
+    /// The device error an I/O error of a [`DeviceCursor`] carries (the filesystem crates see
+    /// only `std::io::Error`s); the I/O error itself when it carries none (a crate's own).
+    pub fn from_io(e: io::Error) -> Result<DeviceError, io::Error> {
+        e.downcast::<DeviceError>()
+    }
 }
 
 impl Device for Vec<u8> {
@@ -21,17 +45,14 @@ impl Device for Vec<u8> {
         u64::try_from(self.as_slice().len()).unwrap_or(u64::MAX)
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-        let start = usize::try_from(offset).map_err(|_| "offset out of range".to_owned())?;
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| self.get(start..end))
-            .ok_or_else(|| {
-                format!(
-                    "{} bytes at {offset} are past the end ({} bytes)",
-                    buf.len(),
-                    self.as_slice().len()
-                )
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(buf.len())?))
+            .ok_or(PastEnd {
+                offset,
+                len: buf.len(),
+                size: Device::len(self),
             })?;
         buf.copy_from_slice(src);
         Ok(())
@@ -40,7 +61,7 @@ impl Device for Vec<u8> {
 
 /// A filesystem asked for bytes past the end of its partition: its metadata is damaged (or
 /// the partition table cut it short), which is not the same as the bytes being unreadable.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{len} bytes at {offset} are past the end of the partition ({size} bytes)")]
 pub struct PastEnd {
     /// Where the read started.
@@ -65,7 +86,8 @@ pub fn check_range(dev: &dyn Device, offset: u64, len: usize) -> Result<(), Past
 }
 
 /// A [`Device`] as a `Read + Seek` stream, for the crates that want one. Writes fail: every
-/// adapter is read-only.
+/// adapter is read-only. A failed read is an `io::Error` carrying the [`DeviceError`], which
+/// [`DeviceError::from_io`] gets back out of whatever the crate returns.
 #[derive(Clone)]
 pub struct DeviceCursor {
     dev: Arc<dyn Device>,
@@ -123,6 +145,7 @@ impl Write for DeviceCursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guestfs::test_support::{is_pack_error, Unreadable};
 
     #[test]
     fn cursor_reads_seeks_and_stops_at_the_end() {
@@ -141,11 +164,50 @@ mod tests {
     }
 
     #[test]
-    fn reads_past_the_end_fail() {
+    fn reads_past_the_end_are_past_end_errors() {
         let dev = vec![1u8; 4];
         let mut buf = [0u8; 4];
-        assert!(dev.read_at(1, &mut buf).is_err());
-        assert!(dev.read_at(u64::MAX, &mut buf).is_err());
+        assert!(matches!(
+            dev.read_at(1, &mut buf),
+            Err(DeviceError::PastEnd(PastEnd {
+                offset: 1,
+                len: 4,
+                size: 4
+            }))
+        ));
+        assert!(matches!(
+            dev.read_at(u64::MAX, &mut buf),
+            Err(DeviceError::PastEnd(PastEnd {
+                offset: u64::MAX,
+                ..
+            }))
+        ));
         dev.read_at(0, &mut buf).expect("in range");
+        assert_eq!(check_range(&dev, 2, 2), Ok(()));
+        assert_eq!(
+            check_range(&dev, 3, 2),
+            Err(PastEnd {
+                offset: 3,
+                len: 2,
+                size: 4
+            })
+        );
+    }
+
+    #[test]
+    fn a_cursor_carries_the_device_error_through_io() {
+        let dev = Arc::new(Unreadable::new(vec![3u8; 100]));
+        let mut c = DeviceCursor::new(dev.clone());
+        let mut buf = [0u8; 40];
+        c.read_exact(&mut buf).expect("readable");
+        dev.fail();
+        let err = c.read_exact(&mut buf).expect_err("unreadable");
+        assert!(
+            matches!(DeviceError::from_io(err), Ok(DeviceError::Read(e)) if is_pack_error(&e)),
+            "the repository's error comes back out"
+        );
+        let plain = io::Error::new(io::ErrorKind::UnexpectedEof, "short");
+        let back = DeviceError::from_io(plain).expect_err("not a device error");
+        assert_eq!(back.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -17,11 +17,13 @@ use std::sync::Arc;
 use ext4_view::{Ext4, Ext4Error, Ext4Read, File, FileType, Metadata};
 use lru::LruCache;
 
-use super::device::{check_range, PastEnd};
+use super::device::DeviceError;
 use super::ext4_links::Links;
 use super::inodes::{join, PathInodes};
 use super::{time_from_unix, usable_name, Attr, Device, DirEntry, FsError, GuestFs, Kind};
 
+/// The filesystem's name in errors.
+const FS: &str = "ext4";
 /// The root directory's inode number on every ext2/3/4 filesystem.
 const ROOT_INO: u64 = 2;
 /// Numbers for names whose inode number is not known start here, above ext4's 32-bit ones.
@@ -63,7 +65,8 @@ thread_local! {
     ));
 }
 
-/// The partition as `ext4-view` reads it.
+/// The partition as `ext4-view` reads it. Its errors are [`DeviceError`]s, which `ext4-view`
+/// hands back untouched as [`Ext4Error::Io`].
 struct DeviceReader(Arc<dyn Device>);
 
 impl Ext4Read for DeviceReader {
@@ -72,7 +75,6 @@ impl Ext4Read for DeviceReader {
         start_byte: u64,
         dst: &mut [u8],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        check_range(self.0.as_ref(), start_byte, dst.len())?;
         self.0.read_at(start_byte, dst).map_err(Into::into)
     }
 }
@@ -119,7 +121,7 @@ impl Ext4Fs {
             }
             match loaded.get_mut(&self.instance) {
                 Some(l) => f(l),
-                None => Err(FsError::damaged("ext4", "filesystem not loaded")),
+                None => Err(FsError::corrupt(FS, "filesystem not loaded")),
             }
         })
     }
@@ -135,15 +137,27 @@ impl Ext4Fs {
     }
 }
 
+/// `ext4-view`'s error, by whose fault it is: its `Incompatible` (a feature it does not
+/// implement), `Encrypted` (no keys) and `PathTooLong` (directories nested deeper than it
+/// resolves: vmstash reads ext4 by path) are unsupported, an `Io` error is the device's
+/// ([`DeviceReader`]), and the rest is damage: the paths asked for are built from the
+/// filesystem's own listings, so a path `ext4-view` refuses (a name it finds malformed, a
+/// symlink loop) was made so by the metadata.
 fn from_ext4(e: Ext4Error) -> FsError {
     match e {
         Ext4Error::NotFound => FsError::NotFound,
         Ext4Error::NotADirectory => FsError::NotDir,
         Ext4Error::IsADirectory => FsError::IsDir,
         Ext4Error::NotASymlink => FsError::NotSymlink,
-        Ext4Error::Io(e) if e.is::<PastEnd>() => FsError::damaged("ext4", e),
-        Ext4Error::Io(e) => FsError::Read(e.to_string()),
-        other => FsError::damaged("ext4", other),
+        Ext4Error::Io(io) => match io.downcast::<DeviceError>() {
+            Ok(device) => FsError::device(FS, *device),
+            // Only `DeviceReader` reads, so this is not reached; damage is the safe answer.
+            Err(other) => FsError::corrupt(FS, other),
+        },
+        e @ (Ext4Error::Incompatible(_) | Ext4Error::Encrypted | Ext4Error::PathTooLong) => {
+            FsError::unsupported(FS, e)
+        }
+        other => FsError::corrupt(FS, other),
     }
 }
 
@@ -178,7 +192,7 @@ fn attr_of(m: &Metadata) -> Attr {
 
 impl GuestFs for Ext4Fs {
     fn type_name(&self) -> &'static str {
-        "ext4"
+        FS
     }
 
     fn root(&self) -> u64 {
@@ -221,8 +235,9 @@ impl GuestFs for Ext4Fs {
                 }
                 listed.insert(name.clone(), out.len());
                 if out.len() >= MAX_DIR_ENTRIES {
-                    return Err(FsError::damaged(
-                        "ext4",
+                    // Valid ext4 (with `large_dir`), but more than the mount lists.
+                    return Err(FsError::unsupported(
+                        FS,
                         format!("more than {MAX_DIR_ENTRIES} entries in one directory"),
                     ));
                 }
@@ -253,7 +268,12 @@ impl GuestFs for Ext4Fs {
                         return Err(FsError::IsDir);
                     }
                     if !kind.is_regular_file() {
-                        return Err(FsError::damaged("ext4", "not a regular file"));
+                        // A symlink or a device node: the kernel never reads one through
+                        // the mount; other callers get no contents.
+                        return Err(FsError::unsupported(
+                            FS,
+                            "reading a file that is not a regular file",
+                        ));
                     }
                     l.fs.open(path.as_slice()).map_err(from_ext4)?
                 }
@@ -288,8 +308,8 @@ impl GuestFs for Ext4Fs {
                 return Err(FsError::NotSymlink);
             }
             if meta.len() > MAX_SYMLINK_LEN {
-                return Err(FsError::damaged(
-                    "ext4",
+                return Err(FsError::corrupt(
+                    FS,
                     format!("a symlink target of {} bytes", meta.len()),
                 ));
             }
@@ -303,7 +323,9 @@ impl GuestFs for Ext4Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guestfs::test_support::{assert_reads_match, entry, pattern};
+    use crate::guestfs::test_support::{
+        assert_reads_match, entry, is_pack_error, pattern, Unreadable,
+    };
     use std::time::{Duration, UNIX_EPOCH};
 
     /// The image `testdata/make-ext4-fat.sh` made.
@@ -356,11 +378,12 @@ mod tests {
         assert_eq!(fs.attr(link.ino).expect("attr").size, 1 << 40);
         assert!(matches!(
             fs.read_link(link.ino),
-            Err(FsError::Damaged { .. })
+            Err(FsError::Corrupt { fs: "ext4", .. })
         ));
+        // Not followed: a symlink's contents are not read as a file's.
         assert!(matches!(
             fs.read(link.ino, 0, 10),
-            Err(FsError::Damaged { .. })
+            Err(FsError::Unsupported { fs: "ext4", .. })
         ));
         assert!(matches!(fs.read_dir(link.ino), Err(FsError::NotDir)));
     }
@@ -405,10 +428,7 @@ mod tests {
         let want = pattern(40960);
         assert_eq!(big.attr.expect("attr").size, 40960);
         assert_reads_match(&fs, big.ino, &want);
-        assert!(matches!(
-            fs.read(dir.ino, 0, 10),
-            Err(FsError::Damaged { .. } | FsError::IsDir)
-        ));
+        assert!(matches!(fs.read(dir.ino, 0, 10), Err(FsError::IsDir)));
         assert!(matches!(fs.attr(999_999), Err(FsError::NotFound)));
     }
 
@@ -416,27 +436,72 @@ mod tests {
     fn damage_is_an_error_not_a_panic() {
         let mut truncated = image();
         truncated.truncate(1500);
-        assert!(matches!(
-            Ext4Fs::open(Arc::new(truncated)),
-            Err(FsError::Damaged { .. })
-        ));
+        let err = Ext4Fs::open(Arc::new(truncated)).err();
+        assert!(
+            matches!(&err, Some(FsError::Corrupt { fs: "ext4", detail }) if detail.contains("past the end")),
+            "a superblock cut short by the partition's end is damage: {err:?}"
+        );
         let mut bad_block_size = image();
         bad_block_size[1024 + 24] = 30;
-        assert!(Ext4Fs::open(Arc::new(bad_block_size)).is_err());
-        // Every 1 KiB block zeroed in turn: opening and walking never panics.
+        assert!(matches!(
+            Ext4Fs::open(Arc::new(bad_block_size)),
+            Err(FsError::Corrupt { fs: "ext4", .. })
+        ));
+        // Every 1 KiB block zeroed in turn: opening and walking never panics, and never
+        // reports damage in memory as an unreadable backup.
+        let no_read_error = |r: Result<(), FsError>| {
+            assert!(!matches!(r, Err(FsError::Read(_))), "{r:?}");
+        };
         let clean = image();
         for block in 0..clean.len() / 1024 {
             let mut img = clean.clone();
             img[block * 1024..(block + 1) * 1024].fill(0xa5);
-            if let Ok(fs) = Ext4Fs::open(Arc::new(img)) {
+            let opened = Ext4Fs::open(Arc::new(img));
+            if let Err(e) = &opened {
+                assert!(matches!(e, FsError::Corrupt { .. }), "block {block}: {e:?}");
+            }
+            if let Ok(fs) = opened {
                 if let Ok(entries) = fs.read_dir(2) {
                     for e in entries {
-                        let _ = fs.attr(e.ino);
-                        let _ = fs.read(e.ino, 0, 4096);
-                        let _ = fs.read_dir(e.ino);
+                        no_read_error(fs.attr(e.ino).map(drop));
+                        no_read_error(fs.read(e.ino, 0, 4096).map(drop));
+                        no_read_error(fs.read_dir(e.ino).map(drop));
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_incompatible_feature_is_unsupported_not_damage() {
+        // The checksum-free copy (a changed superblock still passes), with an incompatible
+        // feature bit `ext4-view` does not know.
+        let mut img = zstd::decode_all(&include_bytes!("../../testdata/ext4-twin.img.zst")[..])
+            .expect("zstd");
+        img[1024 + 0x62] |= 0x02;
+        let err = Ext4Fs::open(Arc::new(img)).err();
+        assert!(
+            matches!(&err, Some(FsError::Unsupported { fs: "ext4", .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_backup_bytes_are_read_errors_not_damage() {
+        let dev = Arc::new(Unreadable::new(image()));
+        let fs = Ext4Fs::open(dev.clone()).expect("open");
+        dev.fail();
+        let err = fs
+            .read_dir(ROOT_INO)
+            .expect_err("the root's blocks are unreadable");
+        assert!(
+            matches!(&err, FsError::Read(e) if is_pack_error(e)),
+            "the repository's error, not damage: {err:?}"
+        );
+        let err = Ext4Fs::open(dev).err();
+        assert!(
+            matches!(&err, Some(FsError::Read(e)) if is_pack_error(e)),
+            "{err:?}"
+        );
     }
 }

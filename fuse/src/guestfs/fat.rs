@@ -25,6 +25,8 @@ use lru::LruCache;
 use super::inodes::{join, PathInodes};
 use super::{usable_name, Attr, Device, DeviceCursor, DirEntry, FsError, GuestFs, Kind, Owner};
 
+/// The filesystem's name in errors.
+const FS: &str = "vfat";
 /// The root directory's inode number.
 const ROOT_INO: u64 = 1;
 /// Bytes of the partition one request may read beyond what it returns: twice the partition
@@ -115,20 +117,63 @@ pub struct FatFs {
     attrs: Mutex<LruCache<u64, Attr>>,
 }
 
-fn damaged(e: impl ToString) -> FsError {
-    FsError::damaged("vfat", e)
+/// Damage; also what a panic in `fatfs` is called (it panics only on bytes it did not expect,
+/// but cannot say which).
+fn corrupt(e: impl ToString) -> FsError {
+    FsError::corrupt(FS, e)
 }
 
-fn from_io(e: &io::Error) -> FsError {
+/// `fatfs`'s error: the device's when it carries one, not found, or else damage. `fatfs`
+/// reports everything else as a message (`ErrorKind::Other`) that does not tell damage from
+/// something it does not support; the one unsupported thing it refuses, a FAT32 version
+/// other than 0.0, is caught before it is opened ([`fat32_version`]).
+fn from_io(e: io::Error) -> FsError {
     match e.kind() {
         io::ErrorKind::NotFound => FsError::NotFound,
-        _ => damaged(e),
+        _ => FsError::from_io(FS, e),
+    }
+}
+
+/// Offset of the BPB's sectors per FAT (16-bit field; 0 on FAT32).
+const SECTORS_PER_FAT_16_AT: usize = 22;
+/// Offset of FAT32's version field (a u16: minor in the low byte, major in the high one).
+const FAT32_VERSION_AT: usize = 42;
+
+/// The FAT32 version in boot sector `boot` (`None` for FAT12/16). Only 0.0 exists; `fatfs`
+/// refuses any other, and so does Linux.
+fn fat32_version(boot: &[u8]) -> Option<[u8; 2]> {
+    let fat16_size = boot.get(SECTORS_PER_FAT_16_AT..SECTORS_PER_FAT_16_AT + 2)?;
+    if fat16_size != [0, 0] {
+        return None;
+    }
+    boot.get(FAT32_VERSION_AT..FAT32_VERSION_AT + 2)?
+        .try_into()
+        .ok()
+}
+
+/// Refuses a FAT32 volume of a version `fatfs` does not read, as unsupported rather than
+/// damaged.
+fn check_version(dev: &dyn Device) -> Result<(), FsError> {
+    if dev.len() < 512 {
+        // Too short for a boot sector: `fatfs` says so.
+        return Ok(());
+    }
+    let mut boot = [0u8; 512];
+    dev.read_at(0, &mut boot)
+        .map_err(|e| FsError::device(FS, e))?;
+    match fat32_version(&boot) {
+        Some([minor, major]) if [minor, major] != [0, 0] => Err(FsError::unsupported(
+            FS,
+            format!("FAT32 version {major}.{minor}"),
+        )),
+        _ => Ok(()),
     }
 }
 
 impl FatFs {
     /// Opens the filesystem in `dev` (its boot sector must be valid); files belong to `owner`.
     pub fn open(dev: Arc<dyn Device>, owner: Owner) -> Result<FatFs, FsError> {
+        check_version(dev.as_ref())?;
         let read = Arc::new(AtomicU64::new(0));
         let budget_base = read_budget(dev.len());
         let budget = Arc::new(AtomicU64::new(budget_base));
@@ -142,10 +187,14 @@ impl FatFs {
         std::thread::Builder::new()
             .name("vmstash-vfat".to_owned())
             .spawn(move || serve(disk, &queue, &opened))
-            .map_err(|e| damaged(format!("cannot start its reader thread: {e}")))?;
+            // The host's fault, not the backup's: of the three kinds, "vmstash cannot read
+            // this" is the one that says so.
+            .map_err(|e| {
+                FsError::unsupported(FS, format!("cannot start its reader thread: {e}"))
+            })?;
         open_result
             .recv()
-            .unwrap_or_else(|_| Err(damaged("its reader stopped while opening it")))?;
+            .unwrap_or_else(|_| Err(corrupt("its reader stopped while opening it")))?;
         Ok(FatFs {
             jobs: Mutex::new(jobs),
             inodes: Arc::new(PathInodes::new(ROOT_INO, ROOT_INO + 1)),
@@ -168,7 +217,7 @@ impl FatFs {
         let (reply, answer) = mpsc::channel();
         let job: Job = Box::new(move |w| {
             let result = catch_unwind(AssertUnwindSafe(|| f(w)))
-                .unwrap_or_else(|_| Err(damaged("the FAT reader failed on this request")));
+                .unwrap_or_else(|_| Err(corrupt("the FAT reader failed on this request")));
             let _ = reply.send(result);
         });
         {
@@ -177,10 +226,10 @@ impl FatFs {
             self.budget
                 .store(self.budget_base.saturating_add(extra), Ordering::Relaxed);
             jobs.send(job)
-                .map_err(|_| damaged("its reader thread has stopped"))?;
+                .map_err(|_| corrupt("its reader thread has stopped"))?;
             answer
                 .recv()
-                .unwrap_or_else(|_| Err(damaged("its reader thread has stopped")))
+                .unwrap_or_else(|_| Err(corrupt("its reader thread has stopped")))
         }
     }
 }
@@ -233,11 +282,11 @@ fn serve(disk: FatDisk, queue: &mpsc::Receiver<Job>, opened: &mpsc::Sender<Resul
     let fs = match catch_unwind(AssertUnwindSafe(|| FileSystem::new(disk, FsOptions::new()))) {
         Ok(Ok(fs)) => fs,
         Ok(Err(e)) => {
-            let _ = opened.send(Err(damaged(e)));
+            let _ = opened.send(Err(FsError::from_io(FS, e)));
             return;
         }
         Err(_) => {
-            let _ = opened.send(Err(damaged("the boot sector could not be read")));
+            let _ = opened.send(Err(corrupt("the boot sector could not be read")));
             return;
         }
     };
@@ -269,7 +318,7 @@ fn find_entry<'a>(fs: &'a Fs, path: &str) -> Result<fatfs::DirEntry<'a, FatDisk>
     while let Some(name) = components.next() {
         let mut found = None;
         for entry in dir.iter() {
-            let entry = entry.map_err(|e| from_io(&e))?;
+            let entry = entry.map_err(from_io)?;
             if entry.file_name() == name {
                 found = Some(entry);
                 break;
@@ -383,7 +432,7 @@ impl GuestFs for FatFs {
     fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let path = self.inodes.path(ino)?;
         if path.iter().filter(|&&b| b == b'/').count() > MAX_DEPTH {
-            return Err(damaged(format!(
+            return Err(corrupt(format!(
                 "directories nested deeper than {MAX_DEPTH} levels (a directory inside itself?)"
             )));
         }
@@ -395,7 +444,7 @@ impl GuestFs for FatFs {
             let mut out = Vec::new();
             let mut names = HashSet::new();
             for entry in dir.iter() {
-                let entry = entry.map_err(|e| from_io(&e))?;
+                let entry = entry.map_err(from_io)?;
                 let name = entry.file_name().into_bytes();
                 // A second entry of a name already listed (a damaged directory) could not be
                 // told apart from the first by path: only the first is shown.
@@ -403,7 +452,7 @@ impl GuestFs for FatFs {
                     continue;
                 }
                 if out.len() >= MAX_DIR_ENTRIES {
-                    return Err(damaged(format!(
+                    return Err(corrupt(format!(
                         "more than {MAX_DIR_ENTRIES} entries in one directory"
                     )));
                 }
@@ -435,14 +484,13 @@ impl GuestFs for FatFs {
                 Some((last, file)) if last == ino => file,
                 _ => open_file(w.fs, &rel)?,
             };
-            file.seek(SeekFrom::Start(offset))
-                .map_err(|e| from_io(&e))?;
+            file.seek(SeekFrom::Start(offset)).map_err(from_io)?;
             let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
             let mut got = 0;
             while got < buf.len() {
                 let n = file
                     .read(buf.get_mut(got..).unwrap_or_default())
-                    .map_err(|e| from_io(&e))?;
+                    .map_err(from_io)?;
                 if n == 0 {
                     break;
                 }
@@ -462,7 +510,9 @@ impl GuestFs for FatFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guestfs::test_support::{assert_reads_match, entry, pattern};
+    use crate::guestfs::test_support::{
+        assert_reads_match, entry, is_pack_error, pattern, Unreadable,
+    };
     use std::time::Duration;
 
     const OWNER: Owner = Owner { uid: 7, gid: 8 };
@@ -506,20 +556,72 @@ mod tests {
 
     #[test]
     fn damage_is_an_error_not_a_panic() {
-        assert!(FatFs::open(Arc::new(vec![0u8; 4096]), OWNER).is_err());
+        assert!(matches!(
+            FatFs::open(Arc::new(vec![0u8; 4096]), OWNER),
+            Err(FsError::Corrupt { fs: "vfat", .. })
+        ));
+        // Damage in memory is never reported as an unreadable backup.
+        let no_read_error = |r: Result<(), FsError>| {
+            assert!(!matches!(r, Err(FsError::Read(_))), "{r:?}");
+        };
         let clean = image();
         for sector in (0..clean.len() / 512).step_by(7) {
             let mut img = clean.clone();
             img[sector * 512..(sector + 1) * 512].fill(0xff);
-            if let Ok(fs) = FatFs::open(Arc::new(img), OWNER) {
-                if let Ok(entries) = fs.read_dir(ROOT_INO) {
-                    for e in entries {
-                        let _ = fs.read(e.ino, 0, 65536);
-                        let _ = fs.read_dir(e.ino);
+            match FatFs::open(Arc::new(img), OWNER) {
+                Ok(fs) => {
+                    if let Ok(entries) = fs.read_dir(ROOT_INO) {
+                        for e in entries {
+                            no_read_error(fs.read(e.ino, 0, 65536).map(drop));
+                            no_read_error(fs.read_dir(e.ino).map(drop));
+                        }
                     }
                 }
+                Err(e) => assert!(matches!(e, FsError::Corrupt { .. }), "{e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_fat32_version_other_than_0_0_is_unsupported_not_damage() {
+        assert_eq!(fat32_version(&image()[..512]), None, "FAT16");
+        // The boot sector as a FAT32 one's of version 1.0 (FAT32 keeps its FAT size
+        // elsewhere, the 16-bit field is 0).
+        let mut img = image();
+        img[SECTORS_PER_FAT_16_AT..SECTORS_PER_FAT_16_AT + 2].fill(0);
+        img[FAT32_VERSION_AT..FAT32_VERSION_AT + 2].copy_from_slice(&[0, 1]);
+        assert_eq!(fat32_version(&img[..512]), Some([0, 1]));
+        let err = FatFs::open(Arc::new(img.clone()), OWNER).err();
+        assert!(
+            matches!(&err, Some(FsError::Unsupported { fs: "vfat", detail }) if detail == "FAT32 version 1.0"),
+            "{err:?}"
+        );
+        // Version 0.0 is left to `fatfs`, which finds this no valid FAT32.
+        img[FAT32_VERSION_AT..FAT32_VERSION_AT + 2].fill(0);
+        assert!(matches!(
+            FatFs::open(Arc::new(img), OWNER),
+            Err(FsError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn unreadable_backup_bytes_are_read_errors_not_damage() {
+        let dev = Arc::new(Unreadable::new(image()));
+        let fs = FatFs::open(dev.clone(), OWNER).expect("open");
+        let readme = entry(&fs, ROOT_INO, "README.TXT");
+        dev.fail();
+        let err = fs
+            .read(readme.ino, 0, 100)
+            .expect_err("its cluster is unreadable");
+        assert!(
+            matches!(&err, FsError::Read(e) if is_pack_error(e)),
+            "the repository's error, not damage: {err:?}"
+        );
+        let err = FatFs::open(dev, OWNER).err();
+        assert!(
+            matches!(&err, Some(FsError::Read(e)) if is_pack_error(e)),
+            "{err:?}"
+        );
     }
 
     /// The image with the short name of `ro.txt` (no long name) overwritten by `short`

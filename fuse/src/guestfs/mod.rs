@@ -5,11 +5,14 @@
 //! [`MAX_LOCAL_INO`]) that the FUSE layer maps into the mount's inode space. A partition whose
 //! filesystem is not recognised, or whose superblock cannot be read, has no `p<N>/` directory;
 //! damaged metadata found later gives an error on the paths that need it (EIO in the mount).
+//! Every failure says whose fault it is ([`FsError`]): damaged metadata, a feature vmstash
+//! does not support, or the backup's bytes unreadable.
 //!
 //! Every adapter reads the partition through a [`Device`], so unit tests and the fuzz targets
 //! feed them bytes in memory.
 
 pub mod device;
+mod error;
 pub mod ext4;
 pub mod ext4_links;
 pub mod fat;
@@ -19,7 +22,8 @@ pub mod ntfs;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use device::{Device, DeviceCursor};
+pub use device::{Device, DeviceCursor, DeviceError};
+pub use error::FsError;
 
 /// The largest inode number an adapter may hand out (the mount keeps the bits above for the
 /// filesystem's slot).
@@ -81,49 +85,6 @@ pub struct DirEntry {
     pub attr: Option<Attr>,
 }
 
-/// Why a filesystem request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FsError {
-    /// No such file.
-    #[error("no such file or directory")]
-    NotFound,
-    /// A directory operation on something else.
-    #[error("not a directory")]
-    NotDir,
-    /// A file operation on a directory.
-    #[error("is a directory")]
-    IsDir,
-    /// `readlink` on something that is not a symbolic link.
-    #[error("not a symbolic link")]
-    NotSymlink,
-    /// The filesystem's metadata is damaged, or uses something the reader does not support.
-    #[error("damaged or unsupported {fs} metadata: {detail}")]
-    Damaged {
-        /// Which filesystem type.
-        fs: &'static str,
-        /// What was found.
-        detail: String,
-    },
-    /// The partition's bytes could not be read (a damaged pack, for one).
-    #[error("cannot read the partition: {0}")]
-    Read(String),
-}
-
-impl FsError {
-    /// A damaged-metadata error of filesystem `fs`.
-    pub fn damaged(fs: &'static str, detail: impl ToString) -> FsError {
-        FsError::Damaged {
-            fs,
-            detail: detail.to_string(),
-        }
-    }
-
-    /// Whether this is a failure to be logged (as opposed to an answer such as "not found").
-    pub fn is_failure(&self) -> bool {
-        matches!(self, FsError::Damaged { .. } | FsError::Read(_))
-    }
-}
-
 /// A read-only filesystem inside a partition.
 pub trait GuestFs: Send + Sync {
     /// The filesystem type, for messages ("ext4", "vfat", "ntfs").
@@ -155,7 +116,8 @@ pub fn open(dev: Arc<dyn Device>, owner: Owner) -> Result<Option<Box<dyn GuestFs
     let mut head = vec![0u8; 2048];
     let got = dev.len().min(2048);
     head.truncate(usize::try_from(got).unwrap_or(0));
-    dev.read_at(0, &mut head).map_err(FsError::Read)?;
+    dev.read_at(0, &mut head)
+        .map_err(|e| FsError::device("guest", e))?;
     if ext4::recognises(&head) {
         return Ok(Some(Box::new(ext4::Ext4Fs::open(dev)?)));
     }
@@ -191,7 +153,56 @@ pub fn time_from_unix(seconds: i64, nanos: u32) -> SystemTime {
 pub(crate) mod test_support {
     //! What the adapters' tests share.
 
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::device::{Device, DeviceError};
     use super::{DirEntry, GuestFs};
+
+    /// What a damaged pack under a partition's bytes gives.
+    fn pack_error() -> vmstash_repo::Error {
+        vmstash_repo::Error::corrupt("data/5e/5eed", "a blob fails its MAC")
+    }
+
+    /// Whether `e` is [`pack_error`]'s error, passed up unchanged.
+    pub(crate) fn is_pack_error(e: &vmstash_repo::Error) -> bool {
+        matches!(e, vmstash_repo::Error::Corrupt { file, .. } if file == "data/5e/5eed")
+    }
+
+    /// A partition in memory whose reads start failing, as a damaged pack's would, once
+    /// [`Unreadable::fail`] is called: so a filesystem opens, then meets the damage.
+    pub(crate) struct Unreadable {
+        bytes: Vec<u8>,
+        failing: AtomicBool,
+    }
+
+    impl Unreadable {
+        /// `bytes`, readable for now.
+        pub(crate) fn new(bytes: Vec<u8>) -> Self {
+            Unreadable {
+                bytes,
+                failing: AtomicBool::new(false),
+            }
+        }
+
+        /// Makes every read from now on fail with [`pack_error`].
+        pub(crate) fn fail(&self) {
+            self.failing.store(true, Ordering::Relaxed);
+        }
+    }
+
+    impl Device for Unreadable {
+        fn len(&self) -> u64 {
+            Device::len(&self.bytes)
+        }
+
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(DeviceError::Read(Arc::new(pack_error())));
+            }
+            self.bytes.read_at(offset, buf)
+        }
+    }
 
     /// The entry `name` of directory `dir`.
     pub(crate) fn entry(fs: &dyn GuestFs, dir: u64, name: &str) -> DirEntry {

@@ -14,6 +14,9 @@ use crate::le;
 /// every 512 bytes of a record hold a check value, their real contents are in an array in the
 /// header. Always 512, whatever the sector size.
 const FIXUP_STRIDE: usize = 512;
+
+/// The attribute type code of `$DATA`, read from raw records.
+pub(super) const TYPE_DATA: u32 = 0x80;
 /// Attribute type code that ends a file record's attribute list.
 const END_OF_ATTRIBUTES: u32 = 0xFFFF_FFFF;
 /// Generic attribute header: type, length, non-resident flag, name length and offset, flags,

@@ -266,3 +266,63 @@ pub(super) fn relative_to(depth: usize, path: &[u8]) -> Vec<u8> {
     }
     parts.join(b"/".as_slice())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reparse_data_is_checked() {
+        let symlink = |tag: u32, len: u16, body: &[u8]| {
+            let mut d = tag.to_le_bytes().to_vec();
+            d.extend(len.to_le_bytes());
+            d.extend([0, 0]);
+            d.extend(body);
+            d
+        };
+        let name: Vec<u8> = "a\\b".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let mut body = vec![0, 0, 6, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        body.extend(&name);
+        let len = u16::try_from(body.len()).expect("len");
+        let good = symlink(0xA000_000C, len, &body);
+        assert_eq!(reparse(&good, false, false), Special::Link(b"a/b".to_vec()));
+        // A length that does not match, a name past the buffer, a junction on a file.
+        let long = symlink(0xA000_000C, len + 1, &body);
+        assert_eq!(
+            reparse(&long, false, false),
+            Special::Unsupported(0xA000_000C)
+        );
+        let mut past = body.clone();
+        past[2] = 60;
+        let past = symlink(0xA000_000C, len, &past);
+        assert_eq!(
+            reparse(&past, false, false),
+            Special::Unsupported(0xA000_000C)
+        );
+        let junction = symlink(0xA000_0003, 8, &[0; 8]);
+        assert_eq!(
+            reparse(&junction, false, false),
+            Special::Unsupported(0xA000_0003)
+        );
+        assert_eq!(reparse(&[1, 2], true, false), Special::Unsupported(0));
+        // WSL FIFOs need RECALL_ON_OPEN.
+        let fifo = symlink(0x8000_0024, 0, &[]);
+        assert_eq!(reparse(&fifo, false, true), Special::Node(Kind::Fifo));
+        assert_eq!(
+            reparse(&fifo, false, false),
+            Special::Unsupported(0x8000_0024)
+        );
+        assert_eq!(relative_to(2, b"x/y"), b"../../x/y");
+        assert_eq!(relative_to(0, b""), b".");
+    }
+
+    #[test]
+    fn interix_links_with_a_lone_surrogate_are_lossy() {
+        let mut data = b"IntxLNK\x01".to_vec();
+        data.extend([0x61, 0, 0x00, 0xD8, 0x62, 0]);
+        let got = interix(14, false, &data);
+        assert_eq!(got, Some(Special::Link("a\u{FFFD}b".as_bytes().to_vec())));
+        assert_eq!(interix(0, true, &[]), None);
+        assert_eq!(interix(1, false, &[0]), Some(Special::Node(Kind::Socket)));
+    }
+}
