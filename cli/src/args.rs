@@ -19,7 +19,7 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Repository location (a directory).
+    /// Repository location: a directory, sftp://[user@]host[:port]/path or sftp:[user@]host:/path.
     #[arg(short = 'r', long = "repo", env = "VMSTASH_REPOSITORY", global = true)]
     pub repo: Option<String>,
     /// Read the password from this file (first line).
@@ -47,6 +47,18 @@ pub struct Global {
     /// (a changed key is always refused).
     #[arg(long, global = true)]
     pub accept_new_host_key: bool,
+}
+
+impl Global {
+    /// The SSH options the command line gives, for hypervisors and SFTP repositories.
+    pub fn ssh_options(&self) -> vmstash_ssh::SshOptions {
+        vmstash_ssh::SshOptions {
+            identity: self.identity.clone(),
+            known_hosts: self.known_hosts.clone(),
+            accept_new_host_key: self.accept_new_host_key,
+            ssh_config: None,
+        }
+    }
 }
 
 /// The commands.
@@ -115,7 +127,7 @@ pub struct InitArgs {
     /// Chunk size: a power of two from 64KiB to 8MiB (fixed for the repository's life).
     #[arg(long, default_value = "512KiB", value_parser = parse_size)]
     pub chunk_size: u64,
-    /// zstd compression level for new data (1 fastest … 19 smallest).
+    /// zstd compression level for new data: -7 (fastest) … 22 (smallest); 1 to 19 are the usual range.
     #[arg(long, default_value_t = vmstash_repo::config::DEFAULT_COMPRESSION_LEVEL,
           value_parser = clap::value_parser!(i32).range(-7..=22))]
     pub compression_level: i32,
@@ -205,6 +217,11 @@ pub struct RestoreArgs {
     /// With --define: the hypervisor to define the VM on [default: qemu:///system].
     #[arg(long, value_name = "URI", requires = "define")]
     pub connect: Option<String>,
+    /// With --define: keep the backed-up domain's QEMU pass-through (<qemu:commandline>,
+    /// <qemu:capabilities>, …), which is left out by default because it can name files, devices
+    /// and sockets of the host the VM was backed up from.
+    #[arg(long, requires = "define")]
+    pub keep_qemu_passthrough: bool,
 }
 
 /// `vmstash check`

@@ -1,4 +1,4 @@
-//! Exit codes, as documented in README.md.
+//! Exit codes, as documented in README.md, and the error that says "bad command line".
 
 use std::process::ExitCode;
 
@@ -8,6 +8,8 @@ use vmstash_repo::Error as RepoError;
 pub const OK: u8 = 0;
 /// Any failure not listed below; also `check` finding damage.
 pub const FAILURE: u8 = 1;
+/// A bad command line: an unknown option, or a value of the wrong form (clap's errors too).
+pub const USAGE: u8 = 2;
 /// The location holds no repository.
 pub const NO_REPOSITORY: u8 = 10;
 /// The repository is locked by another process.
@@ -16,15 +18,33 @@ pub const LOCKED: u8 = 11;
 pub const WRONG_PASSWORD: u8 = 12;
 /// The repository uses a format version this build does not support.
 pub const INCOMPATIBLE: u8 = 13;
+/// Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it).
+pub const INTERRUPTED: u8 = 130;
 
-/// The exit code for an error: the first repository error in its chain decides.
+/// A value on the command line that clap accepted but that is of the wrong form (a chunk size
+/// that is not a power of two, a snapshot name with a `/`, a mount point that is a file):
+/// exit [`USAGE`], like clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A [`UsageError`] as an `anyhow` error.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+/// The exit code for an error: a usage error, or the first repository error in its chain.
 pub fn code_for(err: &anyhow::Error) -> ExitCode {
+    if err.chain().any(|e| e.is::<UsageError>()) {
+        return ExitCode::from(USAGE);
+    }
     let repo_err = err.chain().find_map(|e| e.downcast_ref::<RepoError>());
     ExitCode::from(match repo_err {
         Some(RepoError::NotARepository(_)) => NO_REPOSITORY,
         Some(RepoError::Locked { .. }) => LOCKED,
         Some(RepoError::WrongPassword) => WRONG_PASSWORD,
         Some(RepoError::Incompatible { .. }) => INCOMPATIBLE,
+        Some(RepoError::Cancelled) => INTERRUPTED,
         _ => FAILURE,
     })
 }
@@ -42,4 +62,19 @@ pub fn is_disk_full(err: &anyhow::Error) -> bool {
 /// Shorthand for a success code.
 pub fn ok() -> ExitCode {
     ExitCode::from(OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_exit_2_wherever_they_are_in_the_chain() {
+        assert_eq!(code_for(&usage("bad")), ExitCode::from(USAGE));
+        let wrapped = usage("bad").context("running init");
+        assert_eq!(code_for(&wrapped), ExitCode::from(USAGE));
+        let repo = anyhow::Error::new(RepoError::NotARepository("/x".into())).context("opening");
+        assert_eq!(code_for(&repo), ExitCode::from(NO_REPOSITORY));
+        assert_eq!(code_for(&anyhow::anyhow!("other")), ExitCode::from(FAILURE));
+    }
 }

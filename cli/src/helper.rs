@@ -18,8 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 use vmstash_hashblocks::protocol::{self, read_frame, Frame, ImageFormat, ProtocolError};
 use vmstash_repo::Id;
-
-use crate::ssh::{RemoteProcess, Sftp, SftpFailure, SshError, SshSession};
+use vmstash_ssh::{RemoteProcess, Sftp, SftpFailure, SshError, SshSession};
 
 /// Environment variable naming the helper binary to ship.
 pub const HELPER_ENV: &str = "VMSTASH_HASHBLOCKS";

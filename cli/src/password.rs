@@ -44,7 +44,10 @@ pub fn new(g: Option<&Global>, args: Option<&NewPassword>) -> Result<String> {
         }
     }
     if !std::io::stdin().is_terminal() {
-        bail!("no new password given: set VMSTASH_NEW_PASSWORD or use --new-password-file");
+        if args.is_some() {
+            bail!("no new password given: use --new-password-file or set VMSTASH_NEW_PASSWORD");
+        }
+        bail!("no password given for the new repository: use --password-file or --password-command, or set VMSTASH_PASSWORD");
     }
     let first = rpassword::prompt_password("enter new password: ")?;
     let again = rpassword::prompt_password("enter the new password again: ")?;

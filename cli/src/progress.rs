@@ -26,8 +26,3 @@ fn target(g: &Global) -> ProgressDrawTarget {
         ProgressDrawTarget::stderr()
     }
 }
-
-/// Human-readable bytes (binary units).
-pub fn human(bytes: u64) -> String {
-    indicatif::BinaryBytes(bytes).to_string()
-}

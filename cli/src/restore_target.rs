@@ -9,30 +9,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use vmstash_repo::restore::ImageSink;
+use vmstash_ssh::{Sftp, SftpWriter, SshSession};
 
 use crate::args::Global;
-use crate::sftp_repo::SftpUrl;
-use crate::ssh::{Sftp, SftpWriter, SshSession};
-use crate::vmbackup::ssh_options;
-
-/// Positional writes into an image being restored; callable from several
-/// threads.
-pub trait Sink: Sync {
-    /// Writes `data` at `offset`.
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<()>;
-}
-
-impl Sink for File {
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        Ok(FileExt::write_all_at(self, data, offset)?)
-    }
-}
-
-impl Sink for SftpWriter {
-    fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        Ok(SftpWriter::write_at(self, data, offset)?)
-    }
-}
+use crate::exit::usage;
+use crate::location::{Location, SftpUrl};
 
 /// An image file being written.
 pub enum Partial {
@@ -42,12 +24,12 @@ pub enum Partial {
     Remote(SftpWriter),
 }
 
-impl Partial {
-    /// The sink to write into.
-    pub fn sink(&self) -> &dyn Sink {
+/// Restored bytes go straight into the file, local or remote.
+impl ImageSink for Partial {
+    fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
         match self {
-            Partial::Local(f) => f,
-            Partial::Remote(w) => w,
+            Partial::Local(f) => FileExt::write_all_at(f, data, offset),
+            Partial::Remote(w) => w.write_at(data, offset).map_err(std::io::Error::other),
         }
     }
 }
@@ -68,17 +50,20 @@ pub enum Dest {
 }
 
 impl Dest {
-    /// Parses `--target`: a directory or an sftp:// URL; creates the directory.
+    /// Parses `--target` (a directory, `sftp://user@host[:port]/path` or `sftp:user@host:/path`)
+    /// and creates the directory.
     pub fn open(g: &Global, target: &str) -> Result<Dest> {
-        if target.starts_with("sftp://") {
-            let url = SftpUrl::parse(target)?;
-            let session = SshSession::connect(&url.target, &ssh_options(g))?;
-            let sftp = session.sftp()?;
-            sftp.mkdir_all(&url.path)?;
-            return Ok(Dest::Remote { session, sftp, url });
-        }
-        fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
-        let dir = fs::canonicalize(target).with_context(|| format!("resolving {target}"))?;
+        let target = match Location::parse(target).map_err(|e| usage(format!("--target: {e}")))? {
+            Location::Sftp(url) => {
+                let session = SshSession::connect(&url.target, &g.ssh_options())?;
+                let sftp = session.sftp()?;
+                sftp.mkdir_all(&url.path)?;
+                return Ok(Dest::Remote { session, sftp, url });
+            }
+            Location::Local(dir) => dir,
+        };
+        fs::create_dir_all(&target).with_context(|| format!("creating {target}"))?;
+        let dir = fs::canonicalize(&target).with_context(|| format!("resolving {target}"))?;
         Ok(Dest::Local(dir))
     }
 

@@ -1,4 +1,5 @@
-//! Repositories on an SFTP server: `-r sftp://user@host[:port]/path`.
+//! Repositories on an SFTP server: `-r sftp://user@host[:port]/path` or `-r sftp:user@host:/path`
+//! (parsed by [`crate::location`]).
 //!
 //! The same layout and format as a local repository (spec/FORMAT.md §1).
 //! Writes go to a temporary name, are fsynced (`fsync@openssh.com`, when
@@ -9,53 +10,10 @@
 
 use std::io;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use vmstash_repo::backend::{relative_path, Backend, FileKind};
 use vmstash_repo::{Error as RepoError, Id, Result as RepoResult};
-
-use crate::ssh::{Sftp, SshError, SshSession, SshTarget};
-
-/// A parsed `sftp://` repository URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SftpUrl {
-    /// Where to connect.
-    pub target: SshTarget,
-    /// The repository directory on the server (absolute).
-    pub path: String,
-}
-
-impl SftpUrl {
-    /// Parses `sftp://[user@]host[:port]/path`.
-    pub fn parse(url: &str) -> Result<SftpUrl> {
-        let rest = url
-            .strip_prefix("sftp://")
-            .with_context(|| format!("{url:?} is not an sftp:// URL"))?;
-        let (authority, path) = rest
-            .split_once('/')
-            .with_context(|| format!("{url:?}: no path; use sftp://user@host/path/to/repo"))?;
-        let (user, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u.to_string()), h),
-            None => (None, authority),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                Some(
-                    p.parse()
-                        .with_context(|| format!("{url:?}: bad port {p:?}"))?,
-                ),
-            ),
-            None => (hostport.to_string(), None),
-        };
-        if host.is_empty() || path.trim_matches('/').is_empty() {
-            bail!("{url:?}: use sftp://user@host[:port]/path/to/repo");
-        }
-        Ok(SftpUrl {
-            target: SshTarget { user, host, port },
-            path: format!("/{}", path.trim_end_matches('/')),
-        })
-    }
-}
+use vmstash_ssh::{Sftp, SshError, SshSession};
 
 /// The repository files behind one SFTP channel.
 pub struct SftpBackend {
@@ -71,7 +29,11 @@ impl SftpBackend {
         Ok(SftpBackend {
             sftp,
             root: root.trim_end_matches('/').to_string(),
-            location: format!("sftp://{}{root}", session.describe()),
+            location: if root.starts_with('/') {
+                format!("sftp://{}{root}", session.describe())
+            } else {
+                format!("sftp://{}/~/{root}", session.describe())
+            },
         })
     }
 
@@ -231,27 +193,4 @@ fn rand_bytes() -> [u8; 32] {
     out[16..20].copy_from_slice(&std::process::id().to_le_bytes());
     out[20..28].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let u = SftpUrl::parse("sftp://backup@nas:2222/srv/vmstash/").expect("url");
-        assert_eq!(u.target.user.as_deref(), Some("backup"));
-        assert_eq!(u.target.host, "nas");
-        assert_eq!(u.target.port, Some(2222));
-        assert_eq!(u.path, "/srv/vmstash");
-        for bad in [
-            "sftp://nas",
-            "sftp://nas/",
-            "sftp:///x",
-            "sftp://h:x/p",
-            "/local",
-        ] {
-            assert!(SftpUrl::parse(bad).is_err(), "{bad}");
-        }
-    }
 }

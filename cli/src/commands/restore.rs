@@ -1,48 +1,55 @@
 //! `vmstash restore`: a snapshot's disks back to image files.
 //!
-//! The main thread walks the chunk map a segment at a time and queues the
-//! non-zero chunks; two workers fetch, verify (GCM, then SHA-256) and write
-//! them at their offsets. Zero chunks, and zero 4 KiB blocks inside
-//! chunks, are never written, so the image comes out sparse. The image is
-//! written under a temporary name and renamed only when every chunk has
-//! been verified: a damaged repository fails loudly and leaves no
-//! half-right image behind.
+//! The engine (`vmstash_repo::restore`) fetches, verifies and writes each disk's non-zero
+//! chunks on every core, sparse; this command picks the disks, checks that none of their
+//! images exists before writing anything, writes each image under a temporary name and renames
+//! it only when every chunk has been verified (a damaged repository fails loudly and leaves no
+//! half-right image behind), converts to qcow2 on request, and defines the VM with `--define`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use crossbeam_channel::bounded;
 use serde_json::json;
-use vmstash_repo::chunkmap::SEGMENT_ENTRIES;
-use vmstash_repo::index::MasterIndex;
+use vmstash_libvirt_xml::{rewrite_for_define, DefineOptions, RestoredDisk};
 use vmstash_repo::snapshot::{Disk, Manifest};
-use vmstash_repo::{Id, Repository};
+use vmstash_repo::{restore, threads, CancelToken, DiskReader};
 
 use crate::args::{Global, RestoreArgs, RestoreFormat};
-use crate::cmd::print_json;
-use crate::libvirt::define::{rewrite_for_define, RestoredDisk};
-use crate::restore_dest::{Dest, Sink};
-use crate::vmbackup::Hypervisor;
-use crate::{exit, progress};
-
-const WORKERS: usize = 2;
-/// Granularity of sparse writes.
-const BLOCK: usize = 4096;
+use crate::exit;
+use crate::libvirt::hypervisor::Hypervisor;
+use crate::output::{human, line, print_json};
+use crate::restore_target::Dest;
+use crate::{interrupt, progress, repo};
 
 /// Runs `vmstash restore`.
-pub fn run(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
+pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
+    let repo = &repo::open(g)?;
     let started = Instant::now();
     let _lock = repo.lock(false)?;
     let (id, m) = repo.find_snapshot(&a.snapshot)?;
     let disks = select_disks(&m.disks, &a.disks)?;
     let dest = Dest::open(g, &a.target)?;
-    let index = repo.load_index().context("loading the repository index")?;
+    check_targets(&dest, &disks, a.format)?;
+    let index = Arc::new(repo.load_index().context("loading the repository index")?);
     let total = disks.iter().map(|d| d.size).sum();
     let bar = progress::bytes(g, total, "restore");
     let mut written = Vec::new();
+    let cancel = interrupt::cancel_on_signals()?;
     for &disk in &disks {
-        let path = restore_disk(repo, &index, disk, &dest, a.format, &bar)
+        let reader = DiskReader::new(repo.clone(), Arc::clone(&index), Arc::new(disk.clone()));
+        let restored = restore_disk(&reader, &dest, a.format, &bar, &cancel);
+        if cancel.is_cancelled() {
+            bar.finish_and_clear();
+            eprintln!(
+                "vmstash: interrupted: the partly written image of disk {} was removed{}; the repository was not changed",
+                disk.name,
+                if written.is_empty() { String::new() } else { format!(" (restored before: {})", written.join(", ")) }
+            );
+            return Ok(ExitCode::from(exit::INTERRUPTED));
+        }
+        let path = restored
             .with_context(|| format!("restoring disk {} of snapshot {}", disk.name, id.short()))?;
         written.push(path);
     }
@@ -64,13 +71,13 @@ pub fn run(g: &Global, repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
         );
     } else if !g.quiet {
         for p in &written {
-            println!("restored {p}");
+            line(format_args!("restored {p}"));
         }
-        println!(
+        line(format_args!(
             "snapshot {} restored: {} in {secs:.1} s",
             id.short(),
-            progress::human(total)
-        );
+            human(total)
+        ));
     }
     Ok(exit::ok())
 }
@@ -95,10 +102,18 @@ fn define_vm(
             format: ext.to_string(),
         })
         .collect();
-    let new_xml = rewrite_for_define(xml, a.name.as_deref(), &restored)?;
+    let options = DefineOptions {
+        new_name: a.name.as_deref(),
+        keep_qemu_passthrough: a.keep_qemu_passthrough,
+    };
+    let defined = rewrite_for_define(xml, &restored, &options)?;
+    for removed in &defined.removed {
+        eprintln!("vmstash: warning: QEMU pass-through left out of the defined VM (it may name files, devices or sockets of the backed-up host): {removed}");
+    }
+    let new_xml = defined.xml;
     let name = a.name.clone().unwrap_or_else(|| m.name.clone());
     let uri = a.connect.clone().unwrap_or_else(|| dest.hypervisor_uri());
-    let hv = Hypervisor::connect(g, &uri)?;
+    let hv = Hypervisor::connect(&uri, &g.ssh_options())?;
     if hv.virsh.exists(&name)? {
         bail!(
             "a VM named {name:?} already exists; choose a new one with --name (the restored disks are in {})",
@@ -111,7 +126,9 @@ fn define_vm(
         .define(&dest.path(&file))
         .with_context(|| format!("defining {name}"))?;
     if !g.quiet && !g.json {
-        println!("defined VM {name}; start it with `virsh start {name}`");
+        line(format_args!(
+            "defined VM {name}; start it with `virsh start {name}`"
+        ));
     }
     Ok(dest.display(&file))
 }
@@ -141,25 +158,52 @@ fn select_disks<'a>(all: &'a [Disk], wanted: &[String]) -> Result<Vec<&'a Disk>>
         .collect()
 }
 
-/// Restores one disk; returns where it was written.
+/// The image file a disk is restored to.
+fn image_name(disk: &Disk, format: RestoreFormat) -> String {
+    format!("{}.{}", disk.name, extension(format))
+}
+
+/// Refuses to start when any disk's image already exists: nothing is written unless every
+/// target is free.
+fn check_targets(dest: &Dest, disks: &[&Disk], format: RestoreFormat) -> Result<()> {
+    let taken: Vec<String> = disks
+        .iter()
+        .map(|d| image_name(d, format))
+        .filter(|name| dest.exists(name))
+        .map(|name| dest.display(&name))
+        .collect();
+    if !taken.is_empty() {
+        bail!(
+            "{} already exist{}; nothing was restored: remove {} or restore into another --target",
+            taken.join(", "),
+            if taken.len() == 1 { "s" } else { "" },
+            if taken.len() == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
+}
+
+/// Restores one disk; returns where it was written. The image appears under its name only once
+/// every chunk has been verified and written.
 fn restore_disk(
-    repo: &Repository,
-    index: &MasterIndex,
-    disk: &Disk,
+    reader: &DiskReader,
     dest: &Dest,
     format: RestoreFormat,
     bar: &indicatif::ProgressBar,
+    cancel: &CancelToken,
 ) -> Result<String> {
-    let name = format!("{}.{}", disk.name, extension(format));
-    if dest.exists(&name) {
-        bail!(
-            "{} already exists; remove it or restore into another --target",
-            dest.display(&name)
-        );
-    }
+    let disk = reader.disk();
+    let name = image_name(disk, format);
     let tmp = format!(".{}.raw.vmstash-partial", disk.name);
     let result = dest.create(&tmp, disk.size).and_then(|partial| {
-        write_raw(repo, index, disk, partial.sink(), bar)?;
+        restore::restore_disk(
+            reader,
+            &partial,
+            &dest.display(&tmp),
+            threads::io_workers(),
+            &|n| bar.inc(n),
+            cancel,
+        )?;
         dest.finish(partial)?;
         match format {
             RestoreFormat::Raw => dest.rename(&tmp, &name),
@@ -168,115 +212,4 @@ fn restore_disk(
     });
     dest.remove(&tmp);
     result.map(|()| dest.display(&name))
-}
-
-fn write_raw(
-    repo: &Repository,
-    index: &MasterIndex,
-    disk: &Disk,
-    sink: &dyn Sink,
-    bar: &indicatif::ProgressBar,
-) -> Result<()> {
-    let chunk = u64::from(disk.chunk_size);
-    let (tx, rx) = bounded::<(u64, Id)>(64);
-    std::thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..WORKERS)
-            .map(|_| {
-                let rx = rx.clone();
-                s.spawn(move || -> Result<()> {
-                    for (offset, id) in rx {
-                        let plain = repo.read_blob(index, &id)?;
-                        let expected = chunk.min(disk.size - offset);
-                        if u64::try_from(plain.len()).ok() != Some(expected) {
-                            bail!(
-                                "chunk at offset {offset} (blob {}) has {} bytes, the disk needs {expected}; the repository is damaged, run `vmstash check`",
-                                id.short(),
-                                plain.len()
-                            );
-                        }
-                        write_sparse(sink, offset, &plain)
-                            .with_context(|| format!("writing disk {}", disk.name))?;
-                        bar.inc(u64::try_from(plain.len()).unwrap_or(0));
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        drop(rx);
-        let queued = queue_chunks(repo, index, disk, chunk, &tx, bar);
-        drop(tx);
-        let mut result = queued;
-        for w in workers {
-            let r = w.join().map_err(|_| anyhow!("restore worker panicked"))?;
-            result = result.and(r);
-        }
-        result
-    })
-}
-
-/// Sends every non-zero chunk's offset and id, a map segment at a time.
-fn queue_chunks(
-    repo: &Repository,
-    index: &MasterIndex,
-    disk: &Disk,
-    chunk: u64,
-    tx: &crossbeam_channel::Sender<(u64, Id)>,
-    bar: &indicatif::ProgressBar,
-) -> Result<()> {
-    for seg in 0..disk.map.len() {
-        let ids = repo.map_segment(index, disk, seg)?;
-        let first = u64::try_from(seg * SEGMENT_ENTRIES)?;
-        for (i, id) in ids.iter().enumerate() {
-            let offset = (first + u64::try_from(i)?) * chunk;
-            if id.is_zero() {
-                bar.inc(chunk.min(disk.size - offset));
-            } else if tx.send((offset, *id)).is_err() {
-                // A worker failed; its error is reported by the caller.
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes the non-zero 4 KiB blocks of `data` at `offset`.
-fn write_sparse(sink: &dyn Sink, offset: u64, data: &[u8]) -> Result<()> {
-    let mut run_start: Option<usize> = None;
-    let blocks = data.len().div_ceil(BLOCK);
-    for b in 0..=blocks {
-        let block = data.get(b * BLOCK..((b + 1) * BLOCK).min(data.len()));
-        let zero = block.is_none_or(vmstash_hashblocks::hasher::is_zero);
-        match (zero, run_start) {
-            (false, None) => run_start = Some(b * BLOCK),
-            (true, Some(start)) => {
-                let end = (b * BLOCK).min(data.len());
-                sink.write_at(&data[start..end], offset + u64::try_from(start)?)?;
-                run_start = None;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    use std::fs::{self, File};
-
-    #[test]
-    fn sparse_write_skips_zero_blocks() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("f");
-        let f = File::create(&p).expect("create");
-        f.set_len(5 * 4096).expect("len");
-        let mut data = vec![0u8; 3 * BLOCK + 100];
-        data[5] = 1;
-        data[3 * BLOCK + 99] = 2;
-        write_sparse(&f, 4096, &data).expect("write");
-        let back = fs::read(&p).expect("read");
-        assert_eq!(&back[4096..4096 + data.len()], &data[..]);
-        assert!(back[..4096].iter().all(|&b| b == 0));
-    }
 }

@@ -71,14 +71,14 @@ impl Shell for LocalShell {
 /// over SFTP: every command runs through the user's login shell, whose rc
 /// files may take a good part of a second on each call.
 pub struct SshShell {
-    session: crate::ssh::SshSession,
+    session: vmstash_ssh::SshSession,
     /// The SFTP channel for file operations, opened on first use.
-    sftp: std::sync::OnceLock<crate::ssh::Sftp>,
+    sftp: std::sync::OnceLock<vmstash_ssh::Sftp>,
 }
 
 impl SshShell {
     /// Commands over `session`.
-    pub fn new(session: crate::ssh::SshSession) -> SshShell {
+    pub fn new(session: vmstash_ssh::SshSession) -> SshShell {
         SshShell {
             session,
             sftp: std::sync::OnceLock::new(),
@@ -86,7 +86,7 @@ impl SshShell {
     }
 
     /// The SFTP channel, opened if needed.
-    fn sftp(&self) -> Result<&crate::ssh::Sftp> {
+    fn sftp(&self) -> Result<&vmstash_ssh::Sftp> {
         if let Some(sftp) = self.sftp.get() {
             return Ok(sftp);
         }
@@ -109,8 +109,8 @@ impl Shell for SshShell {
 
     fn remove_file(&self, path: &str) -> Result<()> {
         match self.sftp()?.remove(path) {
-            Err(crate::ssh::SshError::Sftp {
-                failure: crate::ssh::SftpFailure::NotFound,
+            Err(vmstash_ssh::SshError::Sftp {
+                failure: vmstash_ssh::SftpFailure::NotFound,
                 ..
             }) => Ok(()),
             other => Ok(other?),

@@ -15,6 +15,6 @@ pub(crate) use vmstash_hashblocks::source::{
 };
 
 /// A failure of the SSH layer, as a source error (the message names the host and the path).
-pub(crate) fn remote(err: crate::ssh::SshError) -> SourceError {
+pub(crate) fn remote(err: vmstash_ssh::SshError) -> SourceError {
     SourceError::Remote(Box::new(err))
 }

@@ -2,7 +2,7 @@
 //!
 //! The hypervisor's image file is read in place through the SSH connection's SFTP subsystem:
 //! nothing is copied to local disk and nothing is installed on the host. Reads are pipelined (see
-//! `crate::ssh`), and [`DiskSource::read_at`] may be called from several backup threads at once.
+//! `vmstash_ssh`), and [`DiskSource::read_at`] may be called from several backup threads at once.
 //!
 //! Nothing is known about holes over SFTP, so [`DiskSource::data_ranges`] is the whole disk; the
 //! caller may narrow it with the ranges `qemu-img map` reports on the host.
@@ -13,8 +13,9 @@
 use std::ops::Range;
 use std::path::PathBuf;
 
+use vmstash_ssh::{Sftp, SftpFile};
+
 use super::{check_read_range, remote, whole_disk, DiskSource, ImageFormat, SourceError};
-use crate::ssh::{Sftp, SftpFile};
 
 /// Chunks a backup reads at once from a disk over SFTP: with 512 KiB chunks cut into 64 KiB
 /// requests, four chunks keep 32 requests (2 MiB) in flight, as much as OpenSSH's `sftp` keeps,
@@ -91,3 +92,6 @@ impl DiskSource for SftpRawSource {
         CONCURRENT_SFTP_READS
     }
 }
+
+#[cfg(test)]
+mod tests;

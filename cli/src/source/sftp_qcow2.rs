@@ -17,13 +17,18 @@
 //! # Storage
 //!
 //! [`SftpStorage`] is imago's storage object for a remote file: reads are SFTP reads (pipelined
-//! by `crate::ssh`), the bytes past the end of the file read as zeros as imago requires, and every
-//! modification is refused. imago is built with its `sync` feature, which compiles it as plain
-//! blocking code without any executor: its storage methods run on the thread that called imago,
-//! a backup thread or one of the reader threads below, never on a tokio worker. That is what
-//! allows them to call the blocking `SftpFile::read_at`, which runs its future on the calling
-//! thread with the SSH layer's runtime (and fails with an error, never a deadlock, if called
-//! inside an async task).
+//! by `crate::ssh`), the bytes past the end of the file read as zeros as imago's storage contract
+//! requires (a qcow2 file may end inside its last cluster), and every modification is refused.
+//! Whether a read past the end is damage is decided above it, by the rule local images follow:
+//! [`open_chain`] puts every file of the chain behind a `BoundedStorage`, which refuses tables and
+//! clusters that the metadata places past the end of their file (a truncated image is
+//! `SourceError::Corrupt`, never zeros).
+//!
+//! imago is built with its `sync` feature, which compiles it as plain blocking code without any
+//! executor: its storage methods run on the thread that called imago, a backup thread or one of
+//! the reader threads below, never on a tokio worker. That is what allows them to call the
+//! blocking `SftpFile::read_at`, which runs its future on the calling thread with the SSH
+//! layer's runtime (and fails with an error, never a deadlock, if called inside an async task).
 //!
 //! # Reading
 //!
@@ -46,10 +51,10 @@ use std::sync::Mutex;
 use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::storage::drivers::CommonStorageHelper;
 use imago::{FormatAccess, Mapping, Storage};
+use vmstash_ssh::{Sftp, SftpFailure, SftpFile, SshError};
 
 use super::qcow2::{imago_error, mapped_data_ranges, open_chain, relative_to_image, ChainFiles};
 use super::{check_read_range, len_u64, remote, DiskSource, ImageFormat, SourceError};
-use crate::ssh::{Sftp, SftpFailure, SftpFile, SshError};
 
 /// Most pieces of one read fetched at once (each on its own thread, the caller's included).
 ///
@@ -57,12 +62,15 @@ use crate::ssh::{Sftp, SftpFailure, SftpFile, SshError};
 /// flight together; each piece is itself pipelined by the SSH layer.
 const MAX_PARALLEL_PIECES: usize = 8;
 
+/// A remote chain as imago serves it: every file behind the shared end-of-file check.
+type RemoteChain = FormatAccess<super::qcow2::BoundedStorage<SftpStorage>>;
+
 /// A qcow2 image on a remote host, and its backing chain, opened read-only through imago.
 struct SftpQcow2Source {
     /// `path (over SFTP)`, for error messages.
     location: PathBuf,
     /// The top image, with the rest of the chain below it.
-    image: FormatAccess<SftpStorage>,
+    image: RemoteChain,
     /// Virtual size of the top image.
     size: u64,
 }
@@ -132,7 +140,7 @@ struct Piece<'a> {
 /// Splits a read of `buf` at guest `offset` of `image` along the mapping: fills the parts that
 /// read as zeros and returns the others, each a run contiguous in one file.
 fn data_pieces<'a>(
-    image: &FormatAccess<SftpStorage>,
+    image: &RemoteChain,
     mut buf: &'a mut [u8],
     mut offset: u64,
 ) -> io::Result<Vec<Piece<'a>>> {
@@ -160,7 +168,7 @@ fn data_pieces<'a>(
 }
 
 /// Reads `pieces` through imago, up to [`MAX_PARALLEL_PIECES`] at once; returns the first error.
-fn read_pieces(image: &FormatAccess<SftpStorage>, pieces: Vec<Piece<'_>>) -> io::Result<()> {
+fn read_pieces(image: &RemoteChain, pieces: Vec<Piece<'_>>) -> io::Result<()> {
     let threads = pieces.len().min(MAX_PARALLEL_PIECES);
     if threads <= 1 {
         for piece in pieces {
@@ -324,7 +332,8 @@ impl SftpStorage {
     }
 
     /// Fills `buf` with the bytes at `offset`; what lies past the end of the file reads as zeros
-    /// (compressed clusters at the end of an image are read with a rounded-up length).
+    /// (a last cluster cut short, compressed clusters at the end of an image read with a
+    /// rounded-up length). `BoundedStorage` above refuses reads that go further.
     fn read_or_zeros(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let in_file = usize::try_from(self.size.saturating_sub(offset))
             .map_or(buf.len(), |left| left.min(buf.len()));

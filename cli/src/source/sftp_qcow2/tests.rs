@@ -1,27 +1,25 @@
 //! qcow2 over SFTP, end to end: chains built by qemu-img in the directory of a private OpenSSH
 //! server, read through [`open_sftp_qcow2`] and compared byte for byte with what qemu reads.
 //!
-//! Each test starts its own `sshd` on 127.0.0.1 (as `crate::ssh::tests` does, whose helper is
-//! private to that module). Without `/usr/sbin/sshd` the tests skip with a message, unless
-//! `CI=true`, where they fail: CI must install openssh-server (scripts/install-deps.sh).
+//! Each test starts its own `sshd` on 127.0.0.1 ([`vmstash_test_support::Sshd`]). Without
+//! `/usr/sbin/sshd` the tests skip with a message, unless `CI=true`, where they fail: CI must
+//! install openssh-server (scripts/install-deps.sh).
 //!
 //! `sftp_qcow2_throughput` is ignored by default; run it with
 //! `cargo test --release -p vmstash sftp_qcow2_throughput -- --ignored --nocapture`.
 
 use std::error::Error;
 use std::fs::File;
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use super::*;
-use crate::ssh::{SshOptions, SshSession, SshTarget};
 use vmstash_hashblocks::source::test_util::{assert_ranges_cover, read_all, TestResult};
+use vmstash_ssh::{SshOptions, SshSession, SshTarget};
+use vmstash_test_support::Sshd;
 
-/// Where Debian puts the OpenSSH server.
-const SSHD: &str = "/usr/sbin/sshd";
 /// What a backup reads at once.
 const CHUNK: usize = 512 << 10;
 /// qemu's default cluster size.
@@ -31,122 +29,30 @@ const MIB: usize = 1 << 20;
 /// The type of the qcow2 header extension that names the backing file's format.
 const BACKING_FORMAT_EXTENSION: [u8; 4] = [0xe2, 0x79, 0x2a, 0xca];
 
-/// A private sshd that logs root in with a key of its own.
-struct Sshd {
-    /// Keys, config, known_hosts and the test images.
-    dir: tempfile::TempDir,
-    /// The server process.
-    child: Child,
-    /// Its port on 127.0.0.1.
-    port: u16,
-    /// The user the tests log in as.
-    user: String,
+/// What these tests do on the fixture's server.
+trait ImageHost {
+    /// An empty directory for images, created under the server's temporary directory.
+    fn image_dir(&self) -> Result<PathBuf, Box<dyn Error>>;
+    /// Connects (learning the host key) and opens an SFTP channel.
+    fn sftp(&self) -> Result<Sftp, Box<dyn Error>>;
 }
 
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Sshd {
-    /// Starts a server, or returns `None` (test skipped) if sshd is not installed outside CI.
-    fn start() -> Result<Option<Self>, Box<dyn Error>> {
-        if !Path::new(SSHD).exists() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                return Err(format!("{SSHD} is missing: install openssh-server").into());
-            }
-            eprintln!("skipping: {SSHD} is missing (install openssh-server)");
-            return Ok(None);
-        }
-        let dir = tempfile::tempdir()?;
-        let user = run("id", &["-un"], None)?.trim().to_owned();
-        if user == "root" {
-            std::fs::create_dir_all("/run/sshd")?;
-        }
-        for key in ["host_ed25519", "client_ed25519"] {
-            let path = arg(&dir.path().join(key))?.to_owned();
-            run(
-                "ssh-keygen",
-                &["-q", "-t", "ed25519", "-N", "", "-f", &path],
-                None,
-            )?;
-        }
-        std::fs::copy(
-            dir.path().join("client_ed25519.pub"),
-            dir.path().join("authorized_keys"),
-        )?;
-        std::fs::write(dir.path().join("no_ssh_config"), "")?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let sftp_server = if Path::new("/usr/lib/openssh/sftp-server").exists() {
-            "/usr/lib/openssh/sftp-server"
-        } else {
-            "internal-sftp"
-        };
-        let d = dir.path().display();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
-             PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nSubsystem sftp {sftp_server}\n"
-        );
-        let config_path = dir.path().join("sshd_config");
-        std::fs::write(&config_path, config)?;
-        let child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.path().join("sshd.log"))?)
-            .spawn()?;
-        let mut sshd = Self {
-            dir,
-            child,
-            port,
-            user,
-        };
-        sshd.wait_until_listening()?;
-        Ok(Some(sshd))
-    }
-
-    /// Waits until the server accepts connections (or fails with its log).
-    fn wait_until_listening(&mut self) -> TestResult {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                let log = std::fs::read_to_string(self.path("sshd.log")).unwrap_or_default();
-                return Err(format!("sshd exited with {status}: {log}").into());
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err("sshd did not start listening within 10 s".into())
-    }
-
-    /// A file in the server's temporary directory.
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// An empty directory for images, created under the temporary directory.
+impl ImageHost for Sshd {
     fn image_dir(&self) -> Result<PathBuf, Box<dyn Error>> {
         let dir = self.path("images");
         std::fs::create_dir(&dir)?;
         Ok(dir)
     }
 
-    /// Connects (learning the host key) and opens an SFTP channel.
     fn sftp(&self) -> Result<Sftp, Box<dyn Error>> {
+        std::fs::write(self.path("no_ssh_config"), "")?;
         let target = SshTarget {
             user: Some(self.user.clone()),
             host: "127.0.0.1".to_owned(),
             port: Some(self.port),
         };
         let options = SshOptions {
-            identity: Some(self.path("client_ed25519")),
+            identity: Some(self.client_key.clone()),
             known_hosts: Some(self.path("known_hosts")),
             accept_new_host_key: true,
             ssh_config: Some(self.path("no_ssh_config")),
@@ -474,6 +380,45 @@ fn damaged_or_unreadable_images_give_errors_not_panics() -> TestResult {
     // A directory is not an image.
     let err = open_err(&sftp, &dir)?;
     assert!(matches!(err, SourceError::Unsupported { .. }), "{err}");
+    Ok(())
+}
+
+#[test]
+fn truncated_images_are_damaged_not_zeros() -> TestResult {
+    let Some(sshd) = Sshd::start()? else {
+        return Ok(());
+    };
+    let dir = sshd.image_dir()?;
+    qemu_img(&dir, &["create", "-q", "-f", "qcow2", "base.qcow2", "512M"])?;
+    qemu_io(&dir, "base.qcow2", &["write -P 0x5a 0 30M"])?;
+    let base = std::fs::read(dir.join("base.qcow2"))?;
+    let sftp = sshd.sftp()?;
+    let cut = dir.join("t.qcow2");
+
+    // Cut in its metadata: the L1 table lies past the end, and the image does not open.
+    std::fs::write(&cut, base.get(..100_000).ok_or("image too short")?)?;
+    let err = open_err(&sftp, &cut)?;
+    assert!(matches!(err, SourceError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("L1 table"), "{err}");
+
+    // Cut in its data: it opens, but the clusters past the cut are damage, not zeros.
+    std::fs::write(&cut, base.get(..20 * MIB).ok_or("image too short")?)?;
+    let source = open_sftp_qcow2(&sftp, arg(&cut)?)?;
+    let err = source.data_ranges().err().ok_or("data ranges listed")?;
+    assert!(matches!(err, SourceError::Corrupt { .. }), "{err}");
+    let mut buf = vec![0u8; CHUNK];
+    let err = source
+        .read_at(&mut buf, len_u64(25 * MIB))
+        .err()
+        .ok_or("read past the cut")?;
+    assert!(matches!(err, SourceError::Corrupt { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("t.qcow2") && message.contains("past the end"),
+        "{message}"
+    );
+    source.read_at(&mut buf, 0)?;
+    assert!(buf.iter().all(|byte| *byte == 0x5a));
     Ok(())
 }
 

@@ -1,0 +1,39 @@
+//! The commands, one module each (or one per group): each parses nothing, opens what it needs
+//! from the global options, calls the engine, and prints. Everything below (`libvirt`,
+//! `restore_target`, `repo`, `output`, …) is shared by them and imports none of them.
+
+mod backup;
+mod cat;
+mod check;
+mod init;
+mod key;
+mod mount;
+mod restore;
+mod snapshots;
+mod stats;
+mod vm_repair;
+mod vms;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::args::{Cli, Command};
+
+/// Runs one command.
+pub fn run(cli: &Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Init(a) => init::run(g, a),
+        Command::Backup(a) => backup::run(g, a),
+        Command::Vms(a) => vms::run(g, a),
+        Command::VmRepair(a) => vm_repair::run(g, a),
+        Command::Mount(a) => mount::run(g, a),
+        Command::Snapshots(a) => snapshots::run(g, a),
+        Command::Restore(a) => restore::run(g, a),
+        Command::Check(a) => check::run(g, a),
+        Command::Cat(a) => cat::run(g, a),
+        Command::Key(k) => key::run(g, k),
+        Command::Stats => stats::run(g),
+    }
+}

@@ -1,0 +1,160 @@
+//! A hypervisor as vmstash uses it: virsh there (locally or over SSH), its disk images opened
+//! for reading (local files, or SFTP with the host's own `qemu-img map` for the data ranges and
+//! `blockdev` for block device sizes), and the hashblocks helper running there.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Result;
+use vmstash_libvirt_xml::DiskDef;
+use vmstash_repo::Id;
+use vmstash_ssh::{SshOptions, SshSession, SshTarget};
+
+use crate::helper::RemoteHelper;
+use crate::libvirt::shell::{LocalShell, Shell, SshShell};
+use crate::libvirt::uri::ConnectUri;
+use crate::libvirt::virsh::Virsh;
+use crate::source::{self, DiskSource, ImageFormat};
+
+/// A hypervisor: where commands run and how its disk images are read.
+pub struct Hypervisor {
+    /// virsh there.
+    pub virsh: Virsh,
+    uri: ConnectUri,
+    /// The SSH session of a remote hypervisor.
+    ssh: Option<SshSession>,
+    /// The hashblocks helper running there, once started.
+    helper: Mutex<Option<RemoteHelper>>,
+}
+impl Hypervisor {
+    /// Connects to the hypervisor named by a libvirt URI.
+    pub fn connect(uri: &str, ssh: &SshOptions) -> Result<Hypervisor> {
+        let uri = ConnectUri::parse(uri)?;
+        let (shell, ssh): (Arc<dyn Shell>, _) = match &uri {
+            ConnectUri::Local { .. } => (Arc::new(LocalShell), None),
+            ConnectUri::Ssh {
+                user, host, port, ..
+            } => {
+                let target = SshTarget {
+                    user: user.clone(),
+                    host: host.clone(),
+                    port: *port,
+                };
+                let session = SshSession::connect(&target, ssh)?;
+                (Arc::new(SshShell::new(session.clone())), Some(session))
+            }
+        };
+        Ok(Hypervisor {
+            virsh: Virsh::new(shell, uri.virsh_uri()),
+            uri,
+            ssh,
+            helper: Mutex::new(None),
+        })
+    }
+
+    /// Starts the hashblocks helper on a remote hypervisor, so that disks are hashed there and
+    /// only chunks the repository lacks are read. `Err` says why it cannot run (the caller
+    /// warns and the disks are read whole over SFTP); a local hypervisor needs no helper.
+    pub fn start_helper(&self) -> Result<(), String> {
+        let Some(ssh) = &self.ssh else {
+            return Ok(());
+        };
+        let helper = RemoteHelper::start(ssh).map_err(|why| {
+            format!(
+                "not using the hashblocks helper on {}: {why}",
+                ssh.describe()
+            )
+        })?;
+        *self.helper.lock().unwrap_or_else(PoisonError::into_inner) = Some(helper);
+        Ok(())
+    }
+
+    /// The libvirt URI, as virsh takes it.
+    pub fn uri(&self) -> String {
+        self.uri.virsh_uri().to_string()
+    }
+
+    /// The hypervisor's host name, for tags (`host:<name>`).
+    pub fn host_label(&self) -> String {
+        self.uri.host_label()
+    }
+
+    /// Each chunk's id, hashed on the host by the helper; `None` without a helper.
+    pub fn chunk_ids(
+        &self,
+        path: &str,
+        format: ImageFormat,
+        chunk_size: u32,
+        size: u64,
+    ) -> Result<Option<Vec<Id>>> {
+        let mut helper = self.helper.lock().unwrap_or_else(PoisonError::into_inner);
+        helper
+            .as_mut()
+            .map(|h| h.hash_disk(path, format, chunk_size, size))
+            .transpose()
+    }
+
+    /// Opens a disk image on the hypervisor as the format libvirt declares.
+    pub fn open_disk(&self, path: &str, format: ImageFormat) -> Result<Box<dyn DiskSource>> {
+        let Some(ssh) = &self.ssh else {
+            return Ok(source::open_as(Path::new(path), format)?);
+        };
+        let sftp = ssh.sftp()?;
+        let src = match format {
+            ImageFormat::Raw => {
+                let device_size = if sftp.metadata(path)?.is_block_device() {
+                    self.remote_device_size(path)
+                } else {
+                    None
+                };
+                source::open_sftp_raw(sftp, path, device_size)?
+            }
+            ImageFormat::Qcow2 => source::open_sftp_qcow2(&sftp, path)?,
+        };
+        Ok(match self.remote_map(path, format) {
+            Some(ranges) => source::with_data_ranges(src, ranges),
+            None => src,
+        })
+    }
+
+    /// The size of a remote block device (`blockdev --getsize64`), which
+    /// SFTP does not report; `None` for files or when it cannot be learned.
+    fn remote_device_size(&self, path: &str) -> Option<u64> {
+        let out = self
+            .virsh
+            .shell()
+            .run(&["blockdev", "--getsize64", path])
+            .ok()
+            .filter(|o| o.status == 0)?;
+        out.stdout.trim().parse().ok()
+    }
+
+    /// The data ranges of a remote image from the hypervisor's `qemu-img
+    /// map` (`-U`: the image is in use by the VM); `None` when qemu-img is
+    /// missing or fails, and the whole disk is read.
+    fn remote_map(&self, path: &str, format: ImageFormat) -> Option<Vec<std::ops::Range<u64>>> {
+        let out = self
+            .virsh
+            .shell()
+            .run(&[
+                "qemu-img",
+                "map",
+                "-U",
+                "--output=json",
+                "-f",
+                format.name(),
+                path,
+            ])
+            .ok()
+            .filter(|o| o.status == 0)?;
+        source::parse_qemu_img_map(&out.stdout)
+    }
+}
+
+/// The declared image format of a disk (raw when libvirt does not say).
+pub fn declared_format(disk: &DiskDef) -> ImageFormat {
+    match disk.format.as_deref() {
+        Some("qcow2") => ImageFormat::Qcow2,
+        _ => ImageFormat::Raw,
+    }
+}
