@@ -62,11 +62,24 @@ impl<'a> Choices<'a> {
     }
 }
 
+/// Asserts that a guest filesystem refused bytes in memory as damaged (`Corrupt`) or as
+/// something its reader does not support (`Unsupported`): never as an unreadable backup
+/// (`Read`: nothing in memory is unreadable), and never as an answer such as "not found".
+pub fn assert_refused(err: &vmstash_fuse::guestfs::FsError) {
+    use vmstash_fuse::guestfs::FsError;
+    assert!(
+        matches!(err, FsError::Corrupt { .. } | FsError::Unsupported { .. }),
+        "bad bytes in memory must be Corrupt or Unsupported, got {err:?}"
+    );
+}
+
 /// Walks a guest filesystem the way the mount would (breadth first, at most 200 files, the
 /// first 64 KiB of each) and asserts its answers are consistent: inode numbers in range, a
 /// listed file's attributes those `attr` gives, a symlink's size its target's length, reads
-/// no longer than asked or than the file, and never a read error (the bytes are all in
-/// memory). `owner` is who every file must belong to, for filesystems without owners.
+/// no longer than asked or than the file, and every error of the right kind: an answer
+/// (not found, not a directory, …) or damage or something unsupported, never a read error
+/// (the bytes are all in memory). `owner` is who every file must belong to, for filesystems
+/// without owners.
 pub fn walk_guest(
     fs: &dyn vmstash_fuse::guestfs::GuestFs,
     owner: Option<vmstash_fuse::guestfs::Owner>,
@@ -76,9 +89,15 @@ pub fn walk_guest(
 
     const MAX_FILES: usize = 200;
     const READ_LEN: u32 = 64 * 1024;
+    fn not_a_read_error(e: &FsError) {
+        assert!(
+            !matches!(e, FsError::Read(_)),
+            "a read error from memory: {e:?}"
+        );
+    }
     fn no_read_error<T>(r: &Result<T, FsError>) {
-        if let Err(FsError::Read(e)) = r {
-            panic!("a read error from memory: {e}");
+        if let Err(e) = r {
+            not_a_read_error(e);
         }
     }
 
@@ -108,7 +127,8 @@ pub fn walk_guest(
                         assert!(len <= attr.size);
                     }
                 }
-                (Err(FsError::Damaged { .. }), kind) if kind != Kind::Dir => {}
+                (Err(FsError::Corrupt { .. } | FsError::Unsupported { .. }), kind)
+                    if kind != Kind::Dir => {}
                 (other, kind) => panic!("read gave {other:?} for a {kind:?}"),
             }
             match (&link, attr.kind) {
@@ -116,19 +136,24 @@ pub fn walk_guest(
                     assert_eq!(u64::try_from(target.len()).ok(), Some(attr.size));
                 }
                 (Err(FsError::NotSymlink), kind) => assert_ne!(kind, Kind::Symlink),
-                (Err(FsError::Damaged { .. }), Kind::Symlink) => {}
+                (Err(FsError::Corrupt { .. } | FsError::Unsupported { .. }), Kind::Symlink) => {}
                 (other, kind) => panic!("read_link gave {other:?} for a {kind:?}"),
             }
         }
-        let Ok(entries) = fs.read_dir(ino) else {
-            continue;
+        let entries = match fs.read_dir(ino) {
+            Ok(entries) => entries,
+            Err(e) => {
+                not_a_read_error(&e);
+                continue;
+            }
         };
         for e in entries {
             assert!(e.ino != 0 && e.ino <= MAX_LOCAL_INO);
             assert!(!e.name.is_empty() && !e.name.contains(&b'/') && !e.name.contains(&0));
             if let Some(listed) = e.attr {
-                if let Ok(attr) = fs.attr(e.ino) {
-                    assert_eq!(listed, attr);
+                match fs.attr(e.ino) {
+                    Ok(attr) => assert_eq!(listed, attr),
+                    Err(err) => not_a_read_error(&err),
                 }
             }
             queue.push_back(e.ino);
