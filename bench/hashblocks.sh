@@ -43,7 +43,7 @@ die() {
 note() { echo "bench: $*" >&2; }
 [ "$(id -u)" -eq 0 ] || die "run as root (private sshd with root login, libvirt, page cache)"
 
-bash "$ROOT/scripts/install-deps.sh"
+SKIP_RUST_TOOLS=1 bash "$ROOT/scripts/install-deps.sh"
 bash "$ROOT/scripts/test-services.sh" start
 if [ -n "${VMSTASH_BIN:-}" ]; then
   VMSTASH="$VMSTASH_BIN"

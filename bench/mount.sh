@@ -59,7 +59,7 @@ LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
 if awk -v l="$LOAD_START" -v n="$(nproc)" 'BEGIN {exit !(l > n / 4)}'; then
   note "warning: load average $LOAD_START on $(nproc) CPUs: other work will disturb the timings"
 fi
-bash "$ROOT/scripts/install-deps.sh"
+SKIP_RUST_TOOLS=1 bash "$ROOT/scripts/install-deps.sh"
 if [ -n "${VMSTASH_BIN:-}" ]; then
   VMSTASH="$VMSTASH_BIN"
 else

@@ -73,11 +73,13 @@ sha() { sha256sum -- "$1" | cut -d' ' -f1; }
 [ "$(id -u)" -eq 0 ] || die "run as root: the demo disk image is built on a loop device"
 
 step "Installing system packages (scripts/install-deps.sh)"
-bash "$ROOT/scripts/install-deps.sh"
+SKIP_RUST_TOOLS=1 bash "$ROOT/scripts/install-deps.sh"
 
-step "Building vmstash (cargo build --release -p vmstash)"
+step "Building vmstash and its hashblocks helper (cargo build --release -p vmstash; scripts/build-helper.sh)"
 (cd "$ROOT" && cargo build --release -p vmstash)
 [ -x "$VMSTASH" ] || die "$VMSTASH was not built"
+bash "$ROOT/scripts/build-helper.sh"
+echo "To use them from anywhere: install -m 0755 $ROOT/target/release/vmstash $ROOT/target/release/vmstash-hashblocks /usr/local/bin/"
 
 WORK="$(mktemp -d -t vmstash-demo.XXXXXX)"
 DISK="$WORK/disk.img"

@@ -8,11 +8,11 @@
 # timeout or allocation past 1 GiB; libFuzzer then saves the input under
 # fuzz/artifacts/<target>/ and the log's tail says how to replay it.
 #
-# Needs the nightly toolchain (rustup); installs cargo-fuzz if missing.
+# Needs the nightly toolchain and cargo-fuzz, which scripts/install-deps.sh
+# installs (.ci/run runs it first).
 # Long runs by hand: see fuzz/README.md.
 set -euo pipefail
 
-CARGO_FUZZ_VERSION=0.13.2
 seconds=${FUZZ_SECONDS:-10}
 seed=${FUZZ_SEED:-1}
 # Release build with overflow checks and debug assertions on: an overflow
@@ -22,12 +22,9 @@ build_flags=(--debug-assertions)
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root/fuzz"
 
-if ! rustup toolchain list | grep -q '^nightly'; then
-  echo "fuzz-smoke: the nightly toolchain is missing (rustup toolchain install nightly)" >&2
+if ! rustup toolchain list | grep -q '^nightly' || ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz-smoke: the nightly toolchain or cargo-fuzz is missing: run scripts/install-deps.sh" >&2
   exit 1
-fi
-if [ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
-  cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked
 fi
 
 start=$(date +%s)

@@ -65,3 +65,17 @@ mapfile -t missing < <(missing_of "${SECOND[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
+
+# The fuzz smoke run (scripts/fuzz-smoke.sh) needs a nightly toolchain and
+# cargo-fuzz. A fresh machine has only the stable toolchain: install the
+# nightly through rustup (minimal profile) and the pinned cargo-fuzz with the
+# stable cargo. SKIP_RUST_TOOLS=1 leaves both alone (the demo needs neither).
+CARGO_FUZZ_VERSION=0.13.2
+if [ "${SKIP_RUST_TOOLS:-0}" != 1 ]; then
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    rustup toolchain install nightly --profile minimal
+  fi
+  if [ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked
+  fi
+fi

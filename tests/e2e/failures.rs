@@ -220,3 +220,39 @@ fn disk_full_fails_cleanly_and_keeps_the_repository_intact() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// A qcow2 image cut short (the user's report: `head -c 100000 base.qcow2 > t.qcow2` backed up
+/// as 512 MiB of zeros with exit 0) is damage: the backup fails naming the file, and no snapshot
+/// is saved. Cut in its metadata (the L1 table is gone) or in its data (clusters past the cut).
+#[test]
+fn truncated_qcow2_fails_the_backup_and_saves_no_snapshot() {
+    if !have(&["qemu-img", "qemu-io"], false) {
+        return;
+    }
+    let repo = Repo::init();
+    let base = repo.dir.path().join("base.qcow2");
+    let base_s = base.display().to_string();
+    sh(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", &base_s, "512M"],
+    );
+    sh("qemu-io", &["-c", "write -P 0x5a 0 30M", &base_s]);
+    // Whole, the image backs up.
+    repo.backup(&[&base]);
+    let bytes = std::fs::read(&base).expect("image");
+
+    for (name, len) in [("t.qcow2", 100_000), ("t20.qcow2", 20 << 20)] {
+        let cut = repo.dir.path().join(name);
+        std::fs::write(&cut, bytes.get(..len).expect("image longer than the cut")).expect("cut");
+        let out = repo.run(&["backup", "--disk", &cut.display().to_string()]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", describe(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&cut.display().to_string()) && err.contains("damaged"),
+            "{name}: {}",
+            describe(&out)
+        );
+    }
+    let snaps = repo.json(&["snapshots"]);
+    assert_eq!(snaps.as_array().expect("array").len(), 1, "{snaps}");
+}

@@ -439,4 +439,17 @@ fn damaged_filesystems_show_raw_partitions_or_eio_where_damaged() {
         stderr.contains("disk damaged p2 of snapshot") && stderr.contains("[ext4]"),
         "no log line for the damaged inode: {stderr}"
     );
+    // Both say whose fault it is: the guest's filesystem, not the backup.
+    let line = |part: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(&format!("disk damaged {part} of snapshot")))
+            .unwrap_or_default()
+    };
+    for part in ["p1", "p2"] {
+        assert!(
+            line(part).contains("damaged ext4 metadata: "),
+            "{part} is not called damaged ext4 metadata: {stderr}"
+        );
+    }
 }
