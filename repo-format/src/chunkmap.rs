@@ -13,7 +13,7 @@
 //! (several reader and worker threads), storing each segment as soon as it is complete;
 //! [`decode_segment`] is the reader's side.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use crate::id::{Id, ID_LEN};
 use crate::{Error, Result};
@@ -65,77 +65,102 @@ pub trait MapBlobStore {
 
 /// Builds the chunk map of one disk while it is backed up: chunk ids go in by chunk number, in
 /// any order; each segment is stored as a map blob (or recorded as [`Id::ZERO`] when all its
-/// chunks are zero) as soon as its chunks are all in.
+/// chunks are zero) as soon as its own chunks are all in, whatever the other segments' state.
+/// Memory: one entry per segment of the disk, plus the segments being filled (as many as
+/// places of the disk being read at once).
 pub struct ChunkMapWriter<'c> {
     store: &'c dyn MapBlobStore,
     /// Chunks of the disk.
     chunks: u64,
-    /// Ids that arrived ahead of `next`.
-    pending: BTreeMap<u64, Id>,
-    /// The next chunk number the current segment needs.
-    next: u64,
-    current: Vec<Id>,
-    segments: Vec<Id>,
+    /// Each segment's id once stored.
+    segments: Vec<Option<Id>>,
+    /// Segments being filled, by number: their ids so far (`None` for a chunk not yet in).
+    filling: HashMap<u64, Vec<Option<Id>>>,
 }
 
 impl<'c> ChunkMapWriter<'c> {
     /// A writer for a disk of `chunks` chunks, storing map blobs in `store`.
     pub fn new(store: &'c dyn MapBlobStore, chunks: u64) -> Self {
+        let segments = usize::try_from(segment_count(chunks)).unwrap_or(0);
         ChunkMapWriter {
             store,
             chunks,
-            pending: BTreeMap::new(),
-            next: 0,
-            current: Vec::with_capacity(SEGMENT_ENTRIES),
-            segments: Vec::new(),
+            segments: vec![None; segments],
+            filling: HashMap::new(),
         }
+    }
+
+    /// Chunks in segment `seg`: 1024, or fewer for the last.
+    fn segment_len(&self, seg: u64) -> usize {
+        let first = seg.saturating_mul(SEGMENT_ENTRIES_U64);
+        usize::try_from(self.chunks.saturating_sub(first).min(SEGMENT_ENTRIES_U64)).unwrap_or(0)
     }
 
     /// Records that chunk `no` has id `id` ([`Id::ZERO`] for zeros).
     pub fn put(&mut self, no: u64, id: Id) -> Result<()> {
-        if no >= self.chunks || no < self.next || self.pending.insert(no, id).is_some() {
-            return Err(Error::InvalidParameter(format!(
+        let refused = || {
+            Error::InvalidParameter(format!(
                 "chunk {no} given twice or beyond the {} chunks of the disk",
                 self.chunks
-            )));
+            ))
+        };
+        let seg = no / SEGMENT_ENTRIES_U64;
+        let at = usize::try_from(no % SEGMENT_ENTRIES_U64).unwrap_or(usize::MAX);
+        let done = usize::try_from(seg)
+            .ok()
+            .and_then(|s| self.segments.get(s))
+            .ok_or_else(refused)?;
+        if done.is_some() || no >= self.chunks {
+            return Err(refused());
         }
-        while let Some(id) = self.pending.remove(&self.next) {
-            self.current.push(id);
-            self.next += 1;
-            if self.current.len() == SEGMENT_ENTRIES {
-                self.flush()?;
+        let len = self.segment_len(seg);
+        let ids = self.filling.entry(seg).or_insert_with(|| vec![None; len]);
+        let slot = ids
+            .get_mut(at)
+            .filter(|s| s.is_none())
+            .ok_or_else(refused)?;
+        *slot = Some(id);
+        if ids.iter().all(Option::is_some) {
+            let ids: Vec<Id> = self
+                .filling
+                .remove(&seg)
+                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .collect();
+            let stored = self.store_segment(&ids)?;
+            if let Some(s) = usize::try_from(seg)
+                .ok()
+                .and_then(|s| self.segments.get_mut(s))
+            {
+                *s = Some(stored);
             }
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
-        let segment = std::mem::take(&mut self.current);
-        let id = if segment.iter().all(Id::is_zero) {
-            Id::ZERO
-        } else {
-            let plain = encode_segment(&segment);
-            let id = Id::of(&plain);
-            self.store.save_map_blob(id, &plain)?;
-            id
-        };
-        self.segments.push(id);
-        self.current = Vec::with_capacity(SEGMENT_ENTRIES);
-        Ok(())
+    /// Stores one complete segment; its id ([`Id::ZERO`] for an all-zero one, not stored).
+    fn store_segment(&self, ids: &[Id]) -> Result<Id> {
+        if ids.iter().all(Id::is_zero) {
+            return Ok(Id::ZERO);
+        }
+        let plain = encode_segment(ids);
+        let id = Id::of(&plain);
+        self.store.save_map_blob(id, &plain)?;
+        Ok(id)
     }
 
     /// The ids of the disk's map segments, once every chunk is in.
-    pub fn finish(mut self) -> Result<Vec<Id>> {
-        if self.next != self.chunks || !self.pending.is_empty() {
+    pub fn finish(self) -> Result<Vec<Id>> {
+        let missing = self.segments.iter().filter(|s| s.is_none()).count();
+        if missing > 0 {
             return Err(Error::InvalidParameter(format!(
-                "the chunk map has {} of {} chunks",
-                self.next, self.chunks
+                "the chunk map of a disk of {} chunks lacks {missing} of its {} segments",
+                self.chunks,
+                self.segments.len()
             )));
         }
-        if !self.current.is_empty() {
-            self.flush()?;
-        }
-        Ok(self.segments)
+        Ok(self.segments.into_iter().flatten().collect())
     }
 }
 

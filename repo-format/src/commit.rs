@@ -13,7 +13,8 @@
 //!   it durably and, every [`INDEX_FLUSH_PACKS`] packs, write an index file listing packs that
 //!   are already durable. Workers keep hashing and compressing while a pack is fsynced. Memory
 //!   is bounded: at most `UPLOAD_QUEUE + UPLOADERS` full packs wait or are being written, and
-//!   `2 × MAX_OPEN_PACKS` are being filled.
+//!   `2 × MAX_OPEN_PACKS` are being filled; a written pack's buffer is reused for a new one, so
+//!   the allocator is not asked for (and does not fragment) fresh megabytes per pack.
 //! - **Failure.** The first failed upload stops the backup: later saves fail with
 //!   [`Error::Aborted`] and [`Committer::finish`] returns the upload's own error. A committer
 //!   dropped without `finish` (a failed or cancelled backup) writes no further packs and no
@@ -48,6 +49,9 @@ pub const PACK_MAX_BLOBS: usize = 100_000;
 pub const UPLOADERS: usize = 2;
 /// Full packs waiting for an upload thread.
 pub const UPLOAD_QUEUE: usize = 2;
+/// Written packs' buffers kept for new packs: enough that a pack being filled never waits for
+/// the allocator, few enough to stay within the memory bound.
+const SPARE_BUFFERS: usize = UPLOADERS + UPLOAD_QUEUE;
 /// Open packs per blob type at most, whatever the number of writers: each holds up to a pack's
 /// size in memory, and sealing into one takes a fraction of a millisecond, so a few are enough
 /// for many threads.
@@ -77,6 +81,8 @@ struct Shared {
     failed: AtomicBool,
     /// Set when the committer is dropped without `finish`: queued packs are discarded.
     abandoned: AtomicBool,
+    /// Buffers of packs already written, for new packs to fill.
+    spare: Mutex<Vec<Vec<u8>>>,
     blobs: AtomicU64,
     raw_bytes: AtomicU64,
     stored_bytes: AtomicU64,
@@ -93,6 +99,13 @@ pub struct Committer<'a> {
     uploads: Option<Sender<PackWriter>>,
     uploaders: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+}
+
+thread_local! {
+    /// Each saving thread's buffer for the framed (compressed) blob: reused, so a blob costs no
+    /// allocation (a fresh one faults in new pages every time, a large part of a backup's system
+    /// time), and sealed into its pack from here under the pack's lock.
+    static FRAMED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -149,8 +162,13 @@ impl<'a> Committer<'a> {
             .ok()
             .filter(|&l| l <= MAX_BLOB_LEN)
             .ok_or_else(|| Error::InvalidParameter("blob larger than 8 MiB".into()))?;
-        let framed = payload::encode(plain, self.repo.config().compression_level);
-        let full = self.append(ty, id, raw_length, &framed)?;
+        let level = self.repo.config().compression_level;
+        let full = FRAMED.with(|framed| {
+            let mut framed = framed.borrow_mut();
+            framed.clear();
+            payload::encode_into(plain, level, &mut framed);
+            self.append(ty, id, raw_length, &framed)
+        })?;
         self.shared.blobs.fetch_add(1, Ordering::Relaxed);
         self.shared
             .raw_bytes
@@ -180,12 +198,13 @@ impl<'a> Committer<'a> {
         locked(first)
     }
 
-    /// Appends to an open pack of `ty`; hands back the pack once full.
+    /// Seals a framed payload into an open pack of `ty`; hands back the pack once full.
     fn append(&self, ty: BlobType, id: Id, raw: u32, framed: &[u8]) -> Result<Option<PackWriter>> {
         let target = usize::try_from(self.repo.config().pack_size).unwrap_or(usize::MAX);
         let mut open = self.slot(ty);
         let w = open.get_or_insert_with(|| {
-            PackWriter::new(self.repo.master(), target.saturating_add(target / 8))
+            let buf = locked(&self.shared.spare).pop().unwrap_or_default();
+            PackWriter::in_buffer(self.repo.master(), buf, target.saturating_add(target / 8))
         });
         w.add(ty, id, raw, framed)?;
         let full = w.len() >= target || w.blob_count() >= PACK_MAX_BLOBS;
@@ -289,6 +308,12 @@ fn store_pack(repo: &Repository, shared: &Shared, w: PackWriter) -> Result<()> {
     shared
         .stored_bytes
         .fetch_add(u64::try_from(bytes.len()).unwrap_or(0), Ordering::Relaxed);
+    {
+        let mut spare = locked(&shared.spare);
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(bytes);
+        }
+    }
     shared.packs.fetch_add(1, Ordering::Relaxed);
     let batch = {
         let mut pending = locked(&shared.unindexed);

@@ -101,24 +101,31 @@ impl FileKey {
     /// Appends the sealed form of `plaintext` (nonce ‖ ciphertext ‖ tag) to `out`, encrypting in
     /// place there: no buffer of its own.
     pub fn seal_into(&self, plaintext: &[u8], aad: &[u8], out: &mut Vec<u8>) {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        self.seal_with_nonce(nonce, plaintext, aad, out);
+        out.reserve(plaintext.len() + SEAL_OVERHEAD);
+        self.seal_with(aad, out, |o| o.extend_from_slice(plaintext));
     }
 
-    /// [`seal_into`](Self::seal_into) with a given nonce: for known-answer tests only, as a
+    /// Appends a sealed plaintext to `out` whose plaintext `write` appends itself (a framed,
+    /// compressed blob goes straight into a pack this way): a random nonce, then whatever
+    /// `write` appends, encrypted in place, then the tag.
+    pub fn seal_with(&self, aad: &[u8], out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        self.seal_with_nonce(nonce, aad, out, write);
+    }
+
+    /// [`seal_with`](Self::seal_with) with a given nonce: for known-answer tests only, as a
     /// nonce must never repeat under one key.
     fn seal_with_nonce(
         &self,
         nonce: [u8; NONCE_LEN],
-        plaintext: &[u8],
         aad: &[u8],
         out: &mut Vec<u8>,
+        write: impl FnOnce(&mut Vec<u8>),
     ) {
-        out.reserve(plaintext.len() + SEAL_OVERHEAD);
         out.extend_from_slice(&nonce);
         let start = out.len();
-        out.extend_from_slice(plaintext);
+        write(out);
         let tag = self
             .0
             .seal_in_place_separate_tag(
@@ -212,12 +219,9 @@ mod tests {
         let id = crate::id::Id::of(b"abc");
         let aad = crate::blob::aad(crate::blob::BlobType::Data, &id);
         let mut sealed = Vec::new();
-        key.seal_with_nonce(
-            [0x02; NONCE_LEN],
-            &[0x00, b'a', b'b', b'c'],
-            &aad,
-            &mut sealed,
-        );
+        key.seal_with_nonce([0x02; NONCE_LEN], &aad, &mut sealed, |o| {
+            o.extend_from_slice(&[0x00, b'a', b'b', b'c']);
+        });
         assert_eq!(
             hex::encode(&sealed),
             "02020202020202020202020204bfb6a071f5ad4a66601c920e0dcea39c02fa1d"

@@ -51,8 +51,16 @@ pub struct FinishedPack {
 impl PackWriter {
     /// Starts a pack with a fresh salt, reserving `capacity` bytes.
     pub fn new(master: &MasterKey, capacity: usize) -> PackWriter {
+        PackWriter::in_buffer(master, Vec::new(), capacity)
+    }
+
+    /// Starts a pack with a fresh salt in `buf` (emptied; a finished pack's buffer, reused so
+    /// that a backup's packs do not keep asking the allocator for fresh megabytes), reserving
+    /// `capacity` bytes.
+    pub fn in_buffer(master: &MasterKey, mut buf: Vec<u8>, capacity: usize) -> PackWriter {
         let salt = random_salt();
-        let mut buf = Vec::with_capacity(capacity);
+        buf.clear();
+        buf.reserve(capacity);
         buf.push(FORMAT_VERSION_BYTE);
         buf.push(FileType::Pack.byte());
         buf.extend_from_slice(&salt);
@@ -66,18 +74,27 @@ impl PackWriter {
 
     /// Seals and appends a blob whose framed payload (§5) is `framed`.
     pub fn add(&mut self, ty: BlobType, id: Id, raw_length: u32, framed: &[u8]) -> Result<()> {
+        self.append(ty, id, raw_length, |out| out.extend_from_slice(framed))
+    }
+
+    /// Seals what `write` appends as a blob's framed payload, and records its entry.
+    fn append(
+        &mut self,
+        ty: BlobType,
+        id: Id,
+        raw_length: u32,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
         let too_big = || Error::InvalidParameter("pack exceeds 2 GiB".into());
-        let offset = u32::try_from(self.buf.len()).map_err(|_| too_big())?;
-        let length = framed
-            .len()
-            .checked_add(SEAL_OVERHEAD)
-            .and_then(|l| u32::try_from(l).ok())
-            .ok_or_else(too_big)?;
+        let start = self.buf.len();
+        let offset = u32::try_from(start).map_err(|_| too_big())?;
+        self.key
+            .seal_with(&blob::aad(ty, &id), &mut self.buf, write);
+        let length = u32::try_from(self.buf.len() - start).map_err(|_| too_big())?;
         if u64::from(offset) + u64::from(length) > MAX_PACK_LEN {
+            self.buf.truncate(start);
             return Err(too_big());
         }
-        self.key
-            .seal_into(framed, &blob::aad(ty, &id), &mut self.buf);
         self.entries.push(BlobEntry {
             ty,
             id,

@@ -70,38 +70,40 @@ fn looks_incompressible(plain: &[u8]) -> bool {
     entropy > INCOMPRESSIBLE_BITS
 }
 
-/// `plain` framed as stored.
-fn stored(plain: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(plain.len() + 1);
-    out.push(STORED);
-    out.extend_from_slice(plain);
-    out
-}
-
 /// Frames `plain`, compressed at `level` if that makes it smaller (and the data does not look
 /// incompressible, see the module docs).
 pub fn encode(plain: &[u8], level: i32) -> Vec<u8> {
-    if looks_incompressible(plain) {
-        return stored(plain);
-    }
-    let compressed = COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
-            *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+    let mut out = Vec::new();
+    encode_into(plain, level, &mut out);
+    out
+}
+
+/// Appends the framed `plain` to `out`: zstd writes straight into `out`'s spare room, so a
+/// blob is compressed into its pack without a buffer of its own.
+pub fn encode_into(plain: &[u8], level: i32, out: &mut Vec<u8>) {
+    let start = out.len();
+    if !looks_incompressible(plain) {
+        out.push(ZSTD);
+        let body = out.len();
+        out.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+        let written = COMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+                *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+            }
+            let (_, comp) = slot.as_mut()?;
+            comp.include_contentsize(true).ok()?;
+            let mut cursor = std::io::Cursor::new(&mut *out);
+            cursor.set_position(u64::try_from(body).ok()?);
+            comp.compress_to_buffer(plain, &mut cursor).ok()
+        });
+        if written.is_some_and(|n| n < plain.len() && out.len() == body + n) {
+            return;
         }
-        let (_, comp) = slot.as_mut()?;
-        comp.include_contentsize(true).ok()?;
-        comp.compress(plain).ok()
-    });
-    match compressed {
-        Some(c) if c.len() < plain.len() => {
-            let mut out = Vec::with_capacity(c.len() + 1);
-            out.push(ZSTD);
-            out.extend_from_slice(&c);
-            out
-        }
-        _ => stored(plain),
+        out.truncate(start);
     }
+    out.push(STORED);
+    out.extend_from_slice(plain);
 }
 
 /// Unframes a payload of at most `max_len` plaintext bytes; `file` names
@@ -197,6 +199,18 @@ mod tests {
             !looks_incompressible(&random[..1000]),
             "small inputs are always tried"
         );
+    }
+
+    #[test]
+    fn framing_into_a_buffer_appends_exactly_the_framed_payload() {
+        let text = b"hello world ".repeat(1000);
+        let random = crate::testing::noise(6, 70_000);
+        for plain in [&text[..], &random[..], b"", b"x"] {
+            let mut out = b"head".to_vec();
+            encode_into(plain, 3, &mut out);
+            assert_eq!(&out[..4], b"head");
+            assert_eq!(decode(&out[4..], plain.len(), "t").expect("decode"), plain);
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! chunk of the last one.
 //!
 //! - **Readers.** Each disk has its own reader threads ([`DiskSource::concurrent_reads`] of
-//!   them, at most [`MAX_READERS`]). They take the disk's chunks in order from a shared queue
-//!   and read only those that may hold data: holes and unallocated qcow2 clusters are never
+//!   them, at most [`MAX_READERS`]). They take the disk's chunks from a shared queue, a couple
+//!   of regions of the disk side by side, each in order (see `queue`), and read only those
+//!   that may hold data: holes and unallocated qcow2 clusters are never
 //!   read, nor are chunks whose id the hashblocks helper computed and the repository has.
 //! - **Workers.** One per core ([`crate::threads::workers`]) tests each chunk for all-zero,
 //!   hashes it (SHA-NI) and hands new chunks to the [`Committer`], which compresses and seals
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::queue::ChunkQueue;
+use super::queue::{ChunkQueue, REGIONS};
 use crate::blob::BlobType;
 use crate::cancel::CancelToken;
 use crate::chunkmap::{chunk_count, is_zero, ChunkMapWriter};
@@ -161,7 +162,7 @@ pub(super) fn back_up_disks(
     let queues: Vec<ChunkQueue<'_>> = jobs
         .iter()
         .zip(&ranges)
-        .map(|(j, r)| ChunkQueue::new(r, chunk, j.src.size()))
+        .map(|(j, r)| ChunkQueue::new(r, chunk, j.src.size(), REGIONS))
         .collect();
     let readers: Vec<usize> = jobs
         .iter()
@@ -194,8 +195,9 @@ pub(super) fn back_up_disks(
         let shared = &shared;
         let mut reader_threads = Vec::new();
         for (disk, (job, queue)) in jobs.iter().zip(&queues).enumerate() {
-            for _ in 0..readers.get(disk).copied().unwrap_or(1) {
+            for no in 0..readers.get(disk).copied().unwrap_or(1) {
                 let reader = Reader {
+                    no,
                     disk,
                     job,
                     queue,
@@ -270,6 +272,8 @@ pub(super) fn back_up_disks(
 
 /// One reader thread of one disk.
 struct Reader<'q, 'a> {
+    /// Its number among the disk's readers (which region of the disk it reads first).
+    no: usize,
     disk: usize,
     job: &'a DiskJob<'a>,
     queue: &'q ChunkQueue<'a>,
@@ -282,7 +286,7 @@ impl Reader<'_, '_> {
     /// Reads chunks until the disk's queue is empty; returns the bytes read.
     fn run(self) -> Result<u64> {
         let mut read = 0u64;
-        while let Some(task) = self.queue.take() {
+        while let Some(task) = self.queue.take(self.no) {
             if self.shared.abort.load(Ordering::Relaxed) {
                 return Ok(read);
             }
