@@ -1,4 +1,6 @@
-//! vmstash's FUSE filesystem over an open repository (DESIGN.md, "The mount").
+//! vmstash's FUSE filesystem over an open repository (DESIGN.md, "The mount"). This crate's one
+//! job is to show every backup, read-only, as disk images and the files inside them; reading the
+//! repository is `vmstash-repo`'s (its `DiskReader`), mounting and signals are the CLI's.
 //!
 //! ```text
 //! MNT/vms/<vm>/<timestamp>/domain.xml

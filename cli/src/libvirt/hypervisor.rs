@@ -10,6 +10,7 @@ use vmstash_libvirt_xml::DiskDef;
 use vmstash_repo::Id;
 use vmstash_ssh::{SshOptions, SshSession, SshTarget};
 
+use crate::exit::usage;
 use crate::helper::RemoteHelper;
 use crate::libvirt::shell::{LocalShell, Shell, SshShell};
 use crate::libvirt::uri::ConnectUri;
@@ -29,7 +30,7 @@ pub struct Hypervisor {
 impl Hypervisor {
     /// Connects to the hypervisor named by a libvirt URI.
     pub fn connect(uri: &str, ssh: &SshOptions) -> Result<Hypervisor> {
-        let uri = ConnectUri::parse(uri)?;
+        let uri = ConnectUri::parse(uri).map_err(|e| usage(format!("{e:#}")))?;
         let (shell, ssh): (Arc<dyn Shell>, _) = match &uri {
             ConnectUri::Local { .. } => (Arc::new(LocalShell), None),
             ConnectUri::Ssh {
