@@ -10,6 +10,7 @@ use vmstash_repo::Repository;
 use vmstash_ssh::SshSession;
 
 use crate::args::Global;
+use crate::exit::usage;
 use crate::location::{Location, KINDS};
 use crate::password;
 use crate::sftp_repo::SftpBackend;
@@ -26,7 +27,7 @@ pub fn store(g: &Global) -> Result<Store> {
     let Some(repo) = &g.repo else {
         bail!("no repository given: use -r/--repo or set VMSTASH_REPOSITORY ({KINDS})");
     };
-    match Location::parse(repo)? {
+    match Location::parse(repo).map_err(|e| usage(format!("-r/--repo: {e:#}")))? {
         Location::Sftp(url) => {
             let session = SshSession::connect(&url.target, &g.ssh_options())
                 .with_context(|| format!("connecting to the repository server of {repo}"))?;

@@ -241,9 +241,19 @@ impl<'a> Committer<'a> {
         Ok(self.stats())
     }
 
-    /// The upload error that made saves fail with [`Error::Aborted`], if there was one.
-    pub fn upload_error(&self) -> Option<Error> {
-        locked(&self.shared.error).take()
+    /// Stops after a failure or a cancel: packs not yet written are dropped, and the packs
+    /// already durable get an index file, so that the next backup finds and reuses their blobs
+    /// instead of storing them again (spec §15: an index file lists only durable packs; no
+    /// snapshot refers to them yet). Returns the upload error, if an upload failed.
+    pub fn stop(mut self) -> Option<Error> {
+        self.shared.abandoned.store(true, Ordering::Relaxed);
+        self.join_uploaders();
+        let error = locked(&self.shared.error).take();
+        let written = std::mem::take(&mut *locked(&self.shared.unindexed));
+        // An index that cannot be written now (a full disk) only costs the next backup the
+        // work of storing these blobs again.
+        let _ = write_index(self.repo, &self.shared, &written);
+        error
     }
 
     fn join_uploaders(&mut self) {

@@ -4,7 +4,8 @@
 //! chunks the repository lacks through a [`Committer`] and, once every pack and index file is
 //! durable, writes the snapshot manifest: the commit point (spec §15). Whatever fails before it
 //! — a disk that cannot be read, a damaged image, a full disk, a cancelled token — no snapshot is
-//! written and the repository is left in a state a crash could also leave.
+//! written and the repository is left in a state a crash could also leave; the packs already
+//! durable are indexed, so the next backup reuses them.
 //!
 //! The caller holds a shared lock on the repository ([`Repository::lock`]) while this runs.
 
@@ -141,12 +142,16 @@ pub fn back_up(
         progress,
         cancel,
     );
-    let results = match results {
+    let results = match results.and_then(|r| cancel.check().map(|()| r)) {
         Ok(r) => r,
-        Err(Error::Aborted) => return Err(committer.upload_error().unwrap_or(Error::Aborted)),
-        Err(e) => return Err(e),
+        Err(e) => {
+            let upload_error = committer.stop();
+            return Err(match e {
+                Error::Aborted => upload_error.unwrap_or(Error::Aborted),
+                e => e,
+            });
+        }
     };
-    cancel.check()?;
     let stats = committer.finish()?;
     let mut disks = Vec::new();
     let mut counts = Vec::new();

@@ -252,22 +252,47 @@ fn a_damaged_image_is_never_backed_up_as_zeros() {
 }
 
 #[test]
-fn a_cancelled_backup_stops_and_writes_no_snapshot() {
+fn a_cancelled_backup_writes_no_snapshot_and_the_next_reuses_its_packs() {
     let (_, repo) = memory_repository();
     let cancel = CancelToken::new();
-    let disk = FakeDisk::new(disk_bytes(6, 200), 1);
-    let stop_after = |n: u64| {
-        if n > 0 {
+    let bytes = disk_bytes(6, 200);
+    let done = AtomicU64::new(0);
+    let stop_after_a_third = |n: u64| {
+        if done.fetch_add(n, Ordering::Relaxed) > 66 * CHUNK {
             cancel.cancel();
         }
     };
-    let err =
-        back_up(&repo, plan_of(vec![("vda", disk)]), &stop_after, &cancel).expect_err("cancelled");
+    let disk = FakeDisk::new(bytes.clone(), 1);
+    let err = back_up(
+        &repo,
+        plan_of(vec![("vda", disk)]),
+        &stop_after_a_third,
+        &cancel,
+    )
+    .expect_err("cancelled");
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert!(repo.snapshots().expect("list").is_empty());
     assert!(crate::check::check(&repo, true, &|_| {})
         .expect("check")
         .is_ok());
+    let kept = repo.load_index().expect("index").len();
+    assert!(kept > 0, "the packs written before the cancel are indexed");
+    let again = back_up(
+        &repo,
+        plan_of(vec![("vda", FakeDisk::new(bytes, 1))]),
+        &NoProgress,
+        &CancelToken::new(),
+    )
+    .expect("the next backup");
+    let s = &again.manifest.summary;
+    // Every distinct non-zero chunk (the last repeats the first) is either one the cancelled
+    // backup left indexed or a new one.
+    let distinct = s.chunks - s.zero_chunks - 1;
+    assert_eq!(
+        s.new_chunks + u64::try_from(kept).expect("n"),
+        distinct,
+        "{s:?}"
+    );
 }
 
 #[test]
