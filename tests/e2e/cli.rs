@@ -209,7 +209,10 @@ fn mount_refuses_a_file_a_non_empty_directory_and_a_mount_point() {
     let mounted = repo.dir.path().join("mounted");
     std::fs::create_dir(&mounted).expect("mkdir");
     let mounted_s = mounted.display().to_string();
-    sh("mount", &["-t", "tmpfs", "-o", "size=1m", "tmpfs", &mounted_s]);
+    sh(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=1m", "tmpfs", &mounted_s],
+    );
     let result = std::panic::catch_unwind(|| {
         for (target, says) in [
             (&file, "not a directory"),
