@@ -70,6 +70,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// List snapshots.
     Snapshots(SnapshotsArgs),
+    /// Remove snapshots by a retention policy or by id (their data stays until a prune).
+    Forget(Box<ForgetArgs>),
     /// Write a snapshot's disks back out as image files.
     Restore(RestoreArgs),
     /// Verify the repository's structure, and with --read-data all of its data.
@@ -164,21 +166,118 @@ pub struct BackupArgs {
     /// Name of the snapshot series (default: the first disk's file name without extension).
     #[arg(long)]
     pub name: Option<String>,
-    /// Tag the snapshot (repeatable).
-    #[arg(long = "tag", value_name = "TAG")]
+    /// Tag the snapshot: a,b adds two tags (repeatable).
+    #[arg(long = "tag", value_name = "TAG[,TAG…]", value_delimiter = ',')]
     pub tags: Vec<String>,
+    /// The snapshot's time instead of now: "YYYY-MM-DD HH:MM:SS" (UTC) or RFC 3339 with a zone;
+    /// for imports and for building a history.
+    #[arg(long, value_name = "TIME", value_parser = parse_snapshot_time)]
+    pub time: Option<String>,
     /// Read whole disks over SFTP instead of hashing them on the host with the hashblocks
     /// helper (with --connect qemu+ssh://…).
     #[arg(long)]
     pub no_helper: bool,
 }
 
+/// Which snapshots a command considers, as restic's `--host`/`--tag` filters.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Only snapshots of this VM (the snapshot name); repeatable: any of them.
+    #[arg(long = "vm", value_name = "NAME")]
+    pub vms: Vec<String>,
+    /// Only snapshots made on this host; repeatable: any of them.
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only snapshots carrying all of these tags (a,b); repeatable: any of the lists.
+    #[arg(long = "tag", value_name = "TAG[,TAG…]")]
+    pub tags: Vec<String>,
+}
+
+impl FilterArgs {
+    /// The library's filter.
+    pub fn filter(&self) -> vmstash_repo::selection::SnapshotFilter {
+        vmstash_repo::selection::SnapshotFilter {
+            names: self.vms.clone(),
+            hosts: self.hosts.clone(),
+            tags: self
+                .tags
+                .iter()
+                .map(|t| vmstash_repo::selection::TagList::parse(t))
+                .collect(),
+        }
+    }
+}
+
 /// `vmstash snapshots`
 #[derive(Debug, Args)]
 pub struct SnapshotsArgs {
-    /// Only snapshots of this name.
-    #[arg(long)]
-    pub name: Option<String>,
+    /// Which snapshots.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Only the newest N snapshots of each group.
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+    /// Show snapshots in groups of equal vm, host, disks and/or tags (comma-separated; '' for
+    /// none). Without it (and without --latest) one list, oldest first.
+    #[arg(long, value_name = "FIELDS", value_parser = parse_group_by)]
+    pub group_by: Option<vmstash_repo::selection::GroupBy>,
+}
+
+/// `vmstash forget`
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Snapshots to forget by id (or unique prefix), instead of a policy.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Keep the N newest snapshots ("unlimited" for all).
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<String>,
+    /// Keep the newest snapshot of each of the N newest hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<String>,
+    /// Keep the newest snapshot of each of the N newest days that have one (UTC days).
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<String>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks (Monday–Sunday) that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<String>,
+    /// Keep the newest snapshot of each of the N newest months that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<String>,
+    /// Keep the newest snapshot of each of the N newest years that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<String>,
+    /// Keep every snapshot newer than this span before the group's latest (e.g. 1y5m7d2h).
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within: Option<String>,
+    /// Keep the newest snapshot of each hour within this span before the latest.
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_hourly: Option<String>,
+    /// Keep the newest snapshot of each day within this span before the latest.
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_daily: Option<String>,
+    /// Keep the newest snapshot of each ISO week within this span before the latest.
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_weekly: Option<String>,
+    /// Keep the newest snapshot of each month within this span before the latest.
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_monthly: Option<String>,
+    /// Keep the newest snapshot of each year within this span before the latest.
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_yearly: Option<String>,
+    /// Keep snapshots carrying all of these tags (a,b); repeatable: any of the lists.
+    #[arg(long = "keep-tag", value_name = "TAG[,TAG…]")]
+    pub keep_tags: Vec<String>,
+    /// Apply the policy to groups of equal vm, host, disks and/or tags (comma-separated; ''
+    /// for one group) [default: vm,host,disks].
+    #[arg(long, value_name = "FIELDS", value_parser = parse_group_by)]
+    pub group_by: Option<vmstash_repo::selection::GroupBy>,
+    /// Which snapshots the policy considers (others are left alone).
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Print what would be forgotten; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 /// Image format of restored disks.
@@ -199,6 +298,9 @@ pub struct RestoreArgs {
     /// missing: a local path, or sftp://user@host[:port]/path on another host.
     #[arg(long, value_name = "DIR|URL")]
     pub target: String,
+    /// With "latest": the newest snapshot these filters match.
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Restore only this disk (repeatable).
     #[arg(long = "disk", value_name = "NAME")]
     pub disks: Vec<String>,
@@ -280,6 +382,27 @@ pub struct NewPassword {
 }
 
 /// Parses "256KiB", "1MiB", "65536".
+/// A `--group-by` value: vm, host, disks and tags, comma-separated, or '' for one group.
+pub fn parse_group_by(s: &str) -> Result<vmstash_repo::selection::GroupBy, String> {
+    vmstash_repo::selection::GroupBy::parse(s).map_err(|e| match e {
+        vmstash_repo::Error::InvalidParameter(why) => why,
+        other => other.to_string(),
+    })
+}
+
+/// A `--time` value as the snapshot stores it (RFC 3339, UTC, to the second).
+pub fn parse_snapshot_time(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let parsed = vmstash_repo::policy::parse_time(t)
+        .or_else(|| vmstash_repo::policy::parse_time(&format!("{}Z", t.replacen(' ', "T", 1))));
+    match parsed {
+        Some(time) => Ok(time.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        None => Err(format!(
+            "{s:?} is not a time: write \"YYYY-MM-DD HH:MM:SS\" (UTC) or RFC 3339 like 2026-11-26T21:30:05+01:00"
+        )),
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

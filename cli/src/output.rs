@@ -51,6 +51,15 @@ pub fn describe(err: &anyhow::Error) -> String {
     text
 }
 
+/// A snapshot's time as lists show it: to the second, UTC, marked `Z` — the name of the
+/// snapshot's directory in the mount (`vms/<vm>/2026-11-26T21:30:05Z`).
+pub fn snapshot_time(time: &str) -> String {
+    match humantime::parse_rfc3339_weak(time) {
+        Ok(t) => humantime::format_rfc3339_seconds(t).to_string(),
+        Err(_) => time.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +72,14 @@ mod tests {
         let text = describe(&err);
         assert_eq!(text.matches("os error 2").count(), 1, "{text}");
         assert!(text.starts_with("opening repository /r: "), "{text}");
+    }
+
+    #[test]
+    fn times_are_listed_to_the_second_in_utc_with_the_zone() {
+        assert_eq!(
+            snapshot_time("2026-11-26T21:30:05.123456Z"),
+            "2026-11-26T21:30:05Z"
+        );
+        assert_eq!(snapshot_time("not a time"), "not a time");
     }
 }

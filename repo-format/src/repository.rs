@@ -10,6 +10,7 @@ use crate::id::Id;
 use crate::index::{self, IndexedPack, MasterIndex};
 use crate::keyfile::{KdfParams, KeyFile};
 use crate::sealed::{self, FileType};
+use crate::selection::SnapshotFilter;
 use crate::snapshot::Manifest;
 use crate::{pack, Error, Result};
 
@@ -206,13 +207,22 @@ impl Repository {
         Ok(out)
     }
 
-    /// The snapshot named by `spec`: "latest", or a unique id prefix.
-    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Manifest)> {
-        let mut all = self.snapshots()?;
+    /// The snapshot named by `spec`: "latest" (the newest snapshot `filter` matches), or a
+    /// unique id prefix (the filter does not apply to ids: an id names one snapshot).
+    pub fn find_snapshot(&self, spec: &str, filter: &SnapshotFilter) -> Result<(Id, Manifest)> {
+        let all = self.snapshots()?;
         if spec == "latest" {
             return all
-                .pop()
-                .ok_or_else(|| Error::InvalidParameter("the repository has no snapshots".into()));
+                .into_iter()
+                .rev()
+                .find(|(_, m)| filter.matches(m))
+                .ok_or_else(|| {
+                    Error::InvalidParameter(if filter.is_empty() {
+                        "the repository has no snapshots".into()
+                    } else {
+                        "no snapshot matches the --vm/--host/--tag filter".into()
+                    })
+                });
         }
         let spec_lc = spec.to_ascii_lowercase();
         let mut hits: Vec<_> = all
@@ -228,6 +238,11 @@ impl Repository {
                 "{spec:?} matches several snapshots; give more of the id"
             ))),
         }
+    }
+
+    /// Deletes a snapshot file. Its data stays until a prune finds nothing else needs it.
+    pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        self.backend().remove(FileKind::Snapshot, &id.to_hex())
     }
 
     /// Stores a manifest: the commit point of a backup.

@@ -140,9 +140,10 @@ pub fn is_safe_name(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A valid manifest for other modules' tests.
     pub(crate) fn sample() -> Manifest {
         Manifest {
             version: 1,

@@ -10,6 +10,7 @@ mod concurrency;
 mod env_smoke;
 mod failures;
 mod fixtures;
+mod forget;
 mod guestfs;
 mod helper;
 mod keys;

@@ -8,6 +8,7 @@ use serde_json::json;
 use vmstash_repo::backend::FileKind;
 use vmstash_repo::keyfile::KeyFile;
 use vmstash_repo::sealed::FileType;
+use vmstash_repo::selection::SnapshotFilter;
 use vmstash_repo::{index, Repository};
 
 use crate::args::{CatArgs, CatWhat, Global};
@@ -50,7 +51,7 @@ pub fn run(g: &Global, a: &CatArgs) -> Result<ExitCode> {
             serde_json::to_value(KeyFile::decode(&bytes, &format!("keys/{name}"))?)?
         }
         CatWhat::Snapshot => {
-            let (sid, m) = repo.find_snapshot(id()?)?;
+            let (sid, m) = repo.find_snapshot(id()?, &SnapshotFilter::default())?;
             let mut v = serde_json::to_value(&m)?;
             v["id"] = json!(sid.to_hex());
             v

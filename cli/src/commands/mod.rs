@@ -5,6 +5,7 @@
 mod backup;
 mod cat;
 mod check;
+mod forget;
 mod init;
 mod key;
 mod mount;
@@ -30,6 +31,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::VmRepair(a) => vm_repair::run(g, a),
         Command::Mount(a) => mount::run(g, a),
         Command::Snapshots(a) => snapshots::run(g, a),
+        Command::Forget(a) => forget::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Cat(a) => cat::run(g, a),

@@ -28,7 +28,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = &repo::open(g)?;
     let started = Instant::now();
     let _lock = repo.lock(false)?;
-    let (id, m) = repo.find_snapshot(&a.snapshot)?;
+    let (id, m) = repo.find_snapshot(&a.snapshot, &a.filter.filter())?;
     let disks = select_disks(&m.disks, &a.disks)?;
     let dest = Dest::open(g, &a.target)?;
     check_targets(&dest, &disks, a.format)?;

@@ -4,21 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use serde_json::json;
+use vmstash_repo::selection;
 use vmstash_repo::snapshot::Manifest;
 use vmstash_repo::Id;
 
 use crate::args::{Global, SnapshotsArgs};
-use crate::output::{human, line, print_json};
+use crate::output::{human, line, print_json, snapshot_time};
 use crate::{exit, repo};
-
-/// A snapshot's time as the list shows it: to the second, UTC, marked `Z` — the name of the
-/// snapshot's directory in the mount (`vms/<vm>/2026-11-26T21:30:05Z`).
-fn list_time(time: &str) -> String {
-    match humantime::parse_rfc3339_weak(time) {
-        Ok(t) => humantime::format_rfc3339_seconds(t).to_string(),
-        Err(_) => time.to_string(),
-    }
-}
 
 /// A snapshot as `--json` shows it.
 fn snapshot_json(id: &Id, m: &Manifest) -> serde_json::Value {
@@ -33,28 +25,62 @@ fn snapshot_json(id: &Id, m: &Manifest) -> serde_json::Value {
 /// Runs `vmstash snapshots`.
 pub fn run(g: &Global, a: &SnapshotsArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
+    let filter = a.filter.filter();
     let all: Vec<_> = repo
         .snapshots()?
         .into_iter()
-        .filter(|(_, m)| a.name.as_ref().is_none_or(|n| *n == m.name))
+        .filter(|(_, m)| filter.matches(m))
         .collect();
+    if a.group_by.is_none() && a.latest.is_none() {
+        if g.json {
+            print_json(&serde_json::Value::Array(
+                all.iter().map(|(id, m)| snapshot_json(id, m)).collect(),
+            ));
+        } else {
+            print_table(&all);
+            line(format_args!("{} snapshots", all.len()));
+        }
+        return Ok(exit::ok());
+    }
+    let mut groups = selection::group(all, &a.group_by.unwrap_or_default());
+    if let Some(n) = a.latest {
+        for (_, snapshots) in &mut groups {
+            let older = snapshots.len().saturating_sub(n);
+            snapshots.drain(..older);
+        }
+    }
     if g.json {
         print_json(&serde_json::Value::Array(
-            all.iter().map(|(id, m)| snapshot_json(id, m)).collect(),
+            groups
+                .iter()
+                .map(|(key, snapshots)| {
+                    json!({"group_key": key, "snapshots": snapshots.iter().map(|(id, m)| snapshot_json(id, m)).collect::<Vec<_>>()})
+                })
+                .collect(),
         ));
         return Ok(exit::ok());
     }
+    for (key, snapshots) in &groups {
+        line(format_args!("snapshots of {key}:"));
+        print_table(snapshots);
+        line(format_args!("{} snapshots\n", snapshots.len()));
+    }
+    Ok(exit::ok())
+}
+
+/// The snapshot table, one line per snapshot, in the order given.
+fn print_table(snapshots: &[(Id, Manifest)]) {
     line(format_args!(
         "{:<8}  {:<20}  {:<12}  {:<16}  {:>10}  disks / tags",
         "ID", "Time (UTC)", "Host", "Name", "Size"
     ));
     line(format_args!("{}", "-".repeat(90)));
-    for (id, m) in &all {
+    for (id, m) in snapshots {
         let disks: Vec<_> = m.disks.iter().map(|d| d.name.as_str()).collect();
         line(format_args!(
             "{:<8}  {:<20}  {:<12}  {:<16}  {:>10}  {}{}",
             id.short(),
-            list_time(&m.time),
+            snapshot_time(&m.time),
             m.hostname,
             m.name,
             human(m.summary.disk_bytes),
@@ -65,21 +91,5 @@ pub fn run(g: &Global, a: &SnapshotsArgs) -> Result<ExitCode> {
                 format!(" [{}]", m.tags.join(","))
             }
         ));
-    }
-    line(format_args!("{} snapshots", all.len()));
-    Ok(exit::ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_listed_to_the_second_in_utc_with_the_zone() {
-        assert_eq!(
-            list_time("2026-11-26T21:30:05.123456Z"),
-            "2026-11-26T21:30:05Z"
-        );
-        assert_eq!(list_time("not a time"), "not a time");
     }
 }

@@ -63,6 +63,7 @@ fn run_disks(g: &Global, a: &BackupArgs) -> Result<ExitCode> {
     let mut plan = BackupPlan::new(name, disks);
     plan.tags.clone_from(&a.tags);
     plan.started = Some(started);
+    plan.time.clone_from(&a.time);
     let report = store(g, &repo, plan, &cancel)?;
     print_summary(g, &report);
     Ok(exit::ok())

@@ -117,6 +117,7 @@ fn back_up_domain(
         plan.tags.clone_from(&tags);
         plan.domain_xml = Some(xml.clone());
         plan.started = Some(started);
+        plan.time.clone_from(&a.time);
         let report = store(g, repo, plan, cancel)?;
         print_summary(g, &report);
         Ok(())
