@@ -37,6 +37,10 @@ pub struct Global {
     /// Say nothing but errors and results.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Take no lock: for commands that only read (snapshots, restore, check, mount, stats, cat)
+    /// on read-only storage. Nothing then stops a prune from removing what they read.
+    #[arg(long, global = true)]
+    pub no_lock: bool,
     /// SSH private key for hypervisors (else ssh-agent, else ~/.ssh/id_*).
     #[arg(long, global = true, value_name = "FILE")]
     pub identity: Option<PathBuf>,
@@ -72,6 +76,10 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Remove snapshots by a retention policy or by id (their data stays until a prune).
     Forget(Box<ForgetArgs>),
+    /// Change the tags of snapshots (each is rewritten; the old file goes once the new is stored).
+    Tag(TagArgs),
+    /// Remove stale locks, left by processes that were killed or lost their connection.
+    Unlock(UnlockArgs),
     /// Write a snapshot's disks back out as image files.
     Restore(RestoreArgs),
     /// Verify the repository's structure, and with --read-data all of its data.
@@ -221,6 +229,34 @@ pub struct SnapshotsArgs {
     /// none). Without it (and without --latest) one list, oldest first.
     #[arg(long, value_name = "FIELDS", value_parser = parse_group_by)]
     pub group_by: Option<vmstash_repo::selection::GroupBy>,
+}
+
+/// `vmstash tag`
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Snapshots by id (or unique prefix); without ids, every snapshot the filters match.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Add these tags (a,b; repeatable).
+    #[arg(long, value_name = "TAG[,TAG…]", value_delimiter = ',')]
+    pub add: Vec<String>,
+    /// Remove these tags (a,b; repeatable).
+    #[arg(long, value_name = "TAG[,TAG…]", value_delimiter = ',')]
+    pub remove: Vec<String>,
+    /// Replace all tags by these (a,b; repeatable; `--set ''` removes every tag).
+    #[arg(long, value_name = "TAG[,TAG…]", value_delimiter = ',', conflicts_with_all = ["add", "remove"])]
+    pub set: Option<Vec<String>>,
+    /// Which snapshots, without ids.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// `vmstash unlock`
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove every lock, also those of processes that may still be running.
+    #[arg(long)]
+    pub remove_all: bool,
 }
 
 /// `vmstash forget`

@@ -41,7 +41,7 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
     let repo_err = err.chain().find_map(|e| e.downcast_ref::<RepoError>());
     ExitCode::from(match repo_err {
         Some(RepoError::NotARepository(_)) => NO_REPOSITORY,
-        Some(RepoError::Locked { .. }) => LOCKED,
+        Some(RepoError::Locked { .. } | RepoError::LockUnreadable { .. }) => LOCKED,
         Some(RepoError::WrongPassword) => WRONG_PASSWORD,
         Some(RepoError::Incompatible { .. }) => INCOMPATIBLE,
         Some(RepoError::Cancelled) => INTERRUPTED,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use vmstash_repo::backend::{Backend, CachedBackend, LocalBackend};
+use vmstash_repo::lock::LockGuard;
 use vmstash_repo::Repository;
 use vmstash_ssh::SshSession;
 
@@ -65,4 +66,58 @@ pub fn open(g: &Global) -> Result<Repository> {
         cache.enable(&repo.config().id);
     }
     Ok(repo)
+}
+
+/// The repository's snapshots, with a warning on stderr for each file that cannot be read
+/// (it is left out, and the rest stay usable); `true` in the second place when there was one.
+pub fn snapshots_warning_of_damage(
+    repo: &Repository,
+) -> Result<(vmstash_repo::repository::SnapshotListing, bool)> {
+    let listing = repo.snapshot_listing().context("listing snapshots")?;
+    for (name, e) in &listing.damaged {
+        eprintln!(
+            "vmstash: warning: skipping snapshot {} ({e}); `vmstash check` reports the damage, `vmstash forget {}` removes the file",
+            name.get(..8).unwrap_or(name),
+            name.get(..8).unwrap_or(name),
+        );
+    }
+    let damaged = !listing.damaged.is_empty();
+    Ok((listing, damaged))
+}
+
+/// A shared lock for a command that only reads, or none with `--no-lock`. A lock that cannot be
+/// written on read-only storage says to use `--no-lock`.
+pub fn lock_for_reading(g: &Global, repo: &Repository) -> Result<Option<LockGuard>> {
+    if g.no_lock {
+        return Ok(None);
+    }
+    match repo.lock(false) {
+        Ok(guard) => Ok(Some(guard)),
+        Err(e) if is_read_only(&e) => Err(anyhow::Error::new(e)
+            .context("cannot write a lock: on read-only storage, read without one with --no-lock")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A shared lock for a command that writes; `--no-lock` is refused.
+pub fn lock_for_writing(g: &Global, repo: &Repository, command: &str) -> Result<LockGuard> {
+    if g.no_lock {
+        return Err(usage(format!(
+            "--no-lock is for commands that only read; {command} writes to the repository"
+        )));
+    }
+    Ok(repo.lock(false)?)
+}
+
+/// True for a write refused because the storage is read-only (or not ours to write).
+fn is_read_only(e: &vmstash_repo::Error) -> bool {
+    use rustix::io::Errno;
+    let vmstash_repo::Error::Io { source, .. } = e else {
+        return false;
+    };
+    source.raw_os_error().is_some_and(|code| {
+        [Errno::ROFS, Errno::ACCESS, Errno::PERM]
+            .iter()
+            .any(|errno| errno.raw_os_error() == code)
+    })
 }

@@ -178,6 +178,15 @@ impl Backend for SftpBackend {
         let p = self.path(kind, name);
         self.sftp.remove(&p).map_err(io_err(&p))
     }
+
+    fn modified(&self, kind: FileKind, name: &str) -> RepoResult<Option<std::time::SystemTime>> {
+        valid_name(name)?;
+        let p = self.path(kind, name);
+        let meta = self.sftp.metadata(&p).map_err(io_err(&p))?;
+        Ok(meta
+            .modified
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(s))))
+    }
 }
 
 /// Bytes unique to this write (time, process, counter), hashed into a

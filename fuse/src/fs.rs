@@ -106,7 +106,7 @@ impl VmstashFs {
                 gid: rustix::process::getgid().as_raw(),
             },
         };
-        let snapshots = fs.repo.snapshots()?;
+        let snapshots = readable_snapshots(&fs.repo)?;
         fs.rebuild(&snapshots);
         Ok(fs)
     }
@@ -178,7 +178,7 @@ impl VmstashFs {
                 return Ok(());
             }
             let index = self.repo.load_index()?;
-            let snapshots = self.repo.snapshots()?;
+            let snapshots = readable_snapshots(&self.repo)?;
             self.images.set_index(index);
             self.rebuild(&snapshots);
             seen.0 = names;
@@ -665,6 +665,16 @@ impl Filesystem for VmstashFs {
             Err(errno) => reply.error(errno),
         }
     }
+}
+
+/// The snapshots the mount shows: every readable one. A file that cannot be read is left out
+/// with a line on stderr, so one damaged snapshot never hides the others.
+fn readable_snapshots(repo: &Repository) -> vmstash_repo::Result<Vec<(Id, Manifest)>> {
+    let listing = repo.snapshot_listing()?;
+    for (name, e) in &listing.damaged {
+        eprintln!("vmstash mount: leaving out snapshot {name}: {e}");
+    }
+    Ok(listing.snapshots)
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub enum Error {
     AlreadyExists(String),
     /// Another process holds a conflicting lock.
     #[error(
-        "repository is locked {kind} by {holder}; if that process is gone, remove locks/{file}"
+        "repository is locked {kind} by {holder}; if no such process is running any more, `vmstash unlock --remove-all` removes the lock (file locks/{file})"
     )]
     Locked {
         /// "exclusively" or "shared".
@@ -56,6 +56,19 @@ pub enum Error {
         holder: String,
         /// The lock file's name.
         file: String,
+    },
+    /// A lock file that cannot be decoded and is not yet old enough to be stale: it may be a
+    /// live lock of any kind.
+    #[error(
+        "lock file locks/{file} cannot be read ({reason}); it counts as held until the file is {stale_minutes} minutes old; if no other vmstash is using the repository, `vmstash unlock --remove-all` removes it"
+    )]
+    LockUnreadable {
+        /// The lock file's name.
+        file: String,
+        /// Why it cannot be read.
+        reason: String,
+        /// When it becomes stale, in minutes since it was written.
+        stale_minutes: u64,
     },
     /// A blob the caller asked for is in no index.
     #[error("blob {0} is not in any index (the repository is missing data; run `vmstash check`)")]

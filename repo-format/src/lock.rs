@@ -137,8 +137,8 @@ impl Repository {
         Ok(name)
     }
 
-    /// Every lock file that decodes, with its name.
-    pub fn list_locks(&self) -> Result<Vec<(String, LockInfo)>> {
+    /// Every lock file, decoded or not, with its name.
+    pub fn lock_files(&self) -> Result<Vec<LockFile>> {
         let mut out = Vec::new();
         for (name, _) in self.backend().list(FileKind::Lock)? {
             // A lock removed between list and read is simply gone.
@@ -146,44 +146,105 @@ impl Repository {
                 continue;
             };
             let file = format!("locks/{name}");
-            let plain = sealed::open(self.master(), FileType::Lock, &bytes, &file)?;
-            let info: LockInfo = serde_json::from_slice(&plain)
-                .map_err(|e| Error::corrupt(&file, format!("bad lock: {e}")))?;
-            out.push((name, info));
+            let info = sealed::open(self.master(), FileType::Lock, &bytes, &file).and_then(|p| {
+                serde_json::from_slice::<LockInfo>(&p)
+                    .map_err(|e| Error::corrupt(&file, format!("bad lock: {e}")))
+            });
+            let modified = match &info {
+                Ok(_) => None,
+                Err(_) => self
+                    .backend()
+                    .modified(FileKind::Lock, &name)
+                    .ok()
+                    .flatten(),
+            };
+            out.push(LockFile {
+                name,
+                info,
+                modified,
+            });
         }
         Ok(out)
     }
 
+    /// Every lock file that decodes, with its name.
+    pub fn list_locks(&self) -> Result<Vec<(String, LockInfo)>> {
+        Ok(self
+            .lock_files()?
+            .into_iter()
+            .filter_map(|l| l.info.ok().map(|info| (l.name, info)))
+            .collect())
+    }
+
     fn check_conflicts(&self, mine: &str, exclusive: bool) -> Result<()> {
-        for (name, info) in self.list_locks()? {
-            if name == mine || info.is_stale(&self.identity().hostname) {
+        let host = &self.identity().hostname;
+        for lock in self.lock_files()? {
+            if lock.name == mine || lock.is_stale(host) {
                 continue;
             }
-            if exclusive || info.exclusive {
-                return Err(Error::Locked {
-                    kind: if info.exclusive {
-                        "exclusively"
-                    } else {
-                        "shared"
-                    },
-                    holder: info.holder(),
-                    file: name,
-                });
+            match &lock.info {
+                // Its kind is unknown: it may be exclusive, so it conflicts with any lock.
+                Err(e) => {
+                    return Err(Error::LockUnreadable {
+                        file: lock.name,
+                        reason: e.to_string(),
+                        stale_minutes: STALE_AFTER.as_secs() / 60,
+                    })
+                }
+                Ok(info) if exclusive || info.exclusive => {
+                    return Err(Error::Locked {
+                        kind: if info.exclusive {
+                            "exclusively"
+                        } else {
+                            "shared"
+                        },
+                        holder: info.holder(),
+                        file: lock.name,
+                    });
+                }
+                Ok(_) => {}
             }
         }
         Ok(())
     }
 
-    /// Removes every stale lock; returns how many.
-    pub fn remove_stale_locks(&self) -> Result<usize> {
-        let mut n = 0;
-        for (name, info) in self.list_locks()? {
-            if info.is_stale(&self.identity().hostname) {
-                self.backend().remove(FileKind::Lock, &name)?;
-                n += 1;
+    /// Removes every stale lock file (see [`LockFile::is_stale`]); returns their names.
+    pub fn remove_stale_locks(&self) -> Result<Vec<String>> {
+        let host = self.identity().hostname.clone();
+        let mut removed = Vec::new();
+        for lock in self.lock_files()? {
+            if lock.is_stale(&host) {
+                self.backend().remove(FileKind::Lock, &lock.name)?;
+                removed.push(lock.name);
             }
         }
-        Ok(n)
+        Ok(removed)
+    }
+}
+
+/// One file in `locks/`.
+#[derive(Debug)]
+pub struct LockFile {
+    /// Its name.
+    pub name: String,
+    /// What it says, or why it cannot be read.
+    pub info: Result<LockInfo>,
+    /// For one that cannot be read: when the file was last written, if the store says.
+    pub modified: Option<SystemTime>,
+}
+
+impl LockFile {
+    /// True when the lock protects nothing: a readable one by [`LockInfo::is_stale`]; one that
+    /// cannot be read once its file is older than [`STALE_AFTER`] (never, when its age is
+    /// unknown).
+    pub fn is_stale(&self, hostname: &str) -> bool {
+        match &self.info {
+            Ok(info) => info.is_stale(hostname),
+            Err(_) => self
+                .modified
+                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .is_some_and(|age| age > STALE_AFTER),
+        }
     }
 }
 

@@ -189,55 +189,45 @@ impl Repository {
         ))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every snapshot that can be read, oldest first; files that cannot be read or decoded are
+    /// left out (see [`Repository::snapshot_listing`] to learn of them).
     pub fn snapshots(&self) -> Result<Vec<(Id, Manifest)>> {
-        let mut out = Vec::new();
+        Ok(self.snapshot_listing()?.snapshots)
+    }
+
+    /// Every snapshot file: the readable ones oldest first, and the ones that could not be read
+    /// or decoded with their errors. One damaged file never hides the others; only failing to
+    /// list `snapshots/` is an error. Whatever deletes data must not go on while any file is
+    /// damaged: it cannot know what that snapshot needs.
+    pub fn snapshot_listing(&self) -> Result<SnapshotListing> {
+        let mut listing = SnapshotListing::default();
         for (name, _) in self.backend().list(FileKind::Snapshot)? {
-            let file = relative_path(FileKind::Snapshot, &name);
-            let plain = self.read_file(FileKind::Snapshot, FileType::Snapshot, &name)?;
-            let m = Manifest::decode(&plain, &file)?;
-            let id = Id::from_hex(&name).ok_or_else(|| Error::corrupt(&file, "bad name"))?;
-            out.push((id, m));
+            match self.read_snapshot(&name) {
+                Ok(found) => listing.snapshots.push(found),
+                Err(e) => listing.damaged.push((name, e)),
+            }
         }
-        out.sort_by(|a, b| {
+        listing.snapshots.sort_by(|a, b| {
             time_key(&a.1.time)
                 .cmp(&time_key(&b.1.time))
                 .then(a.0.cmp(&b.0))
         });
-        Ok(out)
+        listing.damaged.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(listing)
+    }
+
+    /// Reads and decodes one snapshot file.
+    fn read_snapshot(&self, name: &str) -> Result<(Id, Manifest)> {
+        let file = relative_path(FileKind::Snapshot, name);
+        let id = Id::from_hex(name).ok_or_else(|| Error::corrupt(&file, "bad name"))?;
+        let plain = self.read_file(FileKind::Snapshot, FileType::Snapshot, name)?;
+        Ok((id, Manifest::decode(&plain, &file)?))
     }
 
     /// The snapshot named by `spec`: "latest" (the newest snapshot `filter` matches), or a
     /// unique id prefix (the filter does not apply to ids: an id names one snapshot).
     pub fn find_snapshot(&self, spec: &str, filter: &SnapshotFilter) -> Result<(Id, Manifest)> {
-        let all = self.snapshots()?;
-        if spec == "latest" {
-            return all
-                .into_iter()
-                .rev()
-                .find(|(_, m)| filter.matches(m))
-                .ok_or_else(|| {
-                    Error::InvalidParameter(if filter.is_empty() {
-                        "the repository has no snapshots".into()
-                    } else {
-                        "no snapshot matches the --vm/--host/--tag filter".into()
-                    })
-                });
-        }
-        let spec_lc = spec.to_ascii_lowercase();
-        let mut hits: Vec<_> = all
-            .into_iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&spec_lc))
-            .collect();
-        match hits.len() {
-            1 if !spec.is_empty() => Ok(hits.remove(0)),
-            0 => Err(Error::InvalidParameter(format!(
-                "no snapshot matches {spec:?}"
-            ))),
-            _ => Err(Error::InvalidParameter(format!(
-                "{spec:?} matches several snapshots; give more of the id"
-            ))),
-        }
+        self.snapshot_listing()?.find(spec, filter)
     }
 
     /// Deletes a snapshot file. Its data stays until a prune finds nothing else needs it.
@@ -339,5 +329,60 @@ fn unlock(backend: &dyn Backend, password: &[u8]) -> Result<(String, MasterKey)>
         (Some(e), _, _) => Err(e),
         (None, true, _) | (None, false, None) => Err(Error::WrongPassword),
         (None, false, Some(e)) => Err(e),
+    }
+}
+
+/// The snapshot files of a repository, as [`Repository::snapshot_listing`] found them.
+#[derive(Debug, Default)]
+pub struct SnapshotListing {
+    /// Readable snapshots, oldest first.
+    pub snapshots: Vec<(Id, Manifest)>,
+    /// Files (names in `snapshots/`) that could not be read or decoded, with why.
+    pub damaged: Vec<(String, Error)>,
+}
+
+impl SnapshotListing {
+    /// The snapshot named by `spec`: "latest" (the newest readable snapshot `filter` matches),
+    /// or a unique id prefix. A prefix naming a damaged file is an error that says so.
+    pub fn find(&self, spec: &str, filter: &SnapshotFilter) -> Result<(Id, Manifest)> {
+        if spec == "latest" {
+            return self
+                .snapshots
+                .iter()
+                .rev()
+                .find(|(_, m)| filter.matches(m))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::InvalidParameter(if filter.is_empty() {
+                        "the repository has no snapshots".into()
+                    } else {
+                        "no snapshot matches the --vm/--host/--tag filter".into()
+                    })
+                });
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        let mut hits: Vec<_> = self
+            .snapshots
+            .iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec_lc))
+            .collect();
+        let damaged: Vec<_> = self
+            .damaged
+            .iter()
+            .filter(|(name, _)| name.starts_with(&spec_lc))
+            .collect();
+        match (hits.len(), damaged.as_slice()) {
+            (1, []) if !spec.is_empty() => Ok(hits.remove(0).clone()),
+            (0, [(name, e)]) => Err(Error::corrupt(
+                relative_path(FileKind::Snapshot, name),
+                format!("this snapshot cannot be read ({e})"),
+            )),
+            (0, []) => Err(Error::InvalidParameter(format!(
+                "no snapshot matches {spec:?}"
+            ))),
+            _ => Err(Error::InvalidParameter(format!(
+                "{spec:?} matches several snapshots; give more of the id"
+            ))),
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 mod cli;
 mod concurrency;
+mod damage;
 mod env_smoke;
 mod failures;
 mod fixtures;

@@ -15,7 +15,7 @@ use crate::{progress, repo};
 pub fn run(g: &Global, a: &CheckArgs) -> Result<ExitCode> {
     let read_data = a.read_data;
     let repo = &repo::open(g)?;
-    let _lock = repo.lock(false)?;
+    let _lock = repo::lock_for_reading(g, repo)?;
     let total: u64 = if read_data {
         repo.backend()
             .list(FileKind::Pack)?

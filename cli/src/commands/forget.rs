@@ -8,7 +8,9 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use vmstash_repo::backend::FileKind;
 use vmstash_repo::policy::{self, Decision, Keep, KeepPolicy, Span};
+use vmstash_repo::repository::SnapshotListing;
 use vmstash_repo::selection::{self, GroupKey, SnapshotFilter, TagList};
 use vmstash_repo::snapshot::Manifest;
 use vmstash_repo::{Id, Repository};
@@ -32,7 +34,7 @@ pub fn run(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
         ));
     }
     let repo = repo::open(g)?;
-    let _lock = repo.lock(false)?;
+    let _lock = repo::lock_for_writing(g, &repo, "forget")?;
     if a.ids.is_empty() {
         forget_by_policy(g, a, &repo, &policy)
     } else {
@@ -90,9 +92,10 @@ fn forget_by_policy(
     policy: &KeepPolicy,
 ) -> Result<ExitCode> {
     let filter: SnapshotFilter = a.filter.filter();
-    let considered: Vec<(Id, Manifest)> = repo
-        .snapshots()
-        .context("listing snapshots")?
+    // A damaged snapshot is left alone (and named): the policy judges the readable ones.
+    let considered: Vec<(Id, Manifest)> = repo::snapshots_warning_of_damage(repo)?
+        .0
+        .snapshots
         .into_iter()
         .filter(|(_, m)| filter.matches(m))
         .collect();
@@ -155,17 +158,38 @@ fn forget_by_policy(
 }
 
 fn forget_by_id(g: &Global, a: &ForgetArgs, repo: &Repository) -> Result<ExitCode> {
+    let listing = repo.snapshot_listing().context("listing snapshots")?;
     let mut chosen = Vec::new();
+    let mut damaged = Vec::new();
     for spec in &a.ids {
         if spec == "latest" {
             return Err(usage(
                 "forget takes snapshot ids, not \"latest\": find the id with `vmstash snapshots`",
             ));
         }
-        let (id, m) = repo.find_snapshot(spec, &SnapshotFilter::default())?;
-        if !chosen.iter().any(|(c, _)| *c == id) {
-            chosen.push((id, m));
+        match listing.find(spec, &SnapshotFilter::default()) {
+            Ok((id, m)) => {
+                if !chosen.iter().any(|(c, _)| *c == id) {
+                    chosen.push((id, m));
+                }
+            }
+            // A file that cannot be read can still be named, and removed, by its id.
+            Err(e) => match damaged_file(&listing, spec) {
+                Some(name) => damaged.push(name),
+                None => return Err(e.into()),
+            },
         }
+    }
+    if !a.dry_run {
+        for name in &damaged {
+            repo.backend()
+                .remove(FileKind::Snapshot, name)
+                .with_context(|| format!("removing the damaged snapshot file snapshots/{name}"))?;
+        }
+    }
+    for name in &damaged {
+        let verb = if a.dry_run { "would remove" } else { "removed" };
+        eprintln!("vmstash: {verb} the damaged snapshot file snapshots/{name}");
     }
     let ids: Vec<Id> = chosen.iter().map(|(id, _)| *id).collect();
     let removed = if a.dry_run {
@@ -191,6 +215,24 @@ fn forget_by_id(g: &Global, a: &ForgetArgs, repo: &Repository) -> Result<ExitCod
         ));
     }
     Ok(exit::ok())
+}
+
+/// The one damaged snapshot file whose name starts with `spec`, if exactly one does and no
+/// readable snapshot does.
+fn damaged_file(listing: &SnapshotListing, spec: &str) -> Option<String> {
+    let spec = spec.to_ascii_lowercase();
+    let readable = listing
+        .snapshots
+        .iter()
+        .any(|(id, _)| id.to_hex().starts_with(&spec));
+    let mut names = listing
+        .damaged
+        .iter()
+        .filter(|(name, _)| !spec.is_empty() && name.starts_with(&spec));
+    match (readable, names.next(), names.next()) {
+        (false, Some((name, _)), None) => Some(name.clone()),
+        _ => None,
+    }
 }
 
 /// Deletes the snapshot files; returns how many went. Stops at the first failure, naming it.

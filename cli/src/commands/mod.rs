@@ -12,6 +12,8 @@ mod mount;
 mod restore;
 mod snapshots;
 mod stats;
+mod tag;
+mod unlock;
 mod vm_repair;
 mod vms;
 
@@ -32,6 +34,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Mount(a) => mount::run(g, a),
         Command::Snapshots(a) => snapshots::run(g, a),
         Command::Forget(a) => forget::run(g, a),
+        Command::Tag(a) => tag::run(g, a),
+        Command::Unlock(a) => unlock::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Cat(a) => cat::run(g, a),

@@ -26,8 +26,15 @@ fn snapshot_json(id: &Id, m: &Manifest) -> serde_json::Value {
 pub fn run(g: &Global, a: &SnapshotsArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let filter = a.filter.filter();
-    let all: Vec<_> = repo
-        .snapshots()?
+    let (listing, damaged) = repo::snapshots_warning_of_damage(&repo)?;
+    // A listing that had to leave files out has not done its whole job: exit 1 after it.
+    let code = if damaged {
+        ExitCode::from(exit::FAILURE)
+    } else {
+        exit::ok()
+    };
+    let all: Vec<_> = listing
+        .snapshots
         .into_iter()
         .filter(|(_, m)| filter.matches(m))
         .collect();
@@ -40,7 +47,7 @@ pub fn run(g: &Global, a: &SnapshotsArgs) -> Result<ExitCode> {
             print_table(&all);
             line(format_args!("{} snapshots", all.len()));
         }
-        return Ok(exit::ok());
+        return Ok(code);
     }
     let mut groups = selection::group(all, &a.group_by.unwrap_or_default());
     if let Some(n) = a.latest {
@@ -58,14 +65,14 @@ pub fn run(g: &Global, a: &SnapshotsArgs) -> Result<ExitCode> {
                 })
                 .collect(),
         ));
-        return Ok(exit::ok());
+        return Ok(code);
     }
     for (key, snapshots) in &groups {
         line(format_args!("snapshots of {key}:"));
         print_table(snapshots);
         line(format_args!("{} snapshots\n", snapshots.len()));
     }
-    Ok(exit::ok())
+    Ok(code)
 }
 
 /// The snapshot table, one line per snapshot, in the order given.

@@ -21,9 +21,9 @@ fn approx(n: u64) -> f64 {
 /// Runs `vmstash stats`.
 pub fn run(g: &Global) -> Result<ExitCode> {
     let repo = &repo::open(g)?;
-    let _lock = repo.lock(false)?;
+    let _lock = repo::lock_for_reading(g, repo)?;
     let idx = repo.load_index()?;
-    let snaps = repo.snapshots()?;
+    let snaps = repo::snapshots_warning_of_damage(repo)?.0.snapshots;
     let mut logical = 0u64;
     let mut nonzero = 0u64;
     for (_, m) in &snaps {

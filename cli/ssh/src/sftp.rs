@@ -79,6 +79,8 @@ pub struct SftpMetadata {
     pub is_file: bool,
     /// The Unix mode: type and permission bits (0 if the server did not say).
     pub mode: u32,
+    /// Last modification, seconds since the Unix epoch (if the server said).
+    pub modified: Option<u32>,
 }
 
 impl SftpMetadata {
@@ -90,6 +92,7 @@ impl SftpMetadata {
             is_dir: mode & MODE_TYPE_MASK == MODE_DIR,
             is_file: mode & MODE_TYPE_MASK == MODE_FILE,
             mode,
+            modified: attrs.mtime,
         }
     }
 

@@ -130,6 +130,10 @@ impl<B: Backend> Backend for CachedBackend<B> {
         }
         self.inner.remove(kind, name)
     }
+
+    fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {
+        self.inner.modified(kind, name)
+    }
 }
 
 #[cfg(test)]

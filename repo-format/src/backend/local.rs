@@ -198,6 +198,13 @@ impl Backend for LocalBackend {
             .remove(&p);
         fs::remove_file(&p).map_err(io_err(&p))
     }
+
+    fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {
+        valid_name(name)?;
+        let p = self.path(kind, name);
+        let meta = fs::metadata(&p).map_err(io_err(&p))?;
+        Ok(meta.modified().ok())
+    }
 }
 
 /// Creates `dir` (and its parents) and fsyncs its parent, so that a file

@@ -81,4 +81,10 @@ pub trait Backend: Send + Sync {
     fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<()>;
     /// Deletes a file.
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// When a file was last written, if the store can say (it decides when an undecodable
+    /// lock file counts as stale); `None` when it cannot.
+    fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {
+        let _ = (kind, name);
+        Ok(None)
+    }
 }

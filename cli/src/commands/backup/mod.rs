@@ -34,7 +34,7 @@ fn run_disks(g: &Global, a: &BackupArgs) -> Result<ExitCode> {
         ));
     }
     let repo = repo::open(g)?;
-    let _lock = repo.lock(false)?;
+    let _lock = repo::lock_for_writing(g, &repo, "backup")?;
     let started = Instant::now();
     let names = disk_names(&a.disks);
     let disks = a

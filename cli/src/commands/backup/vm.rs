@@ -41,7 +41,7 @@ pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode>
         bail!("no VM to back up: give --vm NAME or --all");
     }
     let cancel = interrupt::cancel_on_signals()?;
-    let _lock = repo.lock(false)?;
+    let _lock = repo::lock_for_writing(g, &repo, "backup")?;
     let mut failed = Vec::new();
     for name in &names {
         if cancel.is_cancelled() {

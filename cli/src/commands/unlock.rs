@@ -1,0 +1,53 @@
+//! `vmstash unlock`: removes stale locks (§14: not refreshed for 30 minutes, or of a process of
+//! this host that is gone, or unreadable files older than that), or with `--remove-all` every
+//! lock, for when the user knows no other vmstash is running.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use vmstash_repo::backend::FileKind;
+
+use crate::args::{Global, UnlockArgs};
+use crate::exit::{self, usage};
+use crate::output::{line, print_json};
+use crate::repo;
+
+/// Runs `vmstash unlock`.
+pub fn run(g: &Global, a: &UnlockArgs) -> Result<ExitCode> {
+    if g.no_lock {
+        return Err(usage("--no-lock makes no sense for unlock"));
+    }
+    let repo = repo::open(g)?;
+    let removed = if a.remove_all {
+        let mut removed = Vec::new();
+        for lock in repo.lock_files().context("listing locks")? {
+            if !lock.is_stale(&repo.identity().hostname) {
+                eprintln!(
+                    "vmstash: warning: removing lock {} though it may belong to a running process",
+                    short(&lock.name)
+                );
+            }
+            repo.backend()
+                .remove(FileKind::Lock, &lock.name)
+                .with_context(|| format!("removing locks/{}", lock.name))?;
+            removed.push(lock.name);
+        }
+        removed
+    } else {
+        repo.remove_stale_locks().context("removing stale locks")?
+    };
+    if g.json {
+        print_json(&json!({ "removed": removed }));
+    } else {
+        for name in &removed {
+            line(format_args!("removed lock {}", short(name)));
+        }
+        line(format_args!("{} locks removed", removed.len()));
+    }
+    Ok(exit::ok())
+}
+
+fn short(name: &str) -> &str {
+    name.get(..8).unwrap_or(name)
+}

@@ -1,0 +1,238 @@
+//! One damaged file does not take the rest down: a snapshot file that cannot be read is named
+//! and skipped (and can be forgotten by id), a lock file that cannot be read counts as held
+//! until it is old and then as stale; `unlock`, `tag` and `--no-lock` on read-only storage.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::util::{describe, have, random_bytes, sh, sha256_file, sparse_image, Repo};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn overwrite(p: &Path, bytes: &[u8]) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(p, bytes).expect("write");
+}
+
+fn ids(repo: &Repo) -> Vec<String> {
+    let out = repo.run(&["--json", "snapshots"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let list: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or("[]")).expect("JSON");
+    list.as_array()
+        .expect("list")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[test]
+fn a_damaged_snapshot_file_is_skipped_named_and_forgettable() {
+    let repo = Repo::init();
+    let a = sparse_image(
+        repo.dir.path(),
+        "a.img",
+        1 << 20,
+        &[(0, random_bytes(31, 65536))],
+    );
+    let b = sparse_image(
+        repo.dir.path(),
+        "b.img",
+        1 << 20,
+        &[(0, random_bytes(32, 65536))],
+    );
+    let d = |p: &Path| p.to_str().expect("utf8").to_string();
+    repo.ok(&["backup", "--disk", &d(&a), "--time", "2026-01-01 10:00:00"]);
+    repo.ok(&["backup", "--disk", &d(&b), "--time", "2026-01-02 10:00:00"]);
+    let before = ids(&repo);
+    // Damage the newest (b's) snapshot file.
+    let damaged = repo
+        .files("snapshots")
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy() == before[1])
+        })
+        .expect("b's file");
+    overwrite(&damaged, b"not a snapshot");
+
+    let out = repo.run(&["snapshots"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stderr(&out).contains(&before[1]), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("vmstash forget"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&before[0][..8]),
+        "{}",
+        describe(&out)
+    );
+
+    // Restore of the other one, by id and as latest, works (with a warning).
+    for spec in [&before[0][..8], "latest"] {
+        let target = repo.dir.path().join(format!("r-{spec}"));
+        let out = repo.run(&["restore", spec, "--target", target.to_str().expect("utf8")]);
+        assert!(out.status.success(), "{spec}: {}", describe(&out));
+        assert_eq!(sha256_file(&target.join("a.raw")), sha256_file(&a));
+    }
+    // Naming the damaged one is an error that says it is damaged.
+    let out = repo.run(&[
+        "restore",
+        &before[1][..8],
+        "--target",
+        "/nonexistent-target",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("cannot be read"),
+        "{}",
+        describe(&out)
+    );
+    // A backup still finds its way (a damaged file is not its parent).
+    repo.ok(&["backup", "--disk", &d(&b)]);
+    // forget by id removes the damaged file; then the listing is whole again.
+    repo.ok(&["forget", &before[1][..8]]);
+    let out = repo.run(&["snapshots"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(ids(&repo).len(), 2);
+    repo.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn an_unreadable_lock_is_held_until_old_then_stale_and_unlock_clears_it() {
+    let repo = Repo::init();
+    let img = sparse_image(
+        repo.dir.path(),
+        "d.img",
+        1 << 20,
+        &[(0, random_bytes(33, 4096))],
+    );
+    let d = img.to_str().expect("utf8");
+    let lock = repo.path.join("locks").join("ab".repeat(32));
+    std::fs::write(&lock, b"garbage").expect("write lock");
+
+    let out = repo.run(&["backup", "--disk", d]);
+    assert_eq!(out.status.code(), Some(11), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("unlock --remove-all"),
+        "{}",
+        describe(&out)
+    );
+    // Plain unlock keeps it (it may be live); the listing still works without a lock.
+    repo.ok(&["unlock"]);
+    assert!(lock.exists());
+    repo.ok(&["snapshots"]);
+
+    // 31 minutes old: stale. Backups go on, and unlock removes it.
+    sh(
+        "touch",
+        &["-d", "31 minutes ago", lock.to_str().expect("utf8")],
+    );
+    repo.ok(&["backup", "--disk", d]);
+    assert!(lock.exists(), "a backup does not remove other locks");
+    let out = repo.json(&["unlock"]);
+    assert_eq!(out["removed"].as_array().map(Vec::len), Some(1), "{out}");
+    assert!(!lock.exists());
+
+    // --remove-all removes a fresh unreadable lock too, with a warning.
+    std::fs::write(&lock, b"garbage").expect("write lock");
+    let out = repo.run(&["unlock", "--remove-all"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("may belong to a running process"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!lock.exists());
+    repo.ok(&["check"]);
+}
+
+#[test]
+fn tag_rewrites_snapshots_and_filters_see_the_new_tags() {
+    let repo = Repo::init();
+    let img = sparse_image(
+        repo.dir.path(),
+        "d.img",
+        1 << 20,
+        &[(0, random_bytes(34, 4096))],
+    );
+    let d = img.to_str().expect("utf8");
+    repo.ok(&["backup", "--disk", d, "--tag", "nightly,keep"]);
+    repo.ok(&["backup", "--disk", d, "--tag", "nightly"]);
+    let out = repo.json(&[
+        "tag", "--tag", "keep", "--add", "monthly", "--remove", "nightly",
+    ]);
+    assert_eq!(out["changed"].as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(
+        out["changed"][0]["tags"],
+        serde_json::json!(["keep", "monthly"])
+    );
+    let monthly = repo.json(&["snapshots", "--tag", "monthly"]);
+    assert_eq!(monthly.as_array().map(Vec::len), Some(1));
+    assert_eq!(repo.files("snapshots").len(), 2, "the old file is gone");
+    let id = ids(&repo)[1].clone();
+    repo.ok(&["tag", &id[..8], "--set", ""]);
+    let untagged = repo.json(&["snapshots", "--tag", "nightly"]);
+    assert_eq!(untagged.as_array().map(Vec::len), Some(0), "{untagged}");
+    let nothing = repo.run(&["tag", "--add", "x", "--set", "y"]);
+    assert_eq!(nothing.status.code(), Some(2), "{}", describe(&nothing));
+    let none = repo.run(&["tag"]);
+    assert_eq!(none.status.code(), Some(2), "{}", describe(&none));
+    repo.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn no_lock_reads_a_repository_on_read_only_storage() {
+    if !have(&["mount", "umount"], true) {
+        return;
+    }
+    let repo = Repo::init();
+    let img = sparse_image(
+        repo.dir.path(),
+        "d.img",
+        1 << 20,
+        &[(0, random_bytes(35, 65536))],
+    );
+    repo.ok(&["backup", "--disk", img.to_str().expect("utf8")]);
+    let ro = repo.dir.path().join("ro");
+    std::fs::create_dir(&ro).expect("mkdir");
+    let ro_s = ro.to_str().expect("utf8").to_string();
+    sh(
+        "mount",
+        &["--bind", repo.path.to_str().expect("utf8"), &ro_s],
+    );
+    sh("mount", &["-o", "remount,bind,ro", &ro_s]);
+    let result = std::panic::catch_unwind(|| {
+        let ro_repo = Repo {
+            path: ro.clone(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        let target = ro_repo.dir.path().join("out");
+        let restore = [
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().expect("utf8"),
+        ];
+        let out = ro_repo.run(&restore);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(stderr(&out).contains("--no-lock"), "{}", describe(&out));
+        let mut with = vec!["--no-lock"];
+        with.extend(restore);
+        ro_repo.ok(&with);
+        assert_eq!(sha256_file(&target.join("d.raw")), sha256_file(&img));
+        ro_repo.ok(&["--no-lock", "check", "--read-data"]);
+        ro_repo.ok(&["--no-lock", "snapshots"]);
+        ro_repo.ok(&["--no-lock", "stats"]);
+        let out = ro_repo.run(&["--no-lock", "backup", "--disk", img.to_str().expect("utf8")]);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    });
+    sh("umount", &[&ro_s]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
