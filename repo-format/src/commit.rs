@@ -39,6 +39,9 @@ use crate::{payload, Error, Result};
 
 /// Packs per index file while a backup runs.
 pub const INDEX_FLUSH_PACKS: usize = 64;
+/// An index file is also written once this long has passed since the last one (or since the
+/// first pack), so that a backup killed with SIGKILL leaves little unindexed work behind.
+pub const INDEX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Blobs per index file at most (about 9 MiB of entries), so that packs of tiny, well-compressed
 /// blobs cannot make an index too large to read.
 pub const INDEX_FLUSH_BLOBS: usize = 200_000;
@@ -75,6 +78,8 @@ pub struct CommitStats {
 struct Shared {
     /// Packs written but not yet in an index file.
     unindexed: Mutex<Vec<IndexedPack>>,
+    /// When an index file was last written (or the first pack stored).
+    last_index: Mutex<Option<std::time::Instant>>,
     /// The first upload error.
     error: Mutex<Option<Error>>,
     /// Set with `error`, read without locking.
@@ -333,7 +338,11 @@ fn store_pack(repo: &Repository, shared: &Shared, w: PackWriter) -> Result<()> {
             blobs: entries,
         });
         let blobs: usize = pending.iter().map(|p| p.blobs.len()).sum();
-        if pending.len() >= INDEX_FLUSH_PACKS || blobs >= INDEX_FLUSH_BLOBS {
+        let now = std::time::Instant::now();
+        let mut last = locked(&shared.last_index);
+        let due = last.get_or_insert(now).elapsed() >= INDEX_FLUSH_INTERVAL;
+        if due || pending.len() >= INDEX_FLUSH_PACKS || blobs >= INDEX_FLUSH_BLOBS {
+            *last = Some(now);
             std::mem::take(&mut *pending)
         } else {
             Vec::new()

@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+pub mod adopt;
 pub mod backend;
 pub mod backup;
 pub mod blob;

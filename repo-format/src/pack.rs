@@ -165,28 +165,48 @@ pub fn read_header(
     bytes: &[u8],
     file: &str,
 ) -> Result<([u8; SALT_LEN], Vec<BlobEntry>)> {
-    check_header(bytes, FileType::Pack, file)?;
-    let salt = pack_salt(bytes, file)?;
-    let total = bytes.len();
+    let total = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    read_header_with(master, total, file, |offset, len| {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+        bytes
+            .get(start..end)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| Error::corrupt(file, "truncated"))
+    })
+}
+
+/// Like [`read_header`] for a pack of `total` bytes read through `read_range(offset, len)`:
+/// three small reads (the file's start, its trailer, the sealed header), not the whole pack.
+pub fn read_header_with(
+    master: &MasterKey,
+    total: u64,
+    file: &str,
+    mut read_range: impl FnMut(u64, u32) -> Result<Vec<u8>>,
+) -> Result<([u8; SALT_LEN], Vec<BlobEntry>)> {
+    let head_len = u64::try_from(PACK_HEADER_LEN).unwrap_or(u64::MAX);
     let trailer = total
         .checked_sub(4)
-        .filter(|&t| t >= PACK_HEADER_LEN)
+        .filter(|&t| t >= head_len)
         .ok_or_else(|| Error::corrupt(file, "truncated: no trailer"))?;
-    let h = Reader::new(&bytes[trailer..], file).u32()?;
-    let h = usize::try_from(h).unwrap_or(usize::MAX);
+    let head = read_range(0, u32::try_from(PACK_HEADER_LEN).unwrap_or(u32::MAX))?;
+    check_header(&head, FileType::Pack, file)?;
+    let salt = pack_salt(&head, file)?;
+    let h = Reader::new(&read_range(trailer, 4)?, file).u32()?;
+    let seal_overhead = u32::try_from(SEAL_OVERHEAD).unwrap_or(u32::MAX);
     let start = trailer
-        .checked_sub(h)
-        .filter(|&s| s >= PACK_HEADER_LEN && h >= SEAL_OVERHEAD)
+        .checked_sub(u64::from(h))
+        .filter(|&s| s >= head_len && h >= seal_overhead)
         .ok_or_else(|| Error::corrupt(file, format!("header length {h} exceeds the pack")))?;
+    let sealed = read_range(start, h)?;
     let key = master.subkey(&salt, purpose::PACK);
     let plain = key
-        .open(&bytes[start..trailer], HEADER_AAD)
+        .open(&sealed, HEADER_AAD)
         .map_err(|_| Error::corrupt(file, "pack header fails authentication"))?;
     let entries = decode_header_plaintext(&plain, file)?;
-    let limit = u64::try_from(start).unwrap_or(u64::MAX);
     if let Some(e) = entries
         .iter()
-        .find(|e| usize::try_from(e.offset).is_ok_and(|o| o < PACK_HEADER_LEN) || e.end() > limit)
+        .find(|e| usize::try_from(e.offset).is_ok_and(|o| o < PACK_HEADER_LEN) || e.end() > start)
     {
         return Err(Error::corrupt(
             file,

@@ -70,3 +70,68 @@ fn two_concurrent_backups_into_one_repository() {
     }
     assert!(repo.files("locks").is_empty(), "locks must be released");
 }
+
+/// Bytes of the durable pack files under `data/` (temporary files left out).
+fn pack_bytes(repo: &Repo) -> u64 {
+    repo.files("data")
+        .iter()
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
+        })
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// A backup stopped by SIGINT, SIGTERM or SIGKILL once several packs are durable: the next
+/// backup of the same disk stores again less than 10 % of what the stopped one had stored
+/// (SIGINT/SIGTERM: the stopped backup indexed its packs; SIGKILL: the next one adopts them).
+#[test]
+fn a_stopped_backups_packs_are_reused_by_the_next_backup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = sparse_image(
+        dir.path(),
+        "big.img",
+        320 << 20,
+        &[(0, random_bytes(41, 256 << 20))],
+    );
+    let clean = Repo::init();
+    let clean_added = clean.backup(&[&img])["bytes_added"]
+        .as_u64()
+        .expect("bytes_added");
+    for signal in ["INT", "TERM", "KILL"] {
+        let repo = Repo::init();
+        let child = repo.spawn_backup(&img);
+        let pid = child.id().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while pack_bytes(&repo) < 64 << 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{signal}: no packs appeared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        crate::util::sh("kill", &[&format!("-{signal}"), &pid]);
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            !out.status.success(),
+            "{signal}: the backup finished before the signal"
+        );
+        let stored = pack_bytes(&repo);
+        let added = repo.backup(&[&img])["bytes_added"]
+            .as_u64()
+            .expect("bytes_added");
+        let again = added.saturating_sub(clean_added.saturating_sub(stored));
+        assert!(
+            again * 10 < stored,
+            "{signal}: the stopped backup had stored {stored} bytes; the next one added {added} of {clean_added}, {again} again"
+        );
+        repo.ok(&["check", "--read-data"]);
+        let out = repo.restore("latest");
+        assert_eq!(
+            sha256_file(&out.join("big.raw")),
+            sha256_file(&img),
+            "{signal}"
+        );
+    }
+}

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 pub use pipeline::{DiskCounts, MAX_READERS};
 
+use crate::adopt::{adopt_unindexed_packs, Adopted};
 use crate::cancel::CancelToken;
 use crate::commit::Committer;
 use crate::id::Id;
@@ -95,8 +96,10 @@ pub struct BackupReport {
     pub manifest: Manifest,
     /// The previous snapshot of the same name, if any.
     pub parent: Option<Id>,
-    /// Blobs the repository had before.
+    /// Blobs the repository had before (adopted ones included).
     pub known_blobs: usize,
+    /// Packs of an interrupted backup that no index listed, indexed by this one (§15).
+    pub adopted: Adopted,
     /// Per disk, in the plan's order.
     pub disks: Vec<DiskCounts>,
 }
@@ -115,7 +118,11 @@ pub fn back_up(
     let time = plan.time.clone().unwrap_or_else(now_rfc3339);
     check_names(&plan)?;
     cancel.check()?;
-    let index = repo.load_index()?;
+    let mut index = repo.load_index()?;
+    let adopted = adopt_unindexed_packs(repo, &index)?;
+    if adopted.packs > 0 {
+        index = repo.load_index()?;
+    }
     let parent = repo
         .snapshots()?
         .into_iter()
@@ -201,6 +208,7 @@ pub fn back_up(
         manifest,
         parent,
         known_blobs: index.len(),
+        adopted,
         disks: counts,
     })
 }

@@ -155,9 +155,15 @@ pub fn print_summary(g: &Global, report: &BackupReport) {
             "name": m.name, "disks": m.disks.len(), "disk_bytes": s.disk_bytes,
             "bytes_read": s.bytes_read, "bytes_added": s.bytes_added, "chunks": s.chunks,
             "zero_chunks": s.zero_chunks, "new_chunks": s.new_chunks,
-            "duration_seconds": s.duration_seconds,
+            "duration_seconds": s.duration_seconds, "adopted_packs": report.adopted.packs,
         }));
     } else if !g.quiet {
+        if report.adopted.packs > 0 {
+            output::line(format_args!(
+                "indexed {} packs ({} chunks) an interrupted backup had left unindexed, and reused them",
+                report.adopted.packs, report.adopted.blobs
+            ));
+        }
         output::line(format_args!(
             "snapshot {} saved: {} disk(s), {} in {:.1} s; read {}, added {} ({} new of {} chunks, {} zero)",
             id.short(),
