@@ -80,6 +80,9 @@ pub enum Command {
     Tag(TagArgs),
     /// Remove stale locks, left by processes that were killed or lost their connection.
     Unlock(UnlockArgs),
+    /// Repair a damaged repository.
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// Write a snapshot's disks back out as image files.
     Restore(RestoreArgs),
     /// Verify the repository's structure, and with --read-data all of its data.
@@ -251,6 +254,13 @@ pub struct TagArgs {
     pub filter: FilterArgs,
 }
 
+/// `vmstash repair …`
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs' own headers (damaged index files, missing packs).
+    Index,
+}
+
 /// `vmstash unlock`
 #[derive(Debug, Args)]
 pub struct UnlockArgs {
@@ -366,8 +376,20 @@ pub struct RestoreArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Also read and verify every byte of every pack.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "read_data_subset")]
     pub read_data: bool,
+    /// Read and verify only part of the packs: n/t (group n of t; t runs read all), N% (a
+    /// random share) or a size such as 500M (random packs up to about that much).
+    #[arg(long, value_name = "n/t|N%|SIZE", value_parser = parse_read_data_subset)]
+    pub read_data_subset: Option<vmstash_repo::check::ReadData>,
+}
+
+/// A `--read-data-subset` value.
+pub fn parse_read_data_subset(s: &str) -> Result<vmstash_repo::check::ReadData, String> {
+    vmstash_repo::check::ReadData::parse_subset(s).map_err(|e| match e {
+        vmstash_repo::Error::InvalidParameter(why) => why,
+        other => other.to_string(),
+    })
 }
 
 /// What `cat` prints.

@@ -95,10 +95,12 @@ mod tests {
         assert_eq!(adopted.unreadable, 0);
         let index = repo.load_index().expect("index");
         assert_eq!(index.len(), adopted.blobs);
-        assert!(crate::check::check(&repo, true, &|_| {})
-            .expect("check")
-            .errors
-            .is_empty());
+        assert!(
+            crate::check::check(&repo, crate::check::ReadData::All, &|_| {})
+                .expect("check")
+                .errors
+                .is_empty()
+        );
         // Nothing left to adopt.
         assert_eq!(
             adopt_unindexed_packs(&repo, &index).expect("again"),

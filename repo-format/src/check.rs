@@ -16,7 +16,7 @@ use crate::index::{IndexedPack, MasterIndex};
 use crate::pack;
 use crate::repository::Repository;
 use crate::snapshot::Manifest;
-use crate::Result;
+use crate::{Error, Result};
 
 /// What `check` found.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -42,10 +42,128 @@ impl CheckReport {
     }
 }
 
-/// Checks `repo`; `on_pack` is called after each pack read (for progress).
+/// Which indexed packs `check` reads whole.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadData {
+    /// None: structure only.
+    None,
+    /// Every pack.
+    All,
+    /// Group `n` of `of` (1-based): the packs whose id's first byte modulo `of` is `n − 1`, so
+    /// that `of` runs with n = 1 … `of` read every pack once (restic's `n/t`).
+    Group {
+        /// Which group, 1 … `of`.
+        n: u32,
+        /// How many groups.
+        of: u32,
+    },
+    /// A random share of the packs, in hundredths of a percent: 1 … 10,000 (restic's `N%`).
+    Share(u32),
+    /// Random packs up to about this many bytes (restic's `SIZE`).
+    Bytes(u64),
+}
+
+impl ReadData {
+    /// Parses `--read-data-subset`: `n/t`, `N%` or a size (`500M`, `2G`, `1024`).
+    pub fn parse_subset(text: &str) -> Result<ReadData> {
+        let bad = |why: &str| {
+            Error::InvalidParameter(format!(
+                "read-data subset {text:?}: {why}; give n/t (1 ≤ n ≤ t), a percentage like 10% or a size like 500M"
+            ))
+        };
+        let text = text.trim();
+        if let Some((n, of)) = text.split_once('/') {
+            let (n, of): (u32, u32) = (
+                n.parse().map_err(|_| bad("n is not a number"))?,
+                of.parse().map_err(|_| bad("t is not a number"))?,
+            );
+            if n == 0 || n > of || of > 256 {
+                return Err(bad("n must be 1 … t and t at most 256"));
+            }
+            return Ok(ReadData::Group { n, of });
+        }
+        if let Some(pct) = text.strip_suffix('%') {
+            let (whole, frac) = pct.split_once('.').unwrap_or((pct, ""));
+            let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+            if !digits(whole) || (!frac.is_empty() && !digits(frac)) || frac.len() > 2 {
+                return Err(bad("not a percentage (at most two decimals)"));
+            }
+            let whole: u32 = whole.parse().map_err(|_| bad("too large"))?;
+            let frac: u32 = format!("{frac:0<2}")
+                .parse()
+                .map_err(|_| bad("not a percentage"))?;
+            let hundredths = whole.checked_mul(100).and_then(|w| w.checked_add(frac));
+            return match hundredths {
+                Some(h @ 1..=10_000) => Ok(ReadData::Share(h)),
+                _ => Err(bad("the percentage must be above 0 and at most 100")),
+            };
+        }
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (num, unit) = text.split_at(split);
+        let num: u64 = num.parse().map_err(|_| bad("not a number"))?;
+        let shift = match unit.to_ascii_uppercase().as_str() {
+            "" | "B" => 0,
+            "K" | "KB" | "KIB" => 10,
+            "M" | "MB" | "MIB" => 20,
+            "G" | "GB" | "GIB" => 30,
+            "T" | "TB" | "TIB" => 40,
+            _ => return Err(bad("unknown unit")),
+        };
+        let bytes = num
+            .checked_mul(1 << shift)
+            .ok_or_else(|| bad("too large"))?;
+        if bytes == 0 {
+            return Err(bad("a size of 0 reads nothing"));
+        }
+        Ok(ReadData::Bytes(bytes))
+    }
+
+    /// The packs of `packs` (with their sizes) to read.
+    fn select<'a>(&self, packs: Vec<(&'a IndexedPack, u64)>) -> Vec<&'a IndexedPack> {
+        use rand::seq::SliceRandom;
+        let mut packs = packs;
+        match *self {
+            ReadData::None => Vec::new(),
+            ReadData::All => packs.into_iter().map(|p| p.0).collect(),
+            ReadData::Group { n, of } => packs
+                .into_iter()
+                .filter(|(p, _)| u32::from(p.id.as_bytes()[0]) % of == n - 1)
+                .map(|p| p.0)
+                .collect(),
+            ReadData::Share(hundredths) => {
+                packs.shuffle(&mut rand::thread_rng());
+                let len = u64::try_from(packs.len()).unwrap_or(u64::MAX);
+                let take = len.saturating_mul(u64::from(hundredths)).div_ceil(10_000);
+                packs
+                    .into_iter()
+                    .take(usize::try_from(take).unwrap_or(usize::MAX))
+                    .map(|p| p.0)
+                    .collect()
+            }
+            ReadData::Bytes(limit) => {
+                packs.shuffle(&mut rand::thread_rng());
+                let mut total = 0u64;
+                packs
+                    .into_iter()
+                    .take_while(|(_, size)| {
+                        let fits = total < limit;
+                        total = total.saturating_add(*size);
+                        fits
+                    })
+                    .map(|p| p.0)
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Checks `repo`, reading the packs `read` names whole; `on_pack` is called after each pack
+/// read (for progress).
 pub fn check(
     repo: &Repository,
-    read_data: bool,
+    read: ReadData,
     on_pack: &(dyn Fn(u64) + Sync),
 ) -> Result<CheckReport> {
     let mut report = CheckReport::default();
@@ -68,8 +186,15 @@ pub fn check(
     report.blobs = index.len();
 
     let mut bad_blobs = check_pack_files(repo, &indexed, &mut report)?;
-    if read_data {
-        bad_blobs.extend(read_all_packs(repo, &indexed, &mut report, on_pack)?);
+    if read != ReadData::None {
+        let sizes: HashMap<String, u64> =
+            repo.backend().list(FileKind::Pack)?.into_iter().collect();
+        let candidates = indexed
+            .values()
+            .filter_map(|p| sizes.get(&p.id.to_hex()).map(|size| (p, *size)))
+            .collect();
+        let chosen = read.select(candidates);
+        bad_blobs.extend(read_packs(repo, &chosen, &mut report, on_pack)?);
     }
     check_snapshots(repo, &index, &bad_blobs, &mut report)?;
     Ok(report)
@@ -120,18 +245,17 @@ fn check_pack_files(
 
 /// Reads every indexed pack whole, on two threads; returns the blobs of
 /// damaged packs.
-fn read_all_packs(
+fn read_packs(
     repo: &Repository,
-    indexed: &HashMap<Id, IndexedPack>,
+    packs: &[&IndexedPack],
     report: &mut CheckReport,
     on_pack: &(dyn Fn(u64) + Sync),
 ) -> Result<HashSet<Id>> {
-    let work: Mutex<std::collections::hash_map::Values<'_, Id, IndexedPack>> =
-        Mutex::new(indexed.values());
+    let work = Mutex::new(packs.iter().copied());
     let found: Mutex<(Vec<String>, HashSet<Id>, usize)> =
         Mutex::new((Vec::new(), HashSet::new(), 0));
     std::thread::scope(|s| {
-        for _ in 0..2 {
+        for _ in 0..crate::threads::io_workers() {
             s.spawn(|| loop {
                 let next = work
                     .lock()
@@ -260,4 +384,64 @@ fn snapshot_problems(
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadData;
+
+    #[test]
+    fn subsets_parse_like_restic() {
+        assert_eq!(
+            ReadData::parse_subset("2/5").expect("n/t"),
+            ReadData::Group { n: 2, of: 5 }
+        );
+        assert_eq!(
+            ReadData::parse_subset("10%").expect("%"),
+            ReadData::Share(1_000)
+        );
+        assert_eq!(
+            ReadData::parse_subset("0.5%").expect("%"),
+            ReadData::Share(50)
+        );
+        assert_eq!(
+            ReadData::parse_subset("100%").expect("%"),
+            ReadData::Share(10_000)
+        );
+        assert_eq!(
+            ReadData::parse_subset("500M").expect("size"),
+            ReadData::Bytes(500 << 20)
+        );
+        for bad in [
+            "0/5", "6/5", "1/0", "1/300", "0%", "101%", "1.234%", "-5%", "x", "5Q", "0", "%",
+        ] {
+            assert!(ReadData::parse_subset(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_groups_of_one_split_cover_every_pack_once() {
+        let packs: Vec<crate::index::IndexedPack> = (0..200u32)
+            .map(|i| crate::index::IndexedPack {
+                id: crate::Id::of(&i.to_le_bytes()),
+                salt: [0; 32],
+                blobs: Vec::new(),
+            })
+            .collect();
+        let mut seen = 0;
+        for n in 1..=3 {
+            let chosen =
+                ReadData::Group { n, of: 3 }.select(packs.iter().map(|p| (p, 1)).collect());
+            seen += chosen.len();
+        }
+        assert_eq!(seen, packs.len());
+        let share = ReadData::Share(2_500).select(packs.iter().map(|p| (p, 1)).collect());
+        assert_eq!(share.len(), 50);
+        let bytes = ReadData::Bytes(10).select(packs.iter().map(|p| (p, 4)).collect());
+        assert_eq!(
+            bytes.len(),
+            3,
+            "4 + 4 + 4 ≥ 10: reading stops at the pack that reaches it"
+        );
+    }
 }

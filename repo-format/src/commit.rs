@@ -405,11 +405,15 @@ mod tests {
         let b = vec![42u8; 5000];
         s.save(BlobType::Data, Id::of(&b), &b).expect("save");
         s.finish().expect("finish");
-        assert!(check(&r, true, &|_| {}).expect("check").is_ok());
+        assert!(check(&r, crate::check::ReadData::All, &|_| {})
+            .expect("check")
+            .is_ok());
         let (pack, _) = mem.list(FileKind::Pack).expect("list").remove(0);
         mem.tamper(FileKind::Pack, &pack, |v| v[40] ^= 1);
-        assert!(check(&r, false, &|_| {}).expect("check").is_ok());
-        let report = check(&r, true, &|_| {}).expect("check");
+        assert!(check(&r, crate::check::ReadData::None, &|_| {})
+            .expect("check")
+            .is_ok());
+        let report = check(&r, crate::check::ReadData::All, &|_| {}).expect("check");
         assert!(!report.is_ok());
         assert!(report.errors[0].contains(&pack), "{:?}", report.errors);
         let index = r.load_index().expect("index");

@@ -58,6 +58,7 @@ pub mod pack;
 pub mod payload;
 pub mod policy;
 pub mod progress;
+pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod sealed;

@@ -9,6 +9,7 @@ mod forget;
 mod init;
 mod key;
 mod mount;
+mod repair;
 mod restore;
 mod snapshots;
 mod stats;
@@ -36,6 +37,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Forget(a) => forget::run(g, a),
         Command::Tag(a) => tag::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
+        Command::Repair(c) => repair::run(g, c),
         Command::Restore(a) => restore::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Cat(a) => cat::run(g, a),

@@ -220,9 +220,11 @@ fn a_failing_read_stops_the_backup_with_the_disks_error_and_no_snapshot() {
         "{err}"
     );
     assert!(repo.snapshots().expect("list").is_empty());
-    assert!(crate::check::check(&repo, true, &|_| {})
-        .expect("check")
-        .is_ok());
+    assert!(
+        crate::check::check(&repo, crate::check::ReadData::All, &|_| {})
+            .expect("check")
+            .is_ok()
+    );
 }
 
 #[test]
@@ -272,9 +274,11 @@ fn a_cancelled_backup_writes_no_snapshot_and_the_next_reuses_its_packs() {
     .expect_err("cancelled");
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert!(repo.snapshots().expect("list").is_empty());
-    assert!(crate::check::check(&repo, true, &|_| {})
-        .expect("check")
-        .is_ok());
+    assert!(
+        crate::check::check(&repo, crate::check::ReadData::All, &|_| {})
+            .expect("check")
+            .is_ok()
+    );
     let kept = repo.load_index().expect("index").len();
     assert!(kept > 0, "the packs written before the cancel are indexed");
     let again = back_up(
