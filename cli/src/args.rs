@@ -83,6 +83,8 @@ pub enum Command {
     /// Repair a damaged repository.
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Show what changed between two snapshots, disk by disk.
+    Diff(DiffArgs),
     /// Write a snapshot's disks back out as image files.
     Restore(RestoreArgs),
     /// Verify the repository's structure, and with --read-data all of its data.
@@ -259,6 +261,15 @@ pub struct TagArgs {
 pub enum RepairCommand {
     /// Rebuild the index from the packs' own headers (damaged index files, missing packs).
     Index,
+}
+
+/// `vmstash diff`
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The older snapshot (id, unique prefix, or "latest").
+    pub old: String,
+    /// The newer snapshot (id, unique prefix, or "latest").
+    pub new: String,
 }
 
 /// `vmstash unlock`

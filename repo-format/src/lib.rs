@@ -46,6 +46,7 @@ pub mod chunkmap;
 pub mod commit;
 pub mod config;
 pub mod crypto;
+pub mod diff;
 pub mod direct;
 pub mod disk_reader;
 pub mod entry;

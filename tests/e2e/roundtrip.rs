@@ -171,3 +171,34 @@ fn restore_refuses_to_overwrite_and_unknown_disk() {
     ]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("has no disk \"vdz\""));
 }
+
+/// `diff` counts the chunks that changed between two backups and the bytes on each side.
+#[test]
+fn diff_counts_changed_chunks_and_bytes() {
+    let repo = Repo::init();
+    let img = sparse_image(
+        repo.dir.path(),
+        "d.img",
+        16 << 20,
+        &[(0, random_bytes(51, 4 << 20))],
+    );
+    repo.backup(&[&img]);
+    // 1 MiB rewritten inside the data, 1 MiB written where there was a hole: 4 chunks of 512 KiB.
+    crate::util::write_at(&img, 1 << 20, &random_bytes(52, 1 << 20));
+    crate::util::write_at(&img, 8 << 20, &random_bytes(53, 1 << 20));
+    repo.backup(&[&img]);
+    let ids: Vec<String> = repo
+        .json(&["snapshots"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect();
+    let d = repo.json(&["diff", &ids[0], &ids[1]]);
+    let disk = &d["disks"][0];
+    assert_eq!(disk["chunks_changed"], 4, "{d}");
+    assert_eq!(disk["bytes_added"], 2 << 20, "{d}");
+    assert_eq!(disk["bytes_removed"], 1 << 20, "{d}");
+    let same = repo.json(&["diff", &ids[1], "latest"]);
+    assert_eq!(same["disks"][0]["chunks_changed"], 0, "{same}");
+}

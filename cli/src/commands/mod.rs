@@ -5,6 +5,7 @@
 mod backup;
 mod cat;
 mod check;
+mod diff;
 mod forget;
 mod init;
 mod key;
@@ -38,6 +39,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Tag(a) => tag::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
         Command::Repair(c) => repair::run(g, c),
+        Command::Diff(a) => diff::run(g, a),
         Command::Restore(a) => restore::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Cat(a) => cat::run(g, a),
