@@ -78,7 +78,7 @@ pub enum Command {
     Forget(Box<ForgetArgs>),
     /// Change the tags of snapshots (each is rewritten; the old file goes once the new is stored).
     Tag(TagArgs),
-    /// Remove stale locks, left by processes that were killed or lost their connection.
+    /// Remove stale locks and the temporary files of interrupted writes, left by killed runs.
     Unlock(UnlockArgs),
     /// Repair a damaged repository.
     #[command(subcommand)]
@@ -275,7 +275,7 @@ pub struct DiffArgs {
 /// `vmstash unlock`
 #[derive(Debug, Args)]
 pub struct UnlockArgs {
-    /// Remove every lock, also those of processes that may still be running.
+    /// Remove every lock and temporary file, also those of processes that may still be running.
     #[arg(long)]
     pub remove_all: bool,
 }

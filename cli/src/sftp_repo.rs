@@ -11,7 +11,9 @@
 use std::io;
 
 use anyhow::Result;
-use vmstash_repo::backend::{relative_path, Backend, FileKind};
+use vmstash_repo::backend::{
+    is_temporary_path, relative_path, temporary_dirs, Backend, FileKind, TemporaryFile,
+};
 use vmstash_repo::{Error as RepoError, Id, Result as RepoResult};
 use vmstash_ssh::{Sftp, SshError, SshSession};
 
@@ -176,6 +178,38 @@ impl Backend for SftpBackend {
     fn remove(&self, kind: FileKind, name: &str) -> RepoResult<()> {
         valid_name(name)?;
         let p = self.path(kind, name);
+        self.sftp.remove(&p).map_err(io_err(&p))
+    }
+
+    fn list_temporary(&self) -> RepoResult<Vec<TemporaryFile>> {
+        let mut out = Vec::new();
+        for dir in temporary_dirs() {
+            let d = format!("{}/{dir}", self.root);
+            let entries = match self.sftp.read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(io_err(&d)(e)),
+            };
+            for (name, meta) in entries {
+                let path = format!("{dir}/{name}");
+                if meta.is_file && is_temporary_path(&path) {
+                    let modified = meta.modified.map(|s| {
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(s))
+                    });
+                    out.push(TemporaryFile { path, modified });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_temporary(&self, path: &str) -> RepoResult<()> {
+        if !is_temporary_path(path) {
+            return Err(RepoError::InvalidParameter(format!(
+                "{path} is not a temporary file"
+            )));
+        }
+        let p = format!("{}/{path}", self.root);
         self.sftp.remove(&p).map_err(io_err(&p))
     }
 

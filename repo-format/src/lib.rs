@@ -54,6 +54,7 @@ mod error;
 pub mod id;
 pub mod index;
 pub mod keyfile;
+pub mod leftovers;
 pub mod lock;
 pub mod pack;
 pub mod payload;

@@ -349,3 +349,40 @@ fn read_data_subsets_cover_every_pack_once_and_find_damage() {
         "exactly the run holding the damaged pack fails: {failing:?}"
     );
 }
+
+/// Temporary files of killed writes: `unlock` removes those not written to for 30 minutes,
+/// keeps recent ones (a live write, maybe) and never touches anything else.
+#[test]
+fn unlock_removes_old_temporary_files_only() {
+    let repo = Repo::init();
+    let old_pack = repo.path.join("data/7c/.tmp-0123abcd");
+    let old_index = repo.path.join("index/.tmp-deadbeef");
+    let recent = repo.path.join("snapshots/.tmp-feedface");
+    let other = repo.path.join("index/notes.txt");
+    std::fs::create_dir_all(repo.path.join("data/7c")).expect("mkdir");
+    for p in [&old_pack, &old_index, &recent, &other] {
+        std::fs::write(p, vec![7u8; 4096]).expect("write");
+    }
+    for p in [&old_pack, &old_index, &other] {
+        sh("touch", &["-d", "2 hours ago", p.to_str().expect("utf8")]);
+    }
+    let out = repo.json(&["unlock"]);
+    assert_eq!(
+        out["temporary_files_removed"],
+        serde_json::json!(["data/7c/.tmp-0123abcd", "index/.tmp-deadbeef"]),
+        "{out}"
+    );
+    assert!(!old_pack.exists() && !old_index.exists());
+    assert!(
+        recent.exists(),
+        "a recent temporary file may be a live write"
+    );
+    assert!(other.exists(), "only .tmp-* files are removed");
+    let out = repo.json(&["unlock", "--remove-all"]);
+    assert_eq!(
+        out["temporary_files_removed"],
+        serde_json::json!(["snapshots/.tmp-feedface"])
+    );
+    assert!(other.exists());
+    repo.ok(&["check"]);
+}

@@ -1,12 +1,14 @@
 //! `vmstash unlock`: removes stale locks (§14: not refreshed for 30 minutes, or of a process of
-//! this host that is gone, or unreadable files older than that), or with `--remove-all` every
-//! lock, for when the user knows no other vmstash is running.
+//! this host that is gone, or unreadable files older than that) and the temporary files of
+//! writes that stopped 30 minutes ago or more; with `--remove-all` every lock and temporary
+//! file, for when the user knows no other vmstash is running.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use serde_json::json;
 use vmstash_repo::backend::FileKind;
+use vmstash_repo::leftovers::remove_leftovers;
 
 use crate::args::{Global, UnlockArgs};
 use crate::exit::{self, usage};
@@ -37,13 +39,29 @@ pub fn run(g: &Global, a: &UnlockArgs) -> Result<ExitCode> {
     } else {
         repo.remove_stale_locks().context("removing stale locks")?
     };
+    let leftovers = remove_leftovers(&repo, a.remove_all).context("removing temporary files")?;
     if g.json {
-        print_json(&json!({ "removed": removed }));
+        print_json(&json!({ "removed": removed, "temporary_files_removed": leftovers.removed }));
     } else {
         for name in &removed {
             line(format_args!("removed lock {}", short(name)));
         }
-        line(format_args!("{} locks removed", removed.len()));
+        for path in &leftovers.removed {
+            line(format_args!("removed temporary file {path}"));
+        }
+        line(format_args!(
+            "{} locks and {} temporary files of interrupted writes removed{}",
+            removed.len(),
+            leftovers.removed.len(),
+            if leftovers.kept_recent > 0 {
+                format!(
+                    "; {} temporary files written to in the last 30 minutes kept",
+                    leftovers.kept_recent
+                )
+            } else {
+                String::new()
+            }
+        ));
     }
     Ok(exit::ok())
 }

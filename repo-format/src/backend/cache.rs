@@ -134,6 +134,14 @@ impl<B: Backend> Backend for CachedBackend<B> {
     fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {
         self.inner.modified(kind, name)
     }
+
+    fn list_temporary(&self) -> Result<Vec<super::TemporaryFile>> {
+        self.inner.list_temporary()
+    }
+
+    fn remove_temporary(&self, path: &str) -> Result<()> {
+        self.inner.remove_temporary(path)
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use super::{relative_path, Backend, FileKind};
 use crate::{Error, Result};
 
 /// Prefix of temporary files; readers skip them.
-pub(crate) const TMP_PREFIX: &str = ".tmp-";
+use super::{is_temporary_path, temporary_dirs, TemporaryFile, TMP_PREFIX};
 
 /// Files kept open for range reads.
 const OPEN_FILES: usize = 64;
@@ -196,6 +196,37 @@ impl Backend for LocalBackend {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&p);
+        fs::remove_file(&p).map_err(io_err(&p))
+    }
+
+    fn list_temporary(&self) -> Result<Vec<TemporaryFile>> {
+        let mut out = Vec::new();
+        for dir in temporary_dirs() {
+            let d = self.root.join(&dir);
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(d, e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(io_err(&d))?;
+                let path = format!("{dir}/{}", ent.file_name().to_string_lossy());
+                if is_temporary_path(&path) {
+                    let modified = ent.metadata().ok().and_then(|m| m.modified().ok());
+                    out.push(TemporaryFile { path, modified });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_temporary(&self, path: &str) -> Result<()> {
+        if !is_temporary_path(path) {
+            return Err(Error::InvalidParameter(format!(
+                "{path} is not a temporary file"
+            )));
+        }
+        let p = self.root.join(path);
         fs::remove_file(&p).map_err(io_err(&p))
     }
 

@@ -13,7 +13,7 @@ pub use cache::CachedBackend;
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// The kinds of repository file, each in its own directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +55,45 @@ impl FileKind {
     ];
 }
 
+/// A temporary file of a write that never finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemporaryFile {
+    /// Its path relative to the repository root: `index/.tmp-…`, `data/7c/.tmp-…`.
+    pub path: String,
+    /// When it was last written, if the store says.
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// Prefix of the temporary files writers create beside their final names (§1).
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// The directories, relative to the repository root, where temporary files may be.
+pub fn temporary_dirs() -> Vec<String> {
+    let mut dirs = Vec::new();
+    for kind in FileKind::DIRS {
+        if kind == FileKind::Pack {
+            dirs.extend((0..=255u8).map(|i| format!("data/{}", hex::encode([i]))));
+        } else {
+            dirs.push(kind.dir().to_string());
+        }
+    }
+    dirs
+}
+
+/// True when `path` (relative to the root) names a temporary file in one of the
+/// [`temporary_dirs`]: nothing else may be removed as one.
+pub fn is_temporary_path(path: &str) -> bool {
+    let Some((dir, name)) = path.rsplit_once('/') else {
+        return false;
+    };
+    let tail = name.strip_prefix(TMP_PREFIX).unwrap_or("");
+    !tail.is_empty()
+        && tail
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && temporary_dirs().iter().any(|d| d == dir)
+}
+
 /// The path of a file relative to the repository root, as used in
 /// messages and in spec/FORMAT.md.
 pub fn relative_path(kind: FileKind, name: &str) -> String {
@@ -81,10 +120,50 @@ pub trait Backend: Send + Sync {
     fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<()>;
     /// Deletes a file.
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Temporary files (`.tmp-*`) that writes never finished or renamed (§1: readers ignore
+    /// them); a store without them lists none.
+    fn list_temporary(&self) -> Result<Vec<TemporaryFile>> {
+        Ok(Vec::new())
+    }
+    /// Deletes a temporary file [`Backend::list_temporary`] returned (`path` must name one).
+    fn remove_temporary(&self, path: &str) -> Result<()> {
+        Err(Error::InvalidParameter(format!(
+            "{} keeps no temporary file {path}",
+            self.location()
+        )))
+    }
     /// When a file was last written, if the store can say (it decides when an undecodable
     /// lock file counts as stale); `None` when it cannot.
     fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {
         let _ = (kind, name);
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_temporary_path;
+
+    #[test]
+    fn only_tmp_files_in_repository_directories_are_temporary() {
+        for ok in ["index/.tmp-ab12", "data/7c/.tmp-0f", "locks/.tmp-x_y-z", "keys/.tmp-1"] {
+            assert!(is_temporary_path(ok), "{ok}");
+        }
+        for bad in [
+            "index/.tmp-",
+            "index/notes.txt",
+            "config",
+            ".tmp-ab",
+            "data/.tmp-ab",
+            "data/zz/.tmp-ab",
+            "data/7c/../.tmp-ab",
+            "../index/.tmp-ab",
+            "/index/.tmp-ab",
+            "index/.tmp-a/b",
+            "index/.tmp-a.b",
+            "other/.tmp-ab",
+        ] {
+            assert!(!is_temporary_path(bad), "{bad}");
+        }
     }
 }
