@@ -146,7 +146,12 @@ mod tests {
 
     #[test]
     fn only_tmp_files_in_repository_directories_are_temporary() {
-        for ok in ["index/.tmp-ab12", "data/7c/.tmp-0f", "locks/.tmp-x_y-z", "keys/.tmp-1"] {
+        for ok in [
+            "index/.tmp-ab12",
+            "data/7c/.tmp-0f",
+            "locks/.tmp-x_y-z",
+            "keys/.tmp-1",
+        ] {
             assert!(is_temporary_path(ok), "{ok}");
         }
         for bad in [
