@@ -18,6 +18,7 @@ pub struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Repository location: a directory, sftp://[user@]host[:port]/path or sftp:[user@]host:/path.
     #[arg(short = 'r', long = "repo", env = "VMSTASH_REPOSITORY", global = true)]
