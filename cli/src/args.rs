@@ -398,10 +398,7 @@ pub struct CheckArgs {
 
 /// A `--read-data-subset` value.
 pub fn parse_read_data_subset(s: &str) -> Result<vmstash_repo::check::ReadData, String> {
-    vmstash_repo::check::ReadData::parse_subset(s).map_err(|e| match e {
-        vmstash_repo::Error::InvalidParameter(why) => why,
-        other => other.to_string(),
-    })
+    vmstash_repo::check::ReadData::parse_subset(s).map_err(|e| value_error(&e))
 }
 
 /// What `cat` prints.
@@ -452,12 +449,18 @@ pub struct NewPassword {
 }
 
 /// Parses "256KiB", "1MiB", "65536".
+/// What is wrong with a command-line value the library refused: a parameter error's reason
+/// without its "invalid parameter: " prefix.
+pub fn value_error(e: &vmstash_repo::Error) -> String {
+    match e {
+        vmstash_repo::Error::InvalidParameter(why) => why.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// A `--group-by` value: vm, host, disks and tags, comma-separated, or '' for one group.
 pub fn parse_group_by(s: &str) -> Result<vmstash_repo::selection::GroupBy, String> {
-    vmstash_repo::selection::GroupBy::parse(s).map_err(|e| match e {
-        vmstash_repo::Error::InvalidParameter(why) => why,
-        other => other.to_string(),
-    })
+    vmstash_repo::selection::GroupBy::parse(s).map_err(|e| value_error(&e))
 }
 
 /// A `--time` value as the snapshot stores it (RFC 3339, UTC, to the second).

@@ -10,8 +10,7 @@
 use crate::backend::FileKind;
 use crate::commit::INDEX_FLUSH_PACKS;
 use crate::id::Id;
-use crate::index::{self, IndexedPack, MasterIndex};
-use crate::pack;
+use crate::index::{self, MasterIndex};
 use crate::repository::Repository;
 use crate::sealed::FileType;
 use crate::Result;
@@ -41,15 +40,10 @@ pub fn adopt_unindexed_packs(repo: &Repository, index: &MasterIndex) -> Result<A
         if indexed.contains(&id) {
             continue;
         }
-        let file = crate::backend::relative_path(FileKind::Pack, &name);
-        let header = pack::read_header_with(repo.master(), size, &file, |offset, len| {
-            repo.backend()
-                .read_range(FileKind::Pack, &name, offset, len)
-        });
-        match header {
-            Ok((salt, blobs)) => {
-                adopted.blobs += blobs.len();
-                found.push(IndexedPack { id, salt, blobs });
+        match repo.read_pack_header(id, size) {
+            Ok(p) => {
+                adopted.blobs += p.blobs.len();
+                found.push(p);
             }
             Err(_) => adopted.unreadable += 1,
         }

@@ -167,15 +167,6 @@ impl Repository {
         Ok(out)
     }
 
-    /// Every lock file that decodes, with its name.
-    pub fn list_locks(&self) -> Result<Vec<(String, LockInfo)>> {
-        Ok(self
-            .lock_files()?
-            .into_iter()
-            .filter_map(|l| l.info.ok().map(|info| (l.name, info)))
-            .collect())
-    }
-
     fn check_conflicts(&self, mine: &str, exclusive: bool) -> Result<()> {
         let host = &self.identity().hostname;
         for lock in self.lock_files()? {

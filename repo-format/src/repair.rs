@@ -11,8 +11,7 @@ use std::collections::HashSet;
 use crate::backend::FileKind;
 use crate::commit::INDEX_FLUSH_PACKS;
 use crate::id::Id;
-use crate::index::{self, IndexedPack};
-use crate::pack;
+use crate::index;
 use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::sealed::FileType;
@@ -53,15 +52,13 @@ pub fn rebuild_index(
     let mut packs = Vec::new();
     for (name, size) in repo.backend().list(FileKind::Pack)? {
         cancel.check()?;
-        let file = crate::backend::relative_path(FileKind::Pack, &name);
-        let header = Id::from_hex(&name).ok_or_else(|| crate::Error::corrupt(&file, "bad name"));
-        let header = header.and_then(|id| {
-            pack::read_header_with(repo.master(), size, &file, |offset, len| {
-                repo.backend()
-                    .read_range(FileKind::Pack, &name, offset, len)
-            })
-            .map(|(salt, blobs)| IndexedPack { id, salt, blobs })
-        });
+        let header = match Id::from_hex(&name) {
+            Some(id) => repo.read_pack_header(id, size),
+            None => Err(crate::Error::corrupt(
+                crate::backend::relative_path(FileKind::Pack, &name),
+                "bad name",
+            )),
+        };
         match header {
             Ok(p) => {
                 report.blobs += p.blobs.len();

@@ -240,6 +240,18 @@ impl Repository {
         self.save_file(FileKind::Snapshot, FileType::Snapshot, &m.encode())
     }
 
+    /// The index record of pack `id` (`size` bytes), read from the pack's own header with three
+    /// small range reads (§8.1), for packs no index lists.
+    pub fn read_pack_header(&self, id: Id, size: u64) -> Result<IndexedPack> {
+        let name = id.to_hex();
+        let file = relative_path(FileKind::Pack, &name);
+        let (salt, blobs) = pack::read_header_with(self.master(), size, &file, |offset, len| {
+            self.backend()
+                .read_range(FileKind::Pack, &name, offset, len)
+        })?;
+        Ok(IndexedPack { id, salt, blobs })
+    }
+
     /// Reads and verifies one blob.
     pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
         let loc = index

@@ -15,7 +15,7 @@ use vmstash_repo::selection::{self, GroupKey, SnapshotFilter, TagList};
 use vmstash_repo::snapshot::Manifest;
 use vmstash_repo::{Id, Repository};
 
-use crate::args::{ForgetArgs, Global};
+use crate::args::{value_error, ForgetArgs, Global};
 use crate::exit::{self, usage};
 use crate::output::{line, print_json, snapshot_time};
 use crate::repo;
@@ -46,12 +46,12 @@ pub fn run(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
 fn keep_policy(a: &ForgetArgs) -> Result<KeepPolicy> {
     let count = |flag: &str, v: &Option<String>| -> Result<Keep> {
         v.as_deref().map_or(Ok(Keep::Off), |v| {
-            Keep::parse(v).map_err(|e| usage(format!("--{flag}: {}", bare(&e))))
+            Keep::parse(v).map_err(|e| usage(format!("--{flag}: {}", value_error(&e))))
         })
     };
     let span = |flag: &str, v: &Option<String>| -> Result<Option<Span>> {
         v.as_deref()
-            .map(|v| Span::parse(v).map_err(|e| usage(format!("--{flag}: {}", bare(&e)))))
+            .map(|v| Span::parse(v).map_err(|e| usage(format!("--{flag}: {}", value_error(&e)))))
             .transpose()
     };
     Ok(KeepPolicy {
@@ -69,14 +69,6 @@ fn keep_policy(a: &ForgetArgs) -> Result<KeepPolicy> {
         within_yearly: span("keep-within-yearly", &a.keep_within_yearly)?,
         tags: a.keep_tags.iter().map(|t| TagList::parse(t)).collect(),
     })
-}
-
-/// A parameter error's message without the "invalid parameter: " prefix.
-fn bare(e: &vmstash_repo::Error) -> String {
-    match e {
-        vmstash_repo::Error::InvalidParameter(why) => why.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// One group's outcome.

@@ -91,7 +91,20 @@ pub fn is_temporary_path(path: &str) -> bool {
         && tail
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && temporary_dirs().iter().any(|d| d == dir)
+        && is_repository_dir(dir)
+}
+
+/// True for one of the [`temporary_dirs`], checked without building their list.
+fn is_repository_dir(dir: &str) -> bool {
+    match dir.split_once('/') {
+        Some(("data", sub)) => {
+            sub.len() == 2 && sub.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        }
+        Some(_) => false,
+        None => FileKind::DIRS
+            .iter()
+            .any(|k| *k != FileKind::Pack && k.dir() == dir),
+    }
 }
 
 /// The path of a file relative to the repository root, as used in
