@@ -12,7 +12,8 @@ use std::io;
 
 use anyhow::Result;
 use vmstash_repo::backend::{
-    is_temporary_path, relative_path, temporary_dirs, Backend, FileKind, TemporaryFile,
+    check_name, is_listed_name, is_temporary_path, relative_path, temporary_dirs, Backend,
+    FileKind, TemporaryFile,
 };
 use vmstash_repo::{Error as RepoError, Id, Result as RepoResult};
 use vmstash_ssh::{Sftp, SshError, SshSession};
@@ -39,6 +40,41 @@ impl SftpBackend {
         })
     }
 
+    /// Writes `bytes` to a temporary file beside `name` (fsynced when the server can), and lets
+    /// `publish` give it its final name (§15); the temporary file is removed on failure.
+    fn place(
+        &self,
+        kind: FileKind,
+        name: &str,
+        bytes: &[u8],
+        publish: impl FnOnce(&str) -> RepoResult<()>,
+    ) -> RepoResult<()> {
+        let dir = self.dir(kind, name);
+        let tmp = format!(
+            "{dir}/.tmp-{}",
+            hex::encode(Id::of(&rand_bytes()).as_bytes())
+        );
+        let result = (|| -> RepoResult<()> {
+            let mut w = match self.sftp.create(&tmp) {
+                Err(e) if e.is_not_found() => {
+                    self.sftp.mkdir_all(&dir).map_err(io_err(&dir))?;
+                    self.sftp.create(&tmp).map_err(io_err(&tmp))?
+                }
+                other => other.map_err(io_err(&tmp))?,
+            };
+            w.write_all(bytes).map_err(io_err(&tmp))?;
+            if self.sftp.has_fsync() {
+                w.fsync().map_err(io_err(&tmp))?;
+            }
+            w.close().map_err(io_err(&tmp))?;
+            publish(&tmp)
+        })();
+        if result.is_err() {
+            let _ = self.sftp.remove(&tmp);
+        }
+        result
+    }
+
     fn path(&self, kind: FileKind, name: &str) -> String {
         format!("{}/{}", self.root, relative_path(kind, name))
     }
@@ -58,16 +94,6 @@ fn io_err(path: &str) -> impl FnOnce(SshError) -> RepoError + '_ {
             io::ErrorKind::Other
         };
         RepoError::io(path, io::Error::new(kind, e.to_string()))
-    }
-}
-
-fn valid_name(name: &str) -> RepoResult<()> {
-    if name == "config" || Id::from_hex(name).is_some_and(|id| id.to_hex() == name) {
-        Ok(())
-    } else {
-        Err(RepoError::InvalidParameter(format!(
-            "bad file name {name:?}"
-        )))
     }
 }
 
@@ -123,7 +149,7 @@ impl Backend for SftpBackend {
             out.extend(
                 entries
                     .into_iter()
-                    .filter(|(n, m)| m.is_file && valid_name(n).is_ok())
+                    .filter(|(n, m)| m.is_file && is_listed_name(n))
                     .map(|(n, m)| (n, m.size)),
             );
         }
@@ -132,13 +158,13 @@ impl Backend for SftpBackend {
     }
 
     fn read(&self, kind: FileKind, name: &str) -> RepoResult<Vec<u8>> {
-        valid_name(name)?;
+        check_name(kind, name)?;
         let p = self.path(kind, name);
         self.sftp.read(&p).map_err(io_err(&p))
     }
 
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> RepoResult<Vec<u8>> {
-        valid_name(name)?;
+        check_name(kind, name)?;
         let p = self.path(kind, name);
         let file = self.sftp.open(&p).map_err(io_err(&p))?;
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
@@ -147,36 +173,32 @@ impl Backend for SftpBackend {
     }
 
     fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> RepoResult<()> {
-        valid_name(name)?;
+        check_name(kind, name)?;
         let dest = self.path(kind, name);
-        let dir = self.dir(kind, name);
-        let tmp = format!(
-            "{dir}/.tmp-{}",
-            hex::encode(Id::of(&rand_bytes()).as_bytes())
-        );
-        let result = (|| -> RepoResult<()> {
-            let mut w = match self.sftp.create(&tmp) {
-                Err(e) if e.is_not_found() => {
-                    self.sftp.mkdir_all(&dir).map_err(io_err(&dir))?;
-                    self.sftp.create(&tmp).map_err(io_err(&tmp))?
-                }
-                other => other.map_err(io_err(&tmp))?,
-            };
-            w.write_all(bytes).map_err(io_err(&tmp))?;
-            if self.sftp.has_fsync() {
-                w.fsync().map_err(io_err(&tmp))?;
+        self.place(kind, name, bytes, |tmp| {
+            self.sftp.rename(tmp, &dest).map_err(io_err(&dest))
+        })
+    }
+
+    fn create_new(&self, kind: FileKind, name: &str, bytes: &[u8]) -> RepoResult<bool> {
+        check_name(kind, name)?;
+        let dest = self.path(kind, name);
+        let mut created = true;
+        self.place(kind, name, bytes, |tmp| {
+            created = self
+                .sftp
+                .rename_no_replace(tmp, &dest)
+                .map_err(io_err(&dest))?;
+            if !created {
+                let _ = self.sftp.remove(tmp);
             }
-            w.close().map_err(io_err(&tmp))?;
-            self.sftp.rename(&tmp, &dest).map_err(io_err(&dest))
-        })();
-        if result.is_err() {
-            let _ = self.sftp.remove(&tmp);
-        }
-        result
+            Ok(())
+        })?;
+        Ok(created)
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> RepoResult<()> {
-        valid_name(name)?;
+        check_name(kind, name)?;
         let p = self.path(kind, name);
         self.sftp.remove(&p).map_err(io_err(&p))
     }
@@ -214,7 +236,7 @@ impl Backend for SftpBackend {
     }
 
     fn modified(&self, kind: FileKind, name: &str) -> RepoResult<Option<std::time::SystemTime>> {
-        valid_name(name)?;
+        check_name(kind, name)?;
         let p = self.path(kind, name);
         let meta = self.sftp.metadata(&p).map_err(io_err(&p))?;
         Ok(meta

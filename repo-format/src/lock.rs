@@ -1,8 +1,8 @@
 //! Repository locks (spec/FORMAT.md §14 "Locks").
 //!
 //! A lock is a sealed file (§6, type 4) in `locks/` with JSON plaintext.
-//! Backups, restores, mounts and checks take shared locks; prune (later)
-//! takes an exclusive one. A process writes its lock, then lists the
+//! Backups, restores, mounts, checks, forget and prune take shared locks;
+//! `prune --instant-delete` and repairs take an exclusive one. A process writes its lock, then lists the
 //! others: if any live lock conflicts, it removes its own and fails. A
 //! lock is stale when its time is more than [`STALE_AFTER`] old (holders
 //! refresh every [`REFRESH_EVERY`]), or when it was made on this host by a
@@ -39,6 +39,31 @@ pub struct LockInfo {
     pub username: String,
     /// Process id of the holder.
     pub pid: u32,
+    /// When the holder took its first lock; refreshes keep it, so it names the holder (§20.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
+    /// What the holder does (`backup`, `mount`, `prune`, …), for people reading the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+}
+
+/// Who holds a lock, across the lock files its refreshes write (spec §20.1 "Holder").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct Holder {
+    /// Host of the holder.
+    pub hostname: String,
+    /// User of the holder.
+    pub username: String,
+    /// Process id.
+    pub pid: u32,
+    /// When it took its first lock (`None` for a lock without that member).
+    pub started: Option<u64>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{} (pid {})", self.username, self.hostname, self.pid)
+    }
 }
 
 fn now() -> u64 {
@@ -56,15 +81,45 @@ impl LockInfo {
         self.hostname == hostname && !process_exists(self.pid)
     }
 
-    fn holder(&self) -> String {
+    /// Who holds it.
+    pub fn holder(&self) -> Holder {
+        Holder {
+            hostname: self.hostname.clone(),
+            username: self.username.clone(),
+            pid: self.pid,
+            started: self.started,
+        }
+    }
+
+    /// The holder for messages: who, what for, and how fresh.
+    pub fn describe(&self) -> String {
         format!(
-            "{}@{} (pid {}, {} s ago)",
-            self.username,
-            self.hostname,
-            self.pid,
+            "{}{} (lock written {} s ago)",
+            self.holder(),
+            self.purpose
+                .as_deref()
+                .map(|p| format!(", {p}"))
+                .unwrap_or_default(),
             now().saturating_sub(self.time)
         )
     }
+}
+
+/// A `started` value no other lock of this process has: microseconds since the epoch, made
+/// unique, so that two locks one process holds (a daemon's backup and prune) name two holders.
+fn unique_start() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let prev = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |last| Some(now.max(last + 1)),
+        )
+        .unwrap_or(0);
+    now.max(prev + 1)
 }
 
 fn process_exists(pid: u32) -> bool {
@@ -85,13 +140,23 @@ pub struct LockGuard {
     stop: Option<Sender<()>>,
     refresher: Option<JoinHandle<()>>,
     current: Arc<Mutex<String>>,
+    holder: Holder,
     repo: Repository,
 }
 
 impl Repository {
-    /// Takes a shared or exclusive lock.
-    pub fn lock(&self, exclusive: bool) -> Result<LockGuard> {
-        let name = self.write_lock(exclusive)?;
+    /// Takes a shared or exclusive lock for `purpose` (`backup`, `mount`, …: shown to others).
+    pub fn lock(&self, purpose: &str, exclusive: bool) -> Result<LockGuard> {
+        let me = LockInfo {
+            time: now(),
+            exclusive,
+            hostname: self.identity().hostname.clone(),
+            username: self.identity().username.clone(),
+            pid: std::process::id(),
+            started: Some(unique_start()),
+            purpose: Some(purpose.to_string()),
+        };
+        let name = self.write_lock(&me)?;
         if let Err(e) = self.check_conflicts(&name, exclusive) {
             let _ = self.backend().remove(FileKind::Lock, &name);
             return Err(e);
@@ -100,10 +165,15 @@ impl Repository {
         let (stop, rx) = channel::<()>();
         let repo = self.clone();
         let cur = Arc::clone(&current);
+        let holder = me.holder();
         let refresher = std::thread::spawn(move || loop {
             match rx.recv_timeout(REFRESH_EVERY) {
                 Err(RecvTimeoutError::Timeout) => {
-                    if let Ok(new) = repo.write_lock(exclusive) {
+                    let fresh = LockInfo {
+                        time: now(),
+                        ..me.clone()
+                    };
+                    if let Ok(new) = repo.write_lock(&fresh) {
                         let mut c = cur
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -118,23 +188,46 @@ impl Repository {
             stop: Some(stop),
             refresher: Some(refresher),
             current,
+            holder,
             repo: self.clone(),
         })
     }
 
-    fn write_lock(&self, exclusive: bool) -> Result<String> {
-        let info = LockInfo {
-            time: now(),
-            exclusive,
-            hostname: self.identity().hostname.clone(),
-            username: self.identity().username.clone(),
-            pid: std::process::id(),
-        };
-        let plain = serde_json::to_vec(&info).unwrap_or_else(|_| unreachable!("plain struct"));
-        let bytes = sealed::seal(self.master(), FileType::Lock, &plain, 0);
+    fn write_lock(&self, info: &LockInfo) -> Result<String> {
+        let bytes = seal_lock(self, info);
         let name = Id::of(&bytes).to_hex();
         self.backend().write(FileKind::Lock, &name, &bytes)?;
         Ok(name)
+    }
+
+    /// Decodes a lock file's bytes; `file` names it in errors.
+    pub(crate) fn open_lock(&self, bytes: &[u8], file: &str) -> Result<LockInfo> {
+        let plain = sealed::open(self.master(), FileType::Lock, bytes, file)?;
+        serde_json::from_slice::<LockInfo>(&plain)
+            .map_err(|e| Error::corrupt(file, format!("bad lock: {e}")))
+    }
+
+    /// The holders of every live lock (stale ones left out; an unreadable live lock makes this
+    /// an error, since its holder is unknown).
+    pub fn live_holders(&self) -> Result<Vec<(Holder, LockInfo)>> {
+        let host = &self.identity().hostname;
+        let mut out = Vec::new();
+        for lock in self.lock_files()? {
+            if lock.is_stale(host) {
+                continue;
+            }
+            match lock.info {
+                Ok(info) => out.push((info.holder(), info)),
+                Err(e) => {
+                    return Err(Error::LockUnreadable {
+                        file: lock.name,
+                        reason: e.to_string(),
+                        stale_minutes: STALE_AFTER.as_secs() / 60,
+                    })
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every lock file, decoded or not, with its name.
@@ -146,10 +239,7 @@ impl Repository {
                 continue;
             };
             let file = format!("locks/{name}");
-            let info = sealed::open(self.master(), FileType::Lock, &bytes, &file).and_then(|p| {
-                serde_json::from_slice::<LockInfo>(&p)
-                    .map_err(|e| Error::corrupt(&file, format!("bad lock: {e}")))
-            });
+            let info = self.open_lock(&bytes, &file);
             let modified = match &info {
                 Ok(_) => None,
                 Err(_) => self
@@ -189,7 +279,7 @@ impl Repository {
                         } else {
                             "shared"
                         },
-                        holder: info.holder(),
+                        holder: info.describe(),
                         file: lock.name,
                     });
                 }
@@ -236,6 +326,19 @@ impl LockFile {
                 .and_then(|m| SystemTime::now().duration_since(m).ok())
                 .is_some_and(|age| age > STALE_AFTER),
         }
+    }
+}
+
+/// Seals a lock object as a lock file (§14).
+pub(crate) fn seal_lock(repo: &Repository, info: &LockInfo) -> Vec<u8> {
+    let plain = serde_json::to_vec(info).unwrap_or_else(|_| unreachable!("plain struct"));
+    sealed::seal(repo.master(), FileType::Lock, &plain, 0)
+}
+
+impl LockGuard {
+    /// Who holds this lock.
+    pub fn holder(&self) -> &Holder {
+        &self.holder
     }
 }
 

@@ -35,6 +35,8 @@ pub enum FileType {
     Lock,
     /// `data/<xx>/<id>` (first two bytes of a pack file)
     Pack,
+    /// `marks/<id>` (§20.1)
+    Mark,
 }
 
 impl FileType {
@@ -46,6 +48,7 @@ impl FileType {
             FileType::Snapshot => 3,
             FileType::Lock => 4,
             FileType::Pack => 5,
+            FileType::Mark => 6,
         }
     }
 }

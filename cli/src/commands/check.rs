@@ -19,7 +19,7 @@ pub fn run(g: &Global, a: &CheckArgs) -> Result<ExitCode> {
         (false, None) => ReadData::None,
     };
     let repo = &repo::open(g)?;
-    let _lock = repo::lock_for_reading(g, repo)?;
+    let _lock = repo::lock_for_reading(g, repo, "check")?;
     let total: u64 = if read == ReadData::All {
         repo.backend()
             .list(FileKind::Pack)?

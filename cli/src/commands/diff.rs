@@ -16,7 +16,7 @@ use crate::repo;
 /// Runs `vmstash diff`.
 pub fn run(g: &Global, a: &DiffArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let _lock = repo::lock_for_reading(g, &repo)?;
+    let _lock = repo::lock_for_reading(g, &repo, "diff")?;
     let (listing, _) = repo::snapshots_warning_of_damage(&repo)?;
     let all = SnapshotFilter::default();
     let (old_id, old) = listing.find(&a.old, &all)?;

@@ -32,7 +32,7 @@ const POLL: Duration = Duration::from_millis(50);
 pub fn run(g: &Global, a: &MountArgs) -> Result<ExitCode> {
     let mountpoint = check_mountpoint(&a.mountpoint)?;
     let repo = repo::open(g)?;
-    let _lock = repo::lock_for_reading(g, &repo)?;
+    let _lock = repo::lock_for_reading(g, &repo, "mount")?;
     let fs = VmstashFs::new(repo.clone(), a.cache_size).context("reading the repository")?;
     let mut config = Config::default();
     config.mount_options.extend([

@@ -27,7 +27,7 @@ use crate::{interrupt, progress, repo};
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = &repo::open(g)?;
     let started = Instant::now();
-    let _lock = repo::lock_for_reading(g, repo)?;
+    let _lock = repo::lock_for_reading(g, repo, "restore")?;
     let (listing, _) = repo::snapshots_warning_of_damage(repo)?;
     let (id, m) = listing.find(&a.snapshot, &a.filter.filter())?;
     let disks = select_disks(&m.disks, &a.disks)?;

@@ -21,7 +21,7 @@ fn approx(n: u64) -> f64 {
 /// Runs `vmstash stats`.
 pub fn run(g: &Global) -> Result<ExitCode> {
     let repo = &repo::open(g)?;
-    let _lock = repo::lock_for_reading(g, repo)?;
+    let _lock = repo::lock_for_reading(g, repo, "stats")?;
     let idx = repo.load_index()?;
     let snaps = repo::snapshots_warning_of_damage(repo)?.0.snapshots;
     let mut logical = 0u64;

@@ -454,6 +454,21 @@ impl Sftp {
         runtime::block_on(self.inner.rename(from, to))?
     }
 
+    /// Renames `from` to `to` only if `to` does not exist: `Ok(false)` when it does. Uses the
+    /// version-3 `SSH_FXP_RENAME`, which the protocol defines to fail on an existing target
+    /// (OpenSSH's server links, then unlinks), never `posix-rename`.
+    pub fn rename_no_replace(&self, from: &str, to: &str) -> Result<bool, SshError> {
+        let inner = &self.inner;
+        let renamed = runtime::block_on(async { inner.raw.rename(from, to).await.map(|_| ()) })?;
+        match renamed {
+            Ok(()) => Ok(true),
+            Err(err) => match self.metadata(to) {
+                Ok(_) => Ok(false),
+                Err(_) => Err(inner.error("rename", &format!("{from} to {to}"), err)),
+            },
+        }
+    }
+
     /// Removes the file `path`.
     pub fn remove(&self, path: &str) -> Result<(), SshError> {
         let inner = &self.inner;

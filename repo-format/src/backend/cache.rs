@@ -131,6 +131,10 @@ impl<B: Backend> Backend for CachedBackend<B> {
         self.inner.remove(kind, name)
     }
 
+    fn create_new(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<bool> {
+        self.inner.create_new(kind, name, bytes)
+    }
+
     fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {
         self.inner.modified(kind, name)
     }

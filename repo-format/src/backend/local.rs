@@ -18,7 +18,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{relative_path, Backend, FileKind};
+use super::{check_name, is_listed_name, relative_path, Backend, FileKind};
 use crate::{Error, Result};
 
 /// Prefix of temporary files; readers skip them.
@@ -57,6 +57,32 @@ impl LocalBackend {
         Ok(f)
     }
 
+    /// Writes `bytes` durably to a temporary file beside `name`, lets `publish` give it its
+    /// final name, and makes the directory entry durable (§15).
+    fn place(
+        &self,
+        kind: FileKind,
+        name: &str,
+        bytes: &[u8],
+        publish: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
+        let dir = self.dir_of(kind, name);
+        if !dir.is_dir() {
+            create_dir_durably(&dir)?;
+        }
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{}",
+            hex::encode(crate::crypto::random_salt())
+        ));
+        let result = write_durably(&tmp, bytes).and_then(|()| publish(&tmp));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        let d = fs::File::open(&dir).map_err(io_err(&dir))?;
+        d.sync_all().map_err(io_err(&dir))
+    }
+
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
         self.root.join(relative_path(kind, name))
     }
@@ -71,16 +97,6 @@ impl LocalBackend {
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::io(path, e)
-}
-
-fn valid_name(name: &str) -> Result<()> {
-    let ok = name == "config"
-        || (name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidParameter(format!("bad file name {name:?}")))
-    }
 }
 
 impl Backend for LocalBackend {
@@ -141,7 +157,7 @@ impl Backend for LocalBackend {
             for ent in rd {
                 let ent = ent.map_err(io_err(&d))?;
                 let name = ent.file_name().to_string_lossy().into_owned();
-                if valid_name(&name).is_err() {
+                if !is_listed_name(&name) {
                     continue;
                 }
                 let len = ent.metadata().map_err(io_err(&ent.path()))?.len();
@@ -153,13 +169,13 @@ impl Backend for LocalBackend {
     }
 
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        valid_name(name)?;
+        check_name(kind, name)?;
         let p = self.path(kind, name);
         fs::read(&p).map_err(io_err(&p))
     }
 
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
-        valid_name(name)?;
+        check_name(kind, name)?;
         let p = self.path(kind, name);
         let f = self.open_for_reading(&p)?;
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
@@ -168,29 +184,34 @@ impl Backend for LocalBackend {
     }
 
     fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<()> {
-        valid_name(name)?;
-        let dir = self.dir_of(kind, name);
-        if !dir.is_dir() {
-            create_dir_durably(&dir)?;
-        }
-        let tmp = dir.join(format!(
-            "{TMP_PREFIX}{}",
-            hex::encode(crate::crypto::random_salt())
-        ));
-        let result = write_durably(&tmp, bytes).and_then(|()| {
-            let dest = self.path(kind, name);
-            fs::rename(&tmp, &dest).map_err(io_err(&dest))
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
-        let d = fs::File::open(&dir).map_err(io_err(&dir))?;
-        d.sync_all().map_err(io_err(&dir))
+        check_name(kind, name)?;
+        let dest = self.path(kind, name);
+        self.place(kind, name, bytes, |tmp| {
+            fs::rename(tmp, &dest).map_err(io_err(&dest))
+        })
+    }
+
+    fn create_new(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<bool> {
+        check_name(kind, name)?;
+        let dest = self.path(kind, name);
+        let mut created = true;
+        // link(2) fails when the name exists: exclusive creation of a complete file.
+        self.place(kind, name, bytes, |tmp| {
+            let linked = match fs::hard_link(tmp, &dest) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    created = false;
+                    Ok(())
+                }
+                other => other.map_err(io_err(&dest)),
+            };
+            let _ = fs::remove_file(tmp);
+            linked
+        })?;
+        Ok(created)
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
-        valid_name(name)?;
+        check_name(kind, name)?;
         let p = self.path(kind, name);
         self.open
             .lock()
@@ -231,7 +252,7 @@ impl Backend for LocalBackend {
     }
 
     fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {
-        valid_name(name)?;
+        check_name(kind, name)?;
         let p = self.path(kind, name);
         let meta = fs::metadata(&p).map_err(io_err(&p))?;
         Ok(meta.modified().ok())

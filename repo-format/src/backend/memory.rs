@@ -71,7 +71,7 @@ impl Backend for MemoryBackend {
         Ok(self
             .files()
             .iter()
-            .filter(|((kk, _), _)| *kk == k)
+            .filter(|((kk, n), _)| *kk == k && super::is_listed_name(n))
             .map(|((_, n), v)| (n.clone(), u64::try_from(v.len()).unwrap_or(u64::MAX)))
             .collect())
     }
@@ -112,6 +112,14 @@ impl Backend for MemoryBackend {
         }
         self.files().insert(key(kind, name), bytes.to_vec());
         Ok(())
+    }
+
+    fn create_new(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<bool> {
+        if self.files().contains_key(&key(kind, name)) {
+            return Ok(false);
+        }
+        self.write(kind, name, bytes)?;
+        Ok(true)
     }
 
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {

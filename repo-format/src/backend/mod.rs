@@ -28,8 +28,10 @@ pub enum FileKind {
     Index,
     /// `snapshots/<id>`
     Snapshot,
-    /// `locks/<id>`
+    /// `locks/<id>`, and `locks/prune` ([`PRUNE_LOCK`])
     Lock,
+    /// `marks/<id>`: packs a prune marked for deletion (§20)
+    Mark,
 }
 
 impl FileKind {
@@ -42,17 +44,38 @@ impl FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
+            FileKind::Mark => "marks",
         }
     }
 
     /// Every kind that lives in a directory.
-    pub const DIRS: [FileKind; 5] = [
+    pub const DIRS: [FileKind; 6] = [
         FileKind::Key,
         FileKind::Pack,
         FileKind::Index,
         FileKind::Snapshot,
         FileKind::Lock,
+        FileKind::Mark,
     ];
+}
+
+/// The one file name in `locks/` that is not an id: the prune lock (§20.2). Listings leave it
+/// out; it is created with [`Backend::create_new`].
+pub const PRUNE_LOCK: &str = "prune";
+
+/// True for a name a listing returns: 64 lower-case hex digits (or `config`).
+pub fn is_listed_name(name: &str) -> bool {
+    name == "config"
+        || (name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Checks a name given to a backend: a listed name, or the prune lock in `locks/`.
+pub fn check_name(kind: FileKind, name: &str) -> Result<()> {
+    if is_listed_name(name) || (kind == FileKind::Lock && name == PRUNE_LOCK) {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter(format!("bad file name {name:?}")))
+    }
 }
 
 /// A temporary file of a write that never finished.
@@ -133,6 +156,9 @@ pub trait Backend: Send + Sync {
     fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<()>;
     /// Deletes a file.
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Stores a file atomically and durably only if no file has that name: `Ok(false)` when
+    /// one has (exclusive creation, for the prune lock, §20.2).
+    fn create_new(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<bool>;
     /// Temporary files (`.tmp-*`) that writes never finished or renamed (§1: readers ignore
     /// them); a store without them lists none.
     fn list_temporary(&self) -> Result<Vec<TemporaryFile>> {
