@@ -13,8 +13,8 @@ use vmstash_ssh::SshSession;
 use crate::args::Global;
 use crate::exit::usage;
 use crate::location::{Location, KINDS};
-use crate::password;
 use crate::sftp_repo::SftpBackend;
+use crate::{failpoint, password};
 
 /// The storage behind `-r`, and, for a remote one, its metadata cache.
 pub struct Store {
@@ -60,7 +60,7 @@ pub fn open(g: &Global) -> Result<Repository> {
     let store = store(g)?;
     let location = store.backend.location();
     let pw = password::current(g)?;
-    let repo = Repository::open(store.backend, pw.as_bytes())
+    let repo = Repository::open(failpoint::wrap(store.backend), pw.as_bytes())
         .with_context(|| format!("opening repository {location}"))?;
     if let Some(cache) = store.cache {
         cache.enable(&repo.config().id);
@@ -87,11 +87,11 @@ pub fn snapshots_warning_of_damage(
 
 /// A shared lock for a command that only reads, or none with `--no-lock`. A lock that cannot be
 /// written on read-only storage says to use `--no-lock`.
-pub fn lock_for_reading(g: &Global, repo: &Repository) -> Result<Option<LockGuard>> {
+pub fn lock_for_reading(g: &Global, repo: &Repository, command: &str) -> Result<Option<LockGuard>> {
     if g.no_lock {
         return Ok(None);
     }
-    match repo.lock(false) {
+    match repo.lock(command, false) {
         Ok(guard) => Ok(Some(guard)),
         Err(e) if is_read_only(&e) => Err(anyhow::Error::new(e)
             .context("cannot write a lock: on read-only storage, read without one with --no-lock")),
@@ -106,7 +106,18 @@ pub fn lock_for_writing(g: &Global, repo: &Repository, command: &str) -> Result<
             "--no-lock is for commands that only read; {command} writes to the repository"
         )));
     }
-    Ok(repo.lock(false)?)
+    Ok(repo.lock(command, false)?)
+}
+
+/// An exclusive lock, for a command that rewrites what others read (`repair`); `--no-lock` is
+/// refused.
+pub fn lock_exclusively(g: &Global, repo: &Repository, command: &str) -> Result<LockGuard> {
+    if g.no_lock {
+        return Err(usage(format!(
+            "--no-lock is for commands that only read; {command} writes to the repository"
+        )));
+    }
+    Ok(repo.lock(command, true)?)
 }
 
 /// True for a write refused because the storage is read-only (or not ours to write).

@@ -7,6 +7,8 @@
 //! whole under its final name before any index may list it, and a pack listed by several index
 //! files is allowed (§10).
 
+use std::collections::HashSet;
+
 use crate::backend::FileKind;
 use crate::commit::INDEX_FLUSH_PACKS;
 use crate::id::Id;
@@ -27,17 +29,22 @@ pub struct Adopted {
     pub unreadable: usize,
 }
 
-/// Indexes every pack file that `index` does not list and whose header reads; returns what it
+/// Indexes every pack file that `index` does not list, that is not `marked` for deletion by a
+/// prune (§20: read the marks before loading the index), and whose header reads; returns what it
 /// did. Writes nothing when every pack is indexed.
-pub fn adopt_unindexed_packs(repo: &Repository, index: &MasterIndex) -> Result<Adopted> {
-    let indexed: std::collections::HashSet<&Id> = index.packs().collect();
+pub fn adopt_unindexed_packs(
+    repo: &Repository,
+    index: &MasterIndex,
+    marked: &HashSet<Id>,
+) -> Result<Adopted> {
+    let indexed: HashSet<&Id> = index.packs().collect();
     let mut found = Vec::new();
     let mut adopted = Adopted::default();
     for (name, size) in repo.backend().list(FileKind::Pack)? {
         let Some(id) = Id::from_hex(&name) else {
             continue;
         };
-        if indexed.contains(&id) {
+        if indexed.contains(&id) || marked.contains(&id) {
             continue;
         }
         match repo.read_pack_header(id, size) {
@@ -83,7 +90,7 @@ mod tests {
         }
         let empty = repo.load_index().expect("index");
         assert!(empty.is_empty());
-        let adopted = adopt_unindexed_packs(&repo, &empty).expect("adopt");
+        let adopted = adopt_unindexed_packs(&repo, &empty, &HashSet::new()).expect("adopt");
         let packs = mem.list(FileKind::Pack).expect("list").len();
         assert_eq!(adopted.packs, packs);
         assert_eq!(adopted.unreadable, 0);
@@ -97,7 +104,7 @@ mod tests {
         );
         // Nothing left to adopt.
         assert_eq!(
-            adopt_unindexed_packs(&repo, &index).expect("again"),
+            adopt_unindexed_packs(&repo, &index, &HashSet::new()).expect("again"),
             Adopted::default()
         );
     }
@@ -108,7 +115,8 @@ mod tests {
         mem.write(FileKind::Pack, &Id::of(b"x").to_hex(), b"\x01\x05short")
             .expect("write");
         let adopted =
-            adopt_unindexed_packs(&repo, &repo.load_index().expect("index")).expect("adopt");
+            adopt_unindexed_packs(&repo, &repo.load_index().expect("index"), &HashSet::new())
+                .expect("adopt");
         assert_eq!(
             adopted,
             Adopted {

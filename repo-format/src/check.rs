@@ -33,6 +33,8 @@ pub struct CheckReport {
     pub blobs: usize,
     /// Packs read whole (with `read_data`).
     pub packs_read: usize,
+    /// Packs a prune marked for deletion (in no index, deleted by a later prune, §20).
+    pub packs_marked: usize,
 }
 
 impl CheckReport {
@@ -231,9 +233,21 @@ fn check_pack_files(
             Some(_) => {}
         }
     }
+    let marked = match repo.marked_packs() {
+        Ok(m) => m,
+        Err(e) => {
+            report.errors.push(format!(
+                "{e}; a prune deletes nothing that mark lists: run `vmstash prune` after removing the damaged file under marks/"
+            ));
+            HashSet::new()
+        }
+    };
     for name in present.keys() {
-        let known = Id::from_hex(name).is_some_and(|id| indexed.contains_key(&id));
-        if !known {
+        let id = Id::from_hex(name);
+        let known = id.is_some_and(|id| indexed.contains_key(&id));
+        if id.is_some_and(|id| marked.contains(&id)) && !known {
+            report.packs_marked += 1;
+        } else if !known {
             report.warnings.push(format!(
                 "{} is in no index (left by an interrupted backup; harmless)",
                 relative_path(FileKind::Pack, name)

@@ -73,11 +73,24 @@ pub struct CommitStats {
     pub packs: u64,
 }
 
+/// What a finished committer stored, and which packs the blobs it was given are in.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    /// Counters.
+    pub stats: CommitStats,
+    /// Every pack holding a blob saved or found known: the packs it wrote, and the indexed
+    /// packs it deduplicated against. A snapshot of those blobs needs exactly these packs
+    /// (§20.4: the ones a prune marked meanwhile are recovered before the manifest is written).
+    pub packs: Vec<Id>,
+}
+
 /// What the committer and its upload threads share.
 #[derive(Default)]
 struct Shared {
     /// Packs written but not yet in an index file.
     unindexed: Mutex<Vec<IndexedPack>>,
+    /// Every pack written.
+    written: Mutex<Vec<Id>>,
     /// When an index file was last written (or the first pack stored).
     last_index: Mutex<Option<std::time::Instant>>,
     /// The first upload error.
@@ -98,6 +111,8 @@ struct Shared {
 pub struct Committer<'a> {
     repo: &'a Repository,
     known: &'a MasterIndex,
+    /// One bit per pack of `known`: set once a blob of it was found known.
+    reused: Vec<AtomicU64>,
     claimed: Mutex<HashSet<Id>>,
     /// Open packs: `open[type byte]` holds one slot per worker thread.
     open: [Vec<Mutex<Option<PackWriter>>>; 2],
@@ -140,6 +155,9 @@ impl<'a> Committer<'a> {
         Committer {
             repo,
             known,
+            reused: (0..known.pack_count().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             claimed: Mutex::new(HashSet::new()),
             open: [slots(writers), slots(1)],
             // Without a single upload thread, packs are written by the thread that fills them.
@@ -151,7 +169,18 @@ impl<'a> Committer<'a> {
 
     /// True when the repository or this committer already has `id`.
     pub fn is_known(&self, id: &Id) -> bool {
-        self.known.contains(id) || locked(&self.claimed).contains(id)
+        self.reuse(id) || locked(&self.claimed).contains(id)
+    }
+
+    /// True when the loaded index has `id`; notes its pack as one the new snapshot needs.
+    fn reuse(&self, id: &Id) -> bool {
+        let Some(pack) = self.known.pack_number(id) else {
+            return false;
+        };
+        if let Some(word) = self.reused.get(pack / 64) {
+            word.fetch_or(1 << (pack % 64), Ordering::Relaxed);
+        }
+        true
     }
 
     /// Stores `plain` as a blob with the given id unless it is already known; returns whether
@@ -160,7 +189,7 @@ impl<'a> Committer<'a> {
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(Error::Aborted);
         }
-        if self.known.contains(&id) || !locked(&self.claimed).insert(id) {
+        if self.reuse(&id) || !locked(&self.claimed).insert(id) {
             return Ok(false);
         }
         let raw_length = u32::try_from(plain.len())
@@ -226,7 +255,7 @@ impl<'a> Committer<'a> {
 
     /// Writes the open packs and the last index file. After this returns, every blob saved is
     /// durable and indexed; the caller may write a snapshot that refers to them.
-    pub fn finish(mut self) -> Result<CommitStats> {
+    pub fn finish(mut self) -> Result<Committed> {
         let open: Vec<PackWriter> = self
             .open
             .iter()
@@ -243,7 +272,19 @@ impl<'a> Committer<'a> {
         }
         let rest = std::mem::take(&mut *locked(&self.shared.unindexed));
         write_index(self.repo, &self.shared, &rest)?;
-        Ok(self.stats())
+        let mut packs = std::mem::take(&mut *locked(&self.shared.written));
+        for (w, word) in self.reused.iter().enumerate() {
+            let bits = word.load(Ordering::Relaxed);
+            packs.extend(
+                (0..64)
+                    .filter(|b| bits & (1 << b) != 0)
+                    .filter_map(|b| self.known.pack_id(w * 64 + b).copied()),
+            );
+        }
+        Ok(Committed {
+            stats: self.stats(),
+            packs,
+        })
     }
 
     /// Stops after a failure or a cancel: packs not yet written are dropped, and the packs
@@ -330,6 +371,7 @@ fn store_pack(repo: &Repository, shared: &Shared, w: PackWriter) -> Result<()> {
         }
     }
     shared.packs.fetch_add(1, Ordering::Relaxed);
+    locked(&shared.written).push(id);
     let batch = {
         let mut pending = locked(&shared.unindexed);
         pending.push(IndexedPack {
@@ -382,7 +424,7 @@ mod tests {
         assert!(!s
             .save(BlobType::Data, Id::of(&blobs[0]), &blobs[0])
             .expect("dup"));
-        let stats = s.finish().expect("finish");
+        let stats = s.finish().expect("finish").stats;
         assert_eq!(stats.blobs, 50);
 
         let again = Repository::open(mem.clone(), b"pw").expect("open");
@@ -456,7 +498,7 @@ mod tests {
                 });
             }
         });
-        let stats = s.finish().expect("finish");
+        let stats = s.finish().expect("finish").stats;
         assert!(stats.packs >= 3, "{stats:?}");
         assert_eq!(
             u64::try_from(mem.list(FileKind::Pack).expect("list").len()).expect("n"),

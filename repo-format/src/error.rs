@@ -70,6 +70,9 @@ pub enum Error {
         /// When it becomes stale, in minutes since it was written.
         stale_minutes: u64,
     },
+    /// A pack a backup needs was deleted by a prune that no longer counted the backup's lock.
+    #[error("pack {0}, which this backup needs, was deleted by a prune while the backup ran (its lock had gone stale: was the process stopped for more than 30 minutes?); nothing was committed: run the backup again")]
+    PackPruned(String),
     /// A blob the caller asked for is in no index.
     #[error("blob {0} is not in any index (the repository is missing data; run `vmstash check`)")]
     BlobNotFound(String),

@@ -153,6 +153,22 @@ impl MasterIndex {
         })
     }
 
+    /// The number of the pack that holds `id` (see [`MasterIndex::pack_id`]), if any.
+    pub fn pack_number(&self, id: &Id) -> Option<usize> {
+        let i = self.entries.binary_search_by(|e| e.id.cmp(id)).ok()?;
+        usize::try_from(self.entries.get(i)?.pack).ok()
+    }
+
+    /// The pack numbered `number`.
+    pub fn pack_id(&self, number: usize) -> Option<&Id> {
+        self.packs.get(number).map(|(id, _)| id)
+    }
+
+    /// Number of packs.
+    pub fn pack_count(&self) -> usize {
+        self.packs.len()
+    }
+
     /// True when `id` is stored.
     pub fn contains(&self, id: &Id) -> bool {
         self.entries.binary_search_by(|e| e.id.cmp(id)).is_ok()

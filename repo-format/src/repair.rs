@@ -3,8 +3,9 @@
 //!
 //! Order keeps the §15 invariants at every instant: the new index files are written first
 //! (listing only packs whose header reads, so no index ever lists a missing pack), then the old
-//! index files that existed at the start are deleted. Index files written meanwhile by a running
-//! backup are left alone, so a shared lock is enough.
+//! index files that existed at the start are deleted. Packs a prune marked stay out of the new
+//! index (§20). The caller holds an exclusive lock: no backup adds, and no prune removes, index
+//! files meanwhile.
 
 use std::collections::HashSet;
 
@@ -30,6 +31,8 @@ pub struct IndexRebuild {
     pub index_files_removed: usize,
     /// Packs whose header does not read (left in place, listed by no index).
     pub unreadable_packs: Vec<String>,
+    /// Packs a prune marked for deletion, left out of the index.
+    pub marked_packs: usize,
     /// Packs an old index listed that are gone or unreadable: their blobs are lost.
     pub lost_packs: Vec<String>,
 }
@@ -50,7 +53,13 @@ pub fn rebuild_index(
     let previously_listed = listed_packs(repo, &old_files);
     let mut report = IndexRebuild::default();
     let mut packs = Vec::new();
+    // A marked pack stays out of the index: a prune may be about to delete it (§20).
+    let marked = repo.marked_packs()?;
     for (name, size) in repo.backend().list(FileKind::Pack)? {
+        if Id::from_hex(&name).is_some_and(|id| marked.contains(&id)) {
+            report.marked_packs += 1;
+            continue;
+        }
         cancel.check()?;
         let header = match Id::from_hex(&name) {
             Some(id) => repo.read_pack_header(id, size),

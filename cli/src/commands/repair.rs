@@ -22,7 +22,7 @@ pub fn run(g: &Global, command: &RepairCommand) -> Result<ExitCode> {
 
 fn repair_index(g: &Global) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let _lock = repo::lock_for_writing(g, &repo, "repair index")?;
+    let _lock = repo::lock_exclusively(g, &repo, "repair index")?;
     let total: u64 = repo
         .backend()
         .list(FileKind::Pack)?

@@ -20,6 +20,7 @@ use crate::adopt::{adopt_unindexed_packs, Adopted};
 use crate::cancel::CancelToken;
 use crate::commit::Committer;
 use crate::id::Id;
+use crate::marks::recover_needed_packs;
 use crate::progress::Progress;
 use crate::repository::{now_rfc3339, Repository};
 use crate::snapshot::{is_safe_name, Disk, Manifest, Summary};
@@ -100,6 +101,9 @@ pub struct BackupReport {
     pub known_blobs: usize,
     /// Packs of an interrupted backup that no index listed, indexed by this one (§15).
     pub adopted: Adopted,
+    /// Packs a prune marked while this backup ran that the snapshot needs, indexed again
+    /// before it was written (§20.4).
+    pub recovered: usize,
     /// Per disk, in the plan's order.
     pub disks: Vec<DiskCounts>,
 }
@@ -118,8 +122,14 @@ pub fn back_up(
     let time = plan.time.clone().unwrap_or_else(now_rfc3339);
     check_names(&plan)?;
     cancel.check()?;
+    // Marks before the index (§20.4), so that adoption never takes a marked pack for an orphan.
+    // A mark that cannot be read leaves adoption out: not adopting is always safe.
+    let marked = repo.marked_packs();
     let mut index = repo.load_index()?;
-    let adopted = adopt_unindexed_packs(repo, &index)?;
+    let adopted = match &marked {
+        Ok(marked) => adopt_unindexed_packs(repo, &index, marked)?,
+        Err(_) => Adopted::default(),
+    };
     if adopted.packs > 0 {
         index = repo.load_index()?;
     }
@@ -159,7 +169,8 @@ pub fn back_up(
             });
         }
     };
-    let stats = committer.finish()?;
+    let committed = committer.finish()?;
+    let stats = committed.stats;
     let mut disks = Vec::new();
     let mut counts = Vec::new();
     let mut total = DiskCounts::default();
@@ -202,6 +213,7 @@ pub fn back_up(
     // The snapshot's own size is part of what was added; estimate it by its plaintext (it
     // compresses well), then store the real one.
     manifest.summary.bytes_added += u64::try_from(manifest.encode().len()).unwrap_or(0) / 2;
+    let recovered = recover_needed_packs(repo, &committed.packs)?;
     let (id, _) = repo.save_snapshot(&manifest)?;
     Ok(BackupReport {
         id,
@@ -209,6 +221,7 @@ pub fn back_up(
         parent,
         known_blobs: index.len(),
         adopted,
+        recovered,
         disks: counts,
     })
 }
