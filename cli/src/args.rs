@@ -77,6 +77,8 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Remove snapshots by a retention policy or by id (their data stays until a prune).
     Forget(Box<ForgetArgs>),
+    /// Reclaim the space of data no snapshot needs; backups, restores and mounts go on meanwhile.
+    Prune(PruneCommandArgs),
     /// Change the tags of snapshots (each is rewritten; the old file goes once the new is stored).
     Tag(TagArgs),
     /// Remove stale locks and the temporary files of interrupted writes, left by killed runs.
@@ -135,6 +137,17 @@ pub struct VmRepairArgs {
     /// The VM to repair.
     #[arg(long)]
     pub vm: String,
+}
+
+/// `vmstash prune`
+#[derive(Debug, Args)]
+pub struct PruneCommandArgs {
+    /// How the prune runs.
+    #[command(flatten)]
+    pub options: PruneArgs,
+    /// Print what would be deleted and repacked, and the space freed; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 /// `vmstash init`
@@ -336,6 +349,32 @@ pub struct ForgetArgs {
     /// Print what would be forgotten; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Prune afterwards (with the prune options below).
+    #[arg(long)]
+    pub prune: bool,
+    /// How the prune runs, with --prune.
+    #[command(flatten)]
+    pub prune_options: PruneArgs,
+}
+
+/// `vmstash prune`, and the prune of `forget --prune`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Unused space tolerated in kept packs: a percentage of the used space, a size, or
+    /// "unlimited" (partly used packs beyond it are repacked).
+    #[arg(long, value_name = "LIMIT", default_value = "5%")]
+    pub max_unused: String,
+    /// Copy at most this much when repacking (e.g. 10GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_repack_size: Option<u64>,
+    /// Delete marked packs only once marked this long ago (e.g. 23h, 30m, 0): packs are never
+    /// deleted while a backup, restore or mount that started before they were marked runs.
+    #[arg(long, value_name = "DURATION", default_value = "23h", value_parser = parse_duration)]
+    pub keep_delete: std::time::Duration,
+    /// Delete unused packs now, under an exclusive lock that stops backups, restores and
+    /// mounts from starting meanwhile (as restic does).
+    #[arg(long)]
+    pub instant_delete: bool,
 }
 
 /// Image format of restored disks.
@@ -476,20 +515,18 @@ pub fn parse_snapshot_time(s: &str) -> Result<String, String> {
     }
 }
 
+/// Parses a duration: `0`, or a number with a unit (`30m`, `23h`, `2d`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}): use e.g. 0, 30m, 23h, 2d"))
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    vmstash_repo::prune::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (use a number with KiB, MiB, GiB or TiB)"))
 }
 
 #[cfg(test)]

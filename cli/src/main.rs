@@ -14,6 +14,7 @@
 mod args;
 mod commands;
 mod exit;
+mod failpoint;
 mod helper;
 mod interrupt;
 mod libvirt;

@@ -1,7 +1,7 @@
 //! `vmstash forget`: removes snapshots chosen by a retention policy (restic's `--keep-*` rules,
 //! per group) or by id. Only snapshot files go: the chunks they used stay in the repository
-//! (a later prune frees those no snapshot needs), so forget takes a shared lock and never
-//! blocks backups, restores or mounts.
+//! (a later prune frees those no snapshot needs; `--prune` runs one right after), so forget
+//! takes a shared lock and never blocks backups, restores or mounts.
 
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -16,6 +16,7 @@ use vmstash_repo::snapshot::Manifest;
 use vmstash_repo::{Id, Repository};
 
 use crate::args::{value_error, ForgetArgs, Global};
+use crate::commands::prune;
 use crate::exit::{self, usage};
 use crate::output::{line, print_json, snapshot_time};
 use crate::repo;
@@ -33,13 +34,37 @@ pub fn run(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
             "no policy: say what to keep (--keep-last, --keep-daily, --keep-within, --keep-tag, …) or name snapshots by id; nothing was removed",
         ));
     }
-    let repo = repo::open(g)?;
-    let _lock = repo::lock_for_writing(g, &repo, "forget")?;
-    if a.ids.is_empty() {
-        forget_by_policy(g, a, &repo, &policy)
+    let prune_options = if a.prune {
+        Some(prune::options(g, &a.prune_options, a.dry_run)?)
     } else {
-        forget_by_id(g, a, &repo)
+        prune::refuse_without_prune(&a.prune_options)?;
+        None
+    };
+    let repo = repo::open(g)?;
+    let forgotten = {
+        let _lock = repo::lock_for_writing(g, &repo, "forget")?;
+        if a.ids.is_empty() {
+            forget_by_policy(g, a, &repo, &policy)?
+        } else {
+            forget_by_id(g, a, &repo)?
+        }
+    };
+    // A dry run leaves the forgotten snapshots in place: a prune now would judge them kept.
+    let pruned = match prune_options {
+        Some(o) if !a.dry_run => Some(prune::run_on(g, &repo, &o)?),
+        _ => None,
+    };
+    if g.json {
+        print_json(&match &pruned {
+            Some(r) => json!({"forget": forgotten, "prune": r}),
+            None => forgotten,
+        });
+    } else if let Some(r) = &pruned {
+        prune::print_report(r);
+    } else if a.prune {
+        line("prune: not run in a dry run (the snapshots to forget are still there)");
     }
+    Ok(exit::ok())
 }
 
 /// The policy the flags describe; a malformed value is a usage error.
@@ -77,12 +102,13 @@ struct GroupPlan {
     decisions: Vec<(Decision, Manifest)>,
 }
 
+/// Forgets by the policy; prints the table (unless --json) and returns the JSON report.
 fn forget_by_policy(
     g: &Global,
     a: &ForgetArgs,
     repo: &Repository,
     policy: &KeepPolicy,
-) -> Result<ExitCode> {
+) -> Result<serde_json::Value> {
     let filter: SnapshotFilter = a.filter.filter();
     // A damaged snapshot is left alone (and named): the policy judges the readable ones.
     let considered: Vec<(Id, Manifest)> = repo::snapshots_warning_of_damage(repo)?
@@ -128,13 +154,16 @@ fn forget_by_policy(
     } else {
         remove_all(repo, &remove)?
     };
+    let report = json!({
+        "dry_run": a.dry_run,
+        "removed": removed,
+        "groups": plans.iter().map(group_json).collect::<Vec<_>>(),
+    });
     if g.json {
-        print_json(&json!({
-            "dry_run": a.dry_run,
-            "removed": removed,
-            "groups": plans.iter().map(group_json).collect::<Vec<_>>(),
-        }));
-    } else if a.dry_run {
+        // Printed by the caller, with the prune's report when there is one.
+        return Ok(report);
+    }
+    if a.dry_run {
         line(format_args!(
             "would remove {} snapshots (dry run: nothing changed)",
             remove.len()
@@ -146,10 +175,11 @@ fn forget_by_policy(
             "removed {removed} snapshots; the chunks only they used stay in the repository until a prune"
         ));
     }
-    Ok(exit::ok())
+    Ok(report)
 }
 
-fn forget_by_id(g: &Global, a: &ForgetArgs, repo: &Repository) -> Result<ExitCode> {
+/// Forgets the snapshots named by id; prints them (unless --json) and returns the JSON report.
+fn forget_by_id(g: &Global, a: &ForgetArgs, repo: &Repository) -> Result<serde_json::Value> {
     let listing = repo.snapshot_listing().context("listing snapshots")?;
     let mut chosen = Vec::new();
     let mut damaged = Vec::new();
@@ -189,13 +219,13 @@ fn forget_by_id(g: &Global, a: &ForgetArgs, repo: &Repository) -> Result<ExitCod
     } else {
         remove_all(repo, &ids)?
     };
+    let report = json!({
+        "dry_run": a.dry_run,
+        "removed": removed,
+        "remove": chosen.iter().map(|(id, m)| snapshot_json(id, m, &[])).collect::<Vec<_>>(),
+    });
     if g.json {
-        print_json(&json!({
-            "dry_run": a.dry_run,
-            "removed": removed,
-            "remove": chosen.iter().map(|(id, m)| snapshot_json(id, m, &[])).collect::<Vec<_>>(),
-        }));
-        return Ok(exit::ok());
+        return Ok(report);
     }
     for (id, m) in &chosen {
         let verb = if a.dry_run { "would remove" } else { "removed" };
@@ -206,7 +236,7 @@ fn forget_by_id(g: &Global, a: &ForgetArgs, repo: &Repository) -> Result<ExitCod
             snapshot_time(&m.time)
         ));
     }
-    Ok(exit::ok())
+    Ok(report)
 }
 
 /// The one damaged snapshot file whose name starts with `spec`, if exactly one does and no

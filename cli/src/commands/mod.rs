@@ -10,6 +10,7 @@ mod forget;
 mod init;
 mod key;
 mod mount;
+mod prune;
 mod repair;
 mod restore;
 mod snapshots;
@@ -36,6 +37,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Mount(a) => mount::run(g, a),
         Command::Snapshots(a) => snapshots::run(g, a),
         Command::Forget(a) => forget::run(g, a),
+        Command::Prune(a) => prune::run(g, &a.options, a.dry_run),
         Command::Tag(a) => tag::run(g, a),
         Command::Unlock(a) => unlock::run(g, a),
         Command::Repair(c) => repair::run(g, c),

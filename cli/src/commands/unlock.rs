@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use vmstash_repo::backend::FileKind;
+use vmstash_repo::backend::{FileKind, PRUNE_LOCK};
 use vmstash_repo::leftovers::remove_leftovers;
+use vmstash_repo::prune::remove_stale_prune_lock;
 
 use crate::args::{Global, UnlockArgs};
 use crate::exit::{self, usage};
@@ -35,9 +36,20 @@ pub fn run(g: &Global, a: &UnlockArgs) -> Result<ExitCode> {
                 .with_context(|| format!("removing locks/{}", lock.name))?;
             removed.push(lock.name);
         }
+        if repo.backend().read(FileKind::Lock, PRUNE_LOCK).is_ok() {
+            eprintln!("vmstash: warning: removing the prune lock though a prune may be running");
+            repo.backend()
+                .remove(FileKind::Lock, PRUNE_LOCK)
+                .context("removing locks/prune")?;
+            removed.push(PRUNE_LOCK.to_string());
+        }
         removed
     } else {
-        repo.remove_stale_locks().context("removing stale locks")?
+        let mut removed = repo.remove_stale_locks().context("removing stale locks")?;
+        if remove_stale_prune_lock(&repo).context("removing a stale prune lock")? {
+            removed.push(PRUNE_LOCK.to_string());
+        }
+        removed
     };
     let leftovers = remove_leftovers(&repo, a.remove_all).context("removing temporary files")?;
     if g.json {
