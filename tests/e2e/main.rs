@@ -16,6 +16,7 @@ mod guestfs;
 mod helper;
 mod keys;
 mod mount;
+mod prune;
 mod roundtrip;
 mod ssh;
 mod util;
