@@ -115,6 +115,10 @@ pub struct MountArgs {
     /// Let other users read the mount (needs `user_allow_other` in /etc/fuse.conf unless root).
     #[arg(long)]
     pub allow_other: bool,
+    /// Read zeros where a repaired snapshot records bytes as lost (`repair snapshots`), instead
+    /// of an I/O error.
+    #[arg(long)]
+    pub zero_lost: bool,
     /// Memory for verified chunks kept for further reads.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub cache_size: u64,
@@ -275,6 +279,29 @@ pub struct TagArgs {
 pub enum RepairCommand {
     /// Rebuild the index from the packs' own headers (damaged index files, missing packs).
     Index,
+    /// Copy the readable chunks of damaged packs into new packs, then delete the damaged packs.
+    Packs(RepairPacksArgs),
+    /// Rewrite snapshots whose chunks are gone into snapshots that record the lost bytes.
+    Snapshots(RepairSnapshotsArgs),
+}
+
+/// `vmstash repair packs`
+#[derive(Debug, Args)]
+pub struct RepairPacksArgs {
+    /// The damaged packs (ids or unique prefixes, as `check --read-data` names them).
+    #[arg(value_name = "ID", required = true)]
+    pub ids: Vec<String>,
+}
+
+/// `vmstash repair snapshots`
+#[derive(Debug, Args)]
+pub struct RepairSnapshotsArgs {
+    /// Remove the snapshots that were rewritten, and snapshot files that cannot be read.
+    #[arg(long)]
+    pub forget: bool,
+    /// Print what would be rewritten; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 /// `vmstash diff`
@@ -404,6 +431,10 @@ pub struct RestoreArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = RestoreFormat::Raw)]
     pub format: RestoreFormat,
+    /// Write zeros where a repaired snapshot records bytes as lost (`repair snapshots`),
+    /// instead of failing there.
+    #[arg(long)]
+    pub zero_lost: bool,
     /// Define the VM from the snapshot's domain XML, with its disks pointing
     /// at the restored images.
     #[arg(long)]

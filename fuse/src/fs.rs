@@ -82,6 +82,12 @@ enum Target<'t> {
 pub type Error = vmstash_repo::Error;
 
 impl VmstashFs {
+    /// Lets bytes that repaired snapshots record as lost read as zeros (else reads of them fail
+    /// with EIO and a log line).
+    pub fn set_zero_lost(&self, yes: bool) {
+        self.images.set_zero_lost(yes);
+    }
+
     /// The filesystem of `repo`, caching about `cache_bytes` of chunks.
     pub fn new(repo: Repository, cache_bytes: u64) -> Result<VmstashFs, Error> {
         let index = repo.load_index()?;

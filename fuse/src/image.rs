@@ -76,6 +76,8 @@ pub struct ImageReader {
     inflight: Mutex<HashMap<Id, Arc<Pending>>>,
     streams: Mutex<LruCache<DiskKey, Stream>>,
     prefetch: Sender<Prefetch>,
+    /// Bytes a repaired snapshot records as lost read as zeros (`--zero-lost`).
+    zero_lost: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +112,7 @@ impl ImageReader {
             inflight: Mutex::new(HashMap::new()),
             streams: lru(STREAMS),
             prefetch,
+            zero_lost: std::sync::atomic::AtomicBool::new(false),
         });
         for n in 0..threads::workers() {
             let weak = Arc::downgrade(&reader);
@@ -122,6 +125,13 @@ impl ImageReader {
             }
         }
         reader
+    }
+
+    /// Lets bytes that repaired snapshots record as lost read as zeros (else they are EIO).
+    pub fn set_zero_lost(&self, yes: bool) {
+        self.zero_lost
+            .store(yes, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.readers).clear();
     }
 
     /// Replaces the index (after new snapshots brought new blobs).
@@ -137,7 +147,8 @@ impl ImageReader {
             return r.clone();
         }
         let index = Arc::clone(&self.index.read().unwrap_or_else(PoisonError::into_inner));
-        let reader = DiskReader::new(self.repo.clone(), index, Arc::new(disk.clone()));
+        let reader = DiskReader::new(self.repo.clone(), index, Arc::new(disk.clone()))
+            .zero_lost(self.zero_lost.load(std::sync::atomic::Ordering::Relaxed));
         lock(&self.readers).put(key, reader.clone());
         reader
     }
@@ -248,7 +259,14 @@ impl ImageReader {
     /// Chunk `no` (id `id`), verified and of the length its position needs: from the cache,
     /// from the thread already fetching it, or fetched.
     fn chunk(&self, reader: &DiskReader, no: u64, id: &Id) -> Result<Arc<Vec<u8>>, ReadError> {
-        let chunk = self.chunk_by_id(reader, no, id)?;
+        let chunk = match self.chunk_by_id(reader, no, id) {
+            // Zeros for this snapshot's lost bytes, never cached under the chunk's id.
+            Err(e) if reader.zeroes_lost() && matches!(*e, vmstash_repo::Error::Lost { .. }) => {
+                let len = reader.chunk_len(no).map_err(Arc::new)?;
+                return Ok(Arc::new(vec![0; usize::try_from(len).unwrap_or(0)]));
+            }
+            other => other?,
+        };
         reader
             .check_chunk_len(no, id, chunk.len())
             .map_err(Arc::new)?;
@@ -279,7 +297,10 @@ impl ImageReader {
             }
         };
         if mine {
-            let fetched = reader.read_chunk(no, id).map(Arc::new).map_err(Arc::new);
+            let fetched = reader
+                .read_chunk_strict(no, id)
+                .map(Arc::new)
+                .map_err(Arc::new);
             if let Ok(chunk) = &fetched {
                 lock(&self.chunks).put(*id, Arc::clone(chunk));
             }

@@ -323,10 +323,12 @@ mod tests {
                     size: 1 << 20,
                     chunk_size: 1 << 16,
                     map: Vec::new(),
+                    lost: Vec::new(),
                 })
                 .collect(),
             domain_xml: xml.then(|| "<domain/>".to_owned()),
             summary: Summary::default(),
+            original: None,
         }
     }
 

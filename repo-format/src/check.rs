@@ -35,6 +35,10 @@ pub struct CheckReport {
     pub packs_read: usize,
     /// Packs a prune marked for deletion (in no index, deleted by a later prune, §20).
     pub packs_marked: usize,
+    /// Packs whose bytes are damaged or cut short (`repair packs` salvages what still reads).
+    pub damaged_packs: Vec<String>,
+    /// Snapshots (ids) that need chunks that are missing or damaged (`repair snapshots`).
+    pub damaged_snapshots: Vec<String>,
 }
 
 impl CheckReport {
@@ -224,6 +228,7 @@ fn check_pack_files(
                 bad.extend(p.blobs.iter().map(|b| b.id));
             }
             Some(&len) if len < need => {
+                report.damaged_packs.push(name.clone());
                 report.errors.push(format!(
                     "{} is truncated: {len} bytes, the index needs {need}",
                     relative_path(FileKind::Pack, &name)
@@ -257,6 +262,15 @@ fn check_pack_files(
     Ok(bad)
 }
 
+/// What reading packs whole found.
+#[derive(Default)]
+struct PackFindings {
+    errors: Vec<String>,
+    bad_blobs: HashSet<Id>,
+    read: usize,
+    damaged: Vec<String>,
+}
+
 /// Reads every indexed pack whole, on two threads; returns the blobs of
 /// damaged packs.
 fn read_packs(
@@ -266,8 +280,7 @@ fn read_packs(
     on_pack: &(dyn Fn(u64) + Sync),
 ) -> Result<HashSet<Id>> {
     let work = Mutex::new(packs.iter().copied());
-    let found: Mutex<(Vec<String>, HashSet<Id>, usize)> =
-        Mutex::new((Vec::new(), HashSet::new(), 0));
+    let found = Mutex::new(PackFindings::default());
     std::thread::scope(|s| {
         for _ in 0..crate::threads::io_workers() {
             s.spawn(|| loop {
@@ -281,22 +294,25 @@ fn read_packs(
                 let mut f = found
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                f.2 += 1;
+                f.read += 1;
                 if let Err(e) = result {
-                    f.0.push(e.to_string());
-                    f.1.extend(p.blobs.iter().map(|b| b.id));
+                    f.errors.push(e.to_string());
+                    f.bad_blobs.extend(p.blobs.iter().map(|b| b.id));
+                    f.damaged.push(p.id.to_hex());
                 }
                 drop(f);
                 on_pack(size);
             });
         }
     });
-    let (errors, bad, read) = found
+    let f = found
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    report.errors.extend(errors);
-    report.packs_read = read;
-    Ok(bad)
+    report.errors.extend(f.errors);
+    report.damaged_packs.extend(f.damaged);
+    report.damaged_packs.sort();
+    report.packs_read = f.read;
+    Ok(f.bad_blobs)
 }
 
 /// One pack: hash, header, every blob. Returns its size.
@@ -349,7 +365,16 @@ fn check_snapshots(
         };
         report.snapshots += 1;
         let short = name.get(..8).unwrap_or(&name);
-        for problem in snapshot_problems(repo, index, bad, &m) {
+        let (problems, warnings) = snapshot_problems(repo, index, bad, &m);
+        if !problems.is_empty() {
+            report.damaged_snapshots.push(name.clone());
+        }
+        for w in warnings {
+            report
+                .warnings
+                .push(format!("snapshot {short} ({}): {w}", m.name));
+        }
+        for problem in problems {
             report
                 .errors
                 .push(format!("snapshot {short} ({}): {problem}", m.name));
@@ -358,46 +383,38 @@ fn check_snapshots(
     Ok(())
 }
 
+/// What is wrong with snapshot `m`: errors, and warnings for bytes a repaired snapshot records
+/// as lost (`repair snapshots`: readers refuse them, or give zeros when asked).
 fn snapshot_problems(
     repo: &Repository,
     index: &MasterIndex,
     bad: &HashSet<Id>,
     m: &Manifest,
-) -> Vec<String> {
-    let mut problems = Vec::new();
+) -> (Vec<String>, Vec<String>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     for disk in &m.disks {
-        let mut damaged = 0u64;
-        for (seg, seg_id) in disk.map.iter().enumerate() {
-            if !seg_id.is_zero() && (bad.contains(seg_id) || !index.contains(seg_id)) {
-                problems.push(format!(
-                    "disk {}: map segment {seg} is missing or damaged",
-                    disk.name
-                ));
-                continue;
-            }
-            let ids = match crate::disk_reader::map_segment(repo, index, disk, seg) {
-                Ok(ids) => ids,
-                Err(e) => {
-                    problems.push(format!("disk {}: {e}", disk.name));
-                    continue;
+        match crate::lost::unreadable_ranges(repo, index, bad, disk) {
+            Err(e) => errors.push(format!("disk {}: {e}", disk.name)),
+            Ok(found) if found.is_empty() => {}
+            Ok(found) => {
+                let bytes = crate::lost::total(&found);
+                if crate::lost::all_recorded(&found, &disk.lost) {
+                    warnings.push(format!(
+                        "disk {}: {bytes} bytes in {} ranges are lost, as this repaired snapshot records",
+                        disk.name,
+                        found.len()
+                    ));
+                } else {
+                    errors.push(format!(
+                        "disk {}: {bytes} bytes in {} ranges are missing or damaged (chunks, or whole map segments)",
+                        disk.name,
+                        found.len()
+                    ));
                 }
-            };
-            for id in ids.iter().filter(|id| !id.is_zero()) {
-                // Blobs are deduplicated by id whatever their type, so a
-                // chunk may be stored as a map blob with the same bytes.
-                let ok = !bad.contains(id) && index.contains(id);
-                damaged += u64::from(!ok);
             }
-        }
-        if damaged > 0 {
-            let bytes = damaged.saturating_mul(u64::from(disk.chunk_size));
-            problems.push(format!(
-                "disk {}: {damaged} chunks ({bytes} bytes) are missing or damaged",
-                disk.name
-            ));
         }
     }
-    problems
+    (errors, warnings)
 }
 
 #[cfg(test)]

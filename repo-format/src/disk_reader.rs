@@ -26,12 +26,45 @@ pub struct DiskReader {
     repo: Repository,
     index: Arc<MasterIndex>,
     disk: Arc<Disk>,
+    zero_lost: bool,
 }
 
 impl DiskReader {
     /// A reader of `disk` (from a snapshot of `repo`) through `index`.
     pub fn new(repo: Repository, index: Arc<MasterIndex>, disk: Arc<Disk>) -> Self {
-        DiskReader { repo, index, disk }
+        DiskReader {
+            repo,
+            index,
+            disk,
+            zero_lost: false,
+        }
+    }
+
+    /// Reads zeros, instead of failing, where the snapshot records lost bytes (`lost`, §13)
+    /// and the chunk cannot be read. Readable chunks are read even there (a later backup may
+    /// have stored them again).
+    pub fn zero_lost(mut self, yes: bool) -> Self {
+        self.zero_lost = yes;
+        self
+    }
+
+    /// True when lost bytes read as zeros.
+    pub fn zeroes_lost(&self) -> bool {
+        self.zero_lost
+    }
+
+    /// What a failed read of `len` bytes at `offset` is: [`Error::Lost`] inside a recorded
+    /// lost range, the error itself elsewhere.
+    fn lost_error(&self, offset: u64, len: u64, e: Error) -> Error {
+        match self.disk.lost_in(offset, len) {
+            Some(range) => Error::Lost {
+                disk: self.disk.name.clone(),
+                offset: range.offset,
+                end: range.offset.saturating_add(range.length),
+                why: e.to_string(),
+            },
+            None => e,
+        }
     }
 
     /// The disk.
@@ -70,7 +103,25 @@ impl DiskReader {
     /// Step 5: the chunk ids of map segment `seg` (all [`Id::ZERO`] for a zero segment), each
     /// checked to be a whole segment of the right length.
     pub fn segment(&self, seg: usize) -> Result<Vec<Id>> {
-        map_segment(&self.repo, &self.index, &self.disk, seg)
+        map_segment(&self.repo, &self.index, &self.disk, seg).or_else(|e| {
+            if !matches!(e, Error::BlobNotFound(_) | Error::Corrupt { .. }) {
+                return Err(e);
+            }
+            let per_segment = u64::try_from(SEGMENT_ENTRIES).unwrap_or(u64::MAX);
+            let first = u64::try_from(seg)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(per_segment);
+            let chunks = self.chunk_count().saturating_sub(first).min(per_segment);
+            let offset = self.chunk_offset(first);
+            let len = chunks.saturating_mul(self.chunk_size());
+            // A lost segment reads as lost chunks: the zero id stands for each.
+            match self.lost_error(offset, len, e) {
+                Error::Lost { .. } if self.zero_lost => {
+                    Ok(vec![Id::ZERO; usize::try_from(chunks).unwrap_or(0)])
+                }
+                e => Err(e),
+            }
+        })
     }
 
     /// The id of chunk `no`, reading its map segment (uncached: callers that read many chunks
@@ -88,15 +139,34 @@ impl DiskReader {
     }
 
     /// Steps 6–11 for chunk `no` whose id is `id`: its verified bytes, exactly `Lᵢ` of them
-    /// (zeros for the zero id, without reading anything).
+    /// (zeros for the zero id, without reading anything; zeros for a chunk that cannot be read
+    /// inside a recorded lost range when [`zero_lost`](Self::zero_lost) was asked for).
     pub fn read_chunk(&self, no: u64, id: &Id) -> Result<Vec<u8>> {
+        match self.read_chunk_strict(no, id) {
+            Err(Error::Lost { .. }) if self.zero_lost => {
+                Ok(vec![0; usize::try_from(self.chunk_len(no)?).unwrap_or(0)])
+            }
+            other => other,
+        }
+    }
+
+    /// [`read_chunk`](Self::read_chunk) that never gives zeros for lost bytes: a chunk that
+    /// cannot be read inside a recorded lost range is [`Error::Lost`]. For callers that cache
+    /// chunks by id across snapshots (a zero-filled chunk must not stand for that id).
+    pub fn read_chunk_strict(&self, no: u64, id: &Id) -> Result<Vec<u8>> {
         let len = self.chunk_len(no)?;
         if id.is_zero() {
             return Ok(vec![0; usize::try_from(len).unwrap_or(0)]);
         }
-        let plain = self.repo.read_blob(&self.index, id)?;
-        self.check_chunk_len(no, id, plain.len())?;
-        Ok(plain)
+        self.repo
+            .read_blob(&self.index, id)
+            .and_then(|plain| self.check_chunk_len(no, id, plain.len()).map(|()| plain))
+            .map_err(|e| match e {
+                Error::BlobNotFound(_) | Error::Corrupt { .. } => {
+                    self.lost_error(self.chunk_offset(no), len, e)
+                }
+                e => e,
+            })
     }
 
     /// The last check of step 11: a verified plaintext of `len` bytes for id `id` is chunk

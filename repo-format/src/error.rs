@@ -73,6 +73,19 @@ pub enum Error {
     /// A pack a backup needs was deleted by a prune that no longer counted the backup's lock.
     #[error("pack {0}, which this backup needs, was deleted by a prune while the backup ran (its lock had gone stale: was the process stopped for more than 30 minutes?); nothing was committed: run the backup again")]
     PackPruned(String),
+    /// Bytes a snapshot records as lost (`repair snapshots`) were asked for without leave to
+    /// read zeros.
+    #[error("bytes {offset}..{end} of disk {disk} were lost ({why}); `vmstash repair snapshots` recorded them: restore or mount with --zero-lost to read zeros there")]
+    Lost {
+        /// The disk.
+        disk: String,
+        /// First lost byte of the range.
+        offset: u64,
+        /// End of the range.
+        end: u64,
+        /// What the read found.
+        why: String,
+    },
     /// A blob the caller asked for is in no index.
     #[error("blob {0} is not in any index (the repository is missing data; run `vmstash check`)")]
     BlobNotFound(String),

@@ -72,6 +72,16 @@ pub fn decode(plain: &[u8], file: &str) -> Result<Vec<IndexedPack>> {
     Ok(packs)
 }
 
+/// The packs of decoded index files, each once (a pack several files list is one pack).
+pub fn distinct_packs(files: Vec<(String, Vec<IndexedPack>)>) -> Vec<IndexedPack> {
+    let mut seen = std::collections::HashSet::new();
+    files
+        .into_iter()
+        .flat_map(|(_, packs)| packs)
+        .filter(|p| seen.insert(p.id))
+        .collect()
+}
+
 /// Where one blob is: 48 bytes (checked by a test).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {

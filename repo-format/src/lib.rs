@@ -56,6 +56,7 @@ pub mod index;
 pub mod keyfile;
 pub mod leftovers;
 pub mod lock;
+pub mod lost;
 pub mod marks;
 pub mod pack;
 pub mod payload;

@@ -30,6 +30,19 @@ pub struct Mark {
     pub packs: Vec<Id>,
 }
 
+impl Mark {
+    /// Parses a mark's plaintext; `file` names it in errors.
+    pub fn decode(plain: &[u8], file: &str) -> Result<Mark> {
+        serde_json::from_slice::<Mark>(plain)
+            .map_err(|e| Error::corrupt(file, format!("bad mark: {e}")))
+    }
+
+    /// The JSON plaintext.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| unreachable!("plain struct"))
+    }
+}
+
 /// One file in `marks/`.
 #[derive(Debug)]
 pub struct MarkFile {
@@ -46,14 +59,7 @@ impl Repository {
         for (name, _) in self.backend().list(FileKind::Mark)? {
             let mark = self
                 .read_file(FileKind::Mark, FileType::Mark, &name)
-                .and_then(|plain| {
-                    serde_json::from_slice::<Mark>(&plain).map_err(|e| {
-                        Error::corrupt(
-                            relative_path(FileKind::Mark, &name),
-                            format!("bad mark: {e}"),
-                        )
-                    })
-                });
+                .and_then(|plain| Mark::decode(&plain, &relative_path(FileKind::Mark, &name)));
             out.push(MarkFile { name, mark });
         }
         Ok(out)
@@ -61,8 +67,7 @@ impl Repository {
 
     /// Stores a mark file; returns its name.
     pub fn save_mark(&self, mark: &Mark) -> Result<String> {
-        let plain = serde_json::to_vec(mark).unwrap_or_else(|_| unreachable!("plain struct"));
-        let (id, _) = self.save_file(FileKind::Mark, FileType::Mark, &plain)?;
+        let (id, _) = self.save_file(FileKind::Mark, FileType::Mark, &mark.encode())?;
         Ok(id.to_hex())
     }
 

@@ -182,6 +182,28 @@ impl Repository {
         Ok(out)
     }
 
+    /// Writes index files listing `packs`, at most [`INDEX_FLUSH_BLOBS`] blobs each (a pack
+    /// is never split); returns how many were written.
+    ///
+    /// [`INDEX_FLUSH_BLOBS`]: crate::commit::INDEX_FLUSH_BLOBS
+    pub fn save_index(&self, packs: &[&IndexedPack]) -> Result<usize> {
+        let mut written = 0;
+        let mut batch: Vec<IndexedPack> = Vec::new();
+        let mut blobs = 0;
+        for (i, p) in packs.iter().enumerate() {
+            batch.push((*p).clone());
+            blobs += p.blobs.len();
+            let next = packs.get(i + 1).map_or(0, |n| n.blobs.len());
+            if i + 1 == packs.len() || blobs + next > crate::commit::INDEX_FLUSH_BLOBS {
+                self.save_file(FileKind::Index, FileType::Index, &index::encode(&batch))?;
+                written += 1;
+                batch.clear();
+                blobs = 0;
+            }
+        }
+        Ok(written)
+    }
+
     /// The index of every blob in the repository.
     pub fn load_index(&self) -> Result<MasterIndex> {
         Ok(MasterIndex::build(

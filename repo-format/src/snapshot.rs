@@ -36,6 +36,9 @@ pub struct Manifest {
     pub domain_xml: Option<String>,
     /// What the backup did.
     pub summary: Summary,
+    /// The snapshot this one was rewritten from (`tag`, `repair snapshots`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
 }
 
 /// One disk of a snapshot.
@@ -53,6 +56,29 @@ pub struct Disk {
     pub chunk_size: u32,
     /// Map segment ids (§9), `ZERO` for an all-zero segment.
     pub map: Vec<Id>,
+    /// Byte ranges whose chunks were gone when `repair snapshots` wrote this snapshot, sorted
+    /// and disjoint: readers refuse them, or give zeros only when asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<LostRange>,
+}
+
+/// A range of a disk's bytes that is lost (spec §13 `lost`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LostRange {
+    /// First byte.
+    pub offset: u64,
+    /// Number of bytes.
+    pub length: u64,
+}
+
+impl Disk {
+    /// The recorded lost range that overlaps `[offset, offset + len)`, if any.
+    pub fn lost_in(&self, offset: u64, len: u64) -> Option<&LostRange> {
+        let end = offset.saturating_add(len);
+        self.lost
+            .iter()
+            .find(|r| r.offset < end && offset < r.offset.saturating_add(r.length))
+    }
 }
 
 /// Counters of one backup.
@@ -124,6 +150,20 @@ impl Manifest {
             if !is_safe_name(&d.name) {
                 return Err(Error::corrupt(file, format!("bad disk name {:?}", d.name)));
             }
+            let mut end = 0u64;
+            for r in &d.lost {
+                let stop = r.offset.checked_add(r.length).filter(|&s| s <= d.size);
+                if r.length == 0 || r.offset < end || stop.is_none() {
+                    return Err(Error::corrupt(
+                        file,
+                        format!(
+                            "disk {}: lost ranges must be sorted, disjoint and inside the disk",
+                            d.name
+                        ),
+                    ));
+                }
+                end = stop.unwrap_or(u64::MAX);
+            }
         }
         Ok(())
     }
@@ -160,9 +200,11 @@ pub(crate) mod tests {
                 size: 300 * 1024 * 1024,
                 chunk_size: 256 * 1024,
                 map: vec![Id::ZERO, Id::of(b"s")],
+                lost: Vec::new(),
             }],
             domain_xml: None,
             summary: Summary::default(),
+            original: None,
         }
     }
 
@@ -173,9 +215,53 @@ pub(crate) mod tests {
         let mut short = m.clone();
         short.disks[0].map.pop();
         assert!(Manifest::decode(&short.encode(), "s").is_err());
-        let mut evil = m;
+        let mut evil = m.clone();
         evil.disks[0].name = "../etc".into();
         assert!(Manifest::decode(&evil.encode(), "s").is_err());
+        let mut repaired = m;
+        repaired.original = Some(Id::of(b"o"));
+        repaired.disks[0].lost = vec![
+            LostRange {
+                offset: 0,
+                length: 512,
+            },
+            LostRange {
+                offset: 4096,
+                length: 100,
+            },
+        ];
+        assert_eq!(
+            Manifest::decode(&repaired.encode(), "s").expect("lost"),
+            repaired
+        );
+        for bad in [
+            vec![LostRange {
+                offset: 0,
+                length: 0,
+            }],
+            vec![
+                LostRange {
+                    offset: 100,
+                    length: 10,
+                },
+                LostRange {
+                    offset: 50,
+                    length: 10,
+                },
+            ],
+            vec![LostRange {
+                offset: 300 << 20,
+                length: 1,
+            }],
+            vec![LostRange {
+                offset: u64::MAX,
+                length: 2,
+            }],
+        ] {
+            let mut m = repaired.clone();
+            m.disks[0].lost = bad;
+            assert!(Manifest::decode(&m.encode(), "s").is_err());
+        }
     }
 
     #[test]

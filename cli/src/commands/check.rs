@@ -61,7 +61,7 @@ pub fn run(g: &Global, a: &CheckArgs) -> Result<ExitCode> {
     } else {
         if !g.json {
             eprintln!("vmstash: the repository is damaged; the errors above name the files and the snapshots affected");
-            for hint in repair_hints(&report.errors) {
+            for hint in repair_hints(&report) {
                 eprintln!("vmstash: to repair: {hint}");
             }
         }
@@ -69,27 +69,34 @@ pub fn run(g: &Global, a: &CheckArgs) -> Result<ExitCode> {
     }
 }
 
-/// The commands that repair what `errors` describe, each once.
-fn repair_hints(errors: &[String]) -> Vec<&'static str> {
-    let mut hints = Vec::new();
-    let mut add = |hint| {
+/// The commands that repair what `report` found, each once.
+fn repair_hints(report: &vmstash_repo::check::CheckReport) -> Vec<String> {
+    let mut hints: Vec<String> = Vec::new();
+    let mut add = |hint: String| {
         if !hints.contains(&hint) {
             hints.push(hint);
         }
     };
-    for e in errors {
-        if e.starts_with("index/")
-            || e.contains("listed in the index but missing")
-            || e.contains("is truncated")
-        {
-            add("`vmstash repair index` rebuilds the index from the packs that are there; then `vmstash check` names the lost chunks, and backing up the same disks again stores them anew");
-        } else if e.starts_with("snapshot ") && e.contains("missing or damaged") {
-            add("back up the disks of the affected snapshots again: chunks of the same content are stored anew, and the older snapshots restore again");
+    if !report.damaged_packs.is_empty() {
+        let ids: Vec<&str> = report
+            .damaged_packs
+            .iter()
+            .map(|p| p.get(..16).unwrap_or(p))
+            .collect();
+        add(format!(
+            "`vmstash repair packs {}` copies what still reads out of the damaged packs and removes them; then `vmstash check` names the lost chunks",
+            ids.join(" ")
+        ));
+    }
+    for e in &report.errors {
+        if e.starts_with("index/") || e.contains("listed in the index but missing") {
+            add("`vmstash repair index` rebuilds the index from the packs that are there; then `vmstash check` names the lost chunks, and backing up the same disks again stores them anew".into());
         } else if e.starts_with("snapshots/") {
-            add("`vmstash forget ID` removes a snapshot file that cannot be read (ID: the start of its name)");
-        } else if e.starts_with("data/") {
-            add("a pack whose bytes are damaged: back up the affected disks again to a new repository or restore from a copy; `vmstash check --read-data` names every damaged chunk");
+            add("`vmstash repair snapshots --forget` removes snapshot files that cannot be read (or `vmstash forget ID`, ID: the start of the name)".into());
         }
+    }
+    if !report.damaged_snapshots.is_empty() && report.damaged_packs.is_empty() {
+        add("back up the disks of the affected snapshots again: chunks of the same content are stored anew, and the older snapshots restore again; or `vmstash repair snapshots` rewrites them to record the lost bytes, so that the rest restores".into());
     }
     hints
 }

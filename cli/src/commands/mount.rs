@@ -34,6 +34,7 @@ pub fn run(g: &Global, a: &MountArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let _lock = repo::lock_for_reading(g, &repo, "mount")?;
     let fs = VmstashFs::new(repo.clone(), a.cache_size).context("reading the repository")?;
+    fs.set_zero_lost(a.zero_lost);
     let mut config = Config::default();
     config.mount_options.extend([
         MountOption::RO,

@@ -39,7 +39,8 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let mut written = Vec::new();
     let cancel = interrupt::cancel_on_signals()?;
     for &disk in &disks {
-        let reader = DiskReader::new(repo.clone(), Arc::clone(&index), Arc::new(disk.clone()));
+        let reader = DiskReader::new(repo.clone(), Arc::clone(&index), Arc::new(disk.clone()))
+            .zero_lost(a.zero_lost);
         let restored = restore_disk(&reader, &dest, a.format, &bar, &cancel);
         if cancel.is_cancelled() {
             bar.finish_and_clear();

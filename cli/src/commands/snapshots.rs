@@ -17,7 +17,8 @@ fn snapshot_json(id: &Id, m: &Manifest) -> serde_json::Value {
     json!({
         "id": id.to_hex(), "short_id": id.short(), "time": m.time, "hostname": m.hostname,
         "username": m.username, "name": m.name, "tags": m.tags, "parent": m.parent,
-        "disks": m.disks.iter().map(|d| json!({"name": d.name, "size": d.size, "format": d.format, "source": d.source})).collect::<Vec<_>>(),
+        "original": m.original,
+        "disks": m.disks.iter().map(|d| json!({"name": d.name, "size": d.size, "format": d.format, "source": d.source, "lost": d.lost})).collect::<Vec<_>>(),
         "summary": m.summary,
     })
 }

@@ -59,6 +59,8 @@ pub fn run(g: &Global, a: &TagArgs) -> Result<ExitCode> {
         }
         let mut retagged = m.clone();
         retagged.tags = tags;
+        // As restic: the first snapshot of a chain of rewrites stays the original.
+        retagged.original = Some(m.original.unwrap_or(old_id));
         let (new_id, _) = repo
             .save_snapshot(&retagged)
             .with_context(|| format!("storing snapshot {} with its new tags", old_id.short()))?;

@@ -183,6 +183,7 @@ pub fn back_up(
             size: input.reader.size(),
             chunk_size,
             map: result.map,
+            lost: Vec::new(),
         });
         total.read += c.read;
         total.chunks += c.chunks;
@@ -209,6 +210,7 @@ pub fn back_up(
             new_chunks: total.new,
             duration_seconds: started.elapsed().as_secs_f64(),
         },
+        original: None,
     };
     // The snapshot's own size is part of what was added; estimate it by its plaintext (it
     // compresses well), then store the real one.

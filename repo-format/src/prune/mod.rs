@@ -21,14 +21,13 @@ pub use lock::{remove_stale_prune_lock, PruneLock, PRUNE_PURPOSE};
 pub use plan::{classify, parse_size, MaxUnused, Plan};
 
 use crate::backend::{relative_path, FileKind};
-use crate::commit::{Committer, INDEX_FLUSH_BLOBS};
+use crate::commit::Committer;
 use crate::id::Id;
 use crate::index::{self, IndexedPack, MasterIndex};
 use crate::leftovers::remove_leftovers;
 use crate::lock::Holder;
 use crate::marks::{Mark, MarkFile};
 use crate::repository::Repository;
-use crate::sealed::FileType;
 use crate::{pack, threads, CancelToken, Error, Result};
 
 /// The default `--keep-delete`: a day less an hour, so that a daily prune deletes what the
@@ -179,19 +178,38 @@ pub fn prune(
     let guard = repo.lock(PRUNE_PURPOSE, opts.instant_delete)?;
     let _prune_lock = PruneLock::take(repo, &guard)?;
     let me = guard.holder().clone();
-    Run {
-        repo,
-        opts,
-        progress,
-        cancel,
-        me,
-        report: PruneReport {
-            dry_run: opts.dry_run,
-            ..PruneReport::default()
-        },
+    let run = || {
+        Run {
+            repo,
+            opts,
+            progress,
+            cancel,
+            me,
+            report: PruneReport {
+                dry_run: opts.dry_run,
+                ..PruneReport::default()
+            },
+        }
+        .run()
+    };
+    if opts.instant_delete {
+        return run();
     }
-    .run()
+    // Backups may run meanwhile: they go first. The work runs on a thread of lower CPU
+    // priority (nice +10 applies to the calling thread on Linux), and every thread it starts
+    // inherits that priority.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = rustix::process::nice(BACKGROUND_NICE);
+            run()
+        })
+        .join()
+        .unwrap_or(Err(Error::Aborted))
+    })
 }
+
+/// How much lower the CPU priority of a prune that runs beside backups is.
+const BACKGROUND_NICE: i32 = 10;
 
 /// The marks of earlier runs, sorted out by step 1.
 #[derive(Default)]
@@ -241,7 +259,7 @@ impl Run<'_> {
             .into_iter()
             .filter_map(|(n, s)| Id::from_hex(&n).map(|id| (id, s)))
             .collect();
-        let mut packs = distinct_packs(index_files);
+        let mut packs = index::distinct_packs(index_files);
         let indexed: HashSet<Id> = packs.iter().map(|p| p.id).collect();
         if !old.unreadable {
             self.adopt(&mut packs, &indexed, &old.all, &pack_sizes);
@@ -591,28 +609,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Step 7: index files listing `packs`, each at most [`INDEX_FLUSH_BLOBS`] blobs.
+    /// Step 7: index files listing `packs`.
     fn write_index(&mut self, packs: &[&IndexedPack]) -> Result<()> {
-        let mut batch: Vec<IndexedPack> = Vec::new();
-        let mut blobs = 0;
-        for p in packs {
-            if blobs + p.blobs.len() > INDEX_FLUSH_BLOBS && !batch.is_empty() {
-                self.save_index(&batch)?;
-                batch.clear();
-                blobs = 0;
-            }
-            blobs += p.blobs.len();
-            batch.push((*p).clone());
-        }
-        self.save_index(&batch)
-    }
-
-    fn save_index(&mut self, packs: &[IndexedPack]) -> Result<()> {
-        if !packs.is_empty() {
-            self.repo
-                .save_file(FileKind::Index, FileType::Index, &index::encode(packs))?;
-            self.report.index_files_written += 1;
-        }
+        self.report.index_files_written += self.repo.save_index(packs)?;
         Ok(())
     }
 
@@ -697,16 +696,6 @@ impl MasterIndexPair<'_> {
             other => other,
         }
     }
-}
-
-/// The packs of every index file, each once (a pack several files list is one pack).
-fn distinct_packs(files: Vec<(String, Vec<IndexedPack>)>) -> Vec<IndexedPack> {
-    let mut seen = HashSet::new();
-    files
-        .into_iter()
-        .flat_map(|(_, packs)| packs)
-        .filter(|p| seen.insert(p.id))
-        .collect()
 }
 
 #[cfg(test)]

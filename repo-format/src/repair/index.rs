@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 
 use crate::backend::FileKind;
-use crate::commit::INDEX_FLUSH_PACKS;
 use crate::id::Id;
 use crate::index;
 use crate::progress::Progress;
@@ -77,10 +76,7 @@ pub fn rebuild_index(
         }
         progress.advance(size);
     }
-    for batch in packs.chunks(INDEX_FLUSH_PACKS) {
-        repo.save_file(FileKind::Index, FileType::Index, &index::encode(batch))?;
-        report.index_files_written += 1;
-    }
+    report.index_files_written = repo.save_index(&packs.iter().collect::<Vec<_>>())?;
     report.packs = packs.len();
     let now_listed: HashSet<Id> = packs.iter().map(|p| p.id).collect();
     report.lost_packs = previously_listed
