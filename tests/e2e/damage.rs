@@ -163,6 +163,7 @@ fn tag_rewrites_snapshots_and_filters_see_the_new_tags() {
     let d = img.to_str().expect("utf8");
     repo.ok(&["backup", "--disk", d, "--tag", "nightly,keep"]);
     repo.ok(&["backup", "--disk", d, "--tag", "nightly"]);
+    let kept = repo.json(&["snapshots", "--tag", "keep"])[0]["id"].clone();
     let out = repo.json(&[
         "tag", "--tag", "keep", "--add", "monthly", "--remove", "nightly",
     ]);
@@ -173,6 +174,10 @@ fn tag_rewrites_snapshots_and_filters_see_the_new_tags() {
     );
     let monthly = repo.json(&["snapshots", "--tag", "monthly"]);
     assert_eq!(monthly.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        monthly[0]["original"], kept,
+        "the rewritten snapshot names its original"
+    );
     assert_eq!(repo.files("snapshots").len(), 2, "the old file is gone");
     let id = ids(&repo)[1].clone();
     repo.ok(&["tag", &id[..8], "--set", ""]);

@@ -17,6 +17,7 @@ mod helper;
 mod keys;
 mod mount;
 mod prune;
+mod repair;
 mod roundtrip;
 mod ssh;
 mod util;

@@ -422,3 +422,76 @@ fn backups_and_a_mount_keep_working_while_prunes_run() {
         );
     }
 }
+
+/// A small ext4 filesystem on a loop device, unmounted on drop.
+struct SmallFs {
+    dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl SmallFs {
+    fn new(mib: u64) -> SmallFs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("fs.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("image");
+        let img_s = img.to_str().expect("utf8");
+        sh("mkfs.ext4", &["-q", "-F", "-m", "0", img_s]);
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        sh("mount", &["-o", "loop", img_s, mnt.to_str().expect("utf8")]);
+        SmallFs { dir, mnt }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+        let _ = &self.dir;
+    }
+}
+
+#[test]
+fn after_a_backup_filled_the_disk_a_prune_makes_room_for_a_smaller_one() {
+    if !have(&["mkfs.ext4", "mount", "umount"], true) {
+        return;
+    }
+    let fs = SmallFs::new(64);
+    let repo = Repo {
+        dir: tempfile::tempdir().expect("tempdir"),
+        path: fs.mnt.join("repo"),
+    };
+    repo.ok(&["init"]);
+    let big = sparse_image(
+        repo.dir.path(),
+        "big.img",
+        128 << 20,
+        &[(0, random_bytes(81, 96 << 20))],
+    );
+    let out = repo.run(&["backup", "--disk", big.to_str().expect("utf8")]);
+    assert!(
+        !out.status.success(),
+        "96 MiB fit in 64: {}",
+        describe(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("no space left"), "{}", describe(&out));
+    assert!(repo.files("data").len() > 1, "the failed backup left packs");
+
+    let pruned = repo.json(&["prune", "--instant-delete"]);
+    assert!(
+        pruned["deleted"]["count"].as_u64().expect("n") > 0,
+        "the failed backup's packs go: {pruned}"
+    );
+    let small = sparse_image(
+        repo.dir.path(),
+        "small.img",
+        32 << 20,
+        &[(0, random_bytes(82, 16 << 20))],
+    );
+    repo.ok(&["backup", "--disk", small.to_str().expect("utf8")]);
+    repo.ok(&["check", "--read-data"]);
+    let out = repo.restore("latest");
+    assert_eq!(sha256_file(&out.join("small.raw")), sha256_file(&small));
+}

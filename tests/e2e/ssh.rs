@@ -381,3 +381,85 @@ fn restore_over_sftp_and_define_on_the_remote_host() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// Prune over SFTP: the prune lock is created exclusively there too (a second prune, here a local
+/// one holding it while stopped, is named), marks and deletions work, and the cached index
+/// follows.
+#[test]
+fn prune_over_sftp_respects_the_prune_lock_and_frees_space() {
+    if !Sshd::available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let local = Repo::init();
+    let remote_dir = local.dir.path().join("remote-repo");
+    let url = format!("sftp://root@127.0.0.1:{}{}", sshd.port, s(&remote_dir));
+    let ssh = ssh_args(&sshd.client_key, &sshd.known_hosts);
+    let run = |extra: &[&str]| {
+        let mut a = ssh.clone();
+        a.extend(["-r".to_string(), url.clone()]);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        vmstash(&local, &a)
+    };
+    assert!(run(&["init"]).status.success());
+    let img = sparse_image(
+        local.dir.path(),
+        "d.img",
+        32 << 20,
+        &[(0, random_bytes(33, 12 << 20))],
+    );
+    for v in 0..3u64 {
+        crate::util::write_at(&img, v << 20, &random_bytes(40 + v, 2 << 20));
+        let b = run(&["backup", "--disk", &s(&img)]);
+        assert!(b.status.success(), "{}", describe(&b));
+    }
+    let f = run(&["forget", "--keep-last", "1"]);
+    assert!(f.status.success(), "{}", describe(&f));
+
+    // A prune of the same directory, stopped while it holds locks/prune.
+    let direct = Repo {
+        dir: tempfile::tempdir().expect("tempdir"),
+        path: remote_dir.clone(),
+    };
+    let holder = direct
+        .cmd(&["prune", "--keep-delete", "0", "--dry-run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let lock = remote_dir.join("locks/prune");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !lock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prune lock appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    crate::util::sh("kill", &["-STOP", &holder.id().to_string()]);
+    let refused = run(&["prune", "--keep-delete", "0"]);
+    crate::util::sh("kill", &["-CONT", &holder.id().to_string()]);
+    let done = holder.wait_with_output().expect("wait");
+    assert!(done.status.success());
+    assert_eq!(refused.status.code(), Some(11), "{}", describe(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("for pruning"),
+        "{}",
+        describe(&refused)
+    );
+
+    let data = |d: &Path| walk(&d.join("data")).len();
+    let before = data(&remote_dir);
+    for _ in 0..2 {
+        let p = run(&["prune", "--keep-delete", "0"]);
+        assert!(p.status.success(), "{}", describe(&p));
+    }
+    assert!(data(&remote_dir) < before, "packs were deleted over SFTP");
+    assert!(!lock.exists());
+    let c = run(&["check", "--read-data"]);
+    assert!(c.status.success(), "{}", describe(&c));
+    let target = local.dir.path().join("out");
+    let r = run(&["restore", "latest", "--target", &s(&target)]);
+    assert!(r.status.success(), "{}", describe(&r));
+    assert_eq!(sha256_file(&target.join("d.raw")), sha256_file(&img));
+}
