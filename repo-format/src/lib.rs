@@ -61,6 +61,7 @@ pub mod marks;
 pub mod pack;
 pub mod payload;
 pub mod policy;
+pub mod priority;
 pub mod progress;
 pub mod prune;
 pub mod repair;

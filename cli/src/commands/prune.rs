@@ -136,15 +136,12 @@ pub fn print_report(r: &PruneReport) {
         human(r.copied_bytes),
         human(r.unused_after)
     ));
-    if r.deleted.count > 0 || !r.dry_run {
-        line(format_args!(
-            "{} {} packs ({}) marked by {}",
-            verb("deleted", "would delete"),
-            r.deleted.count,
-            human(r.deleted.bytes),
-            "earlier runs or this one with --instant-delete"
-        ));
-    }
+    line(format_args!(
+        "{} {} marked packs ({})",
+        verb("deleted", "would delete"),
+        r.deleted.count,
+        human(r.deleted.bytes)
+    ));
     if r.recovered > 0 {
         line(format_args!(
             "{} marked packs a snapshot needs {} indexed again",

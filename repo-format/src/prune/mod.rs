@@ -195,21 +195,17 @@ pub fn prune(
     if opts.instant_delete {
         return run();
     }
-    // Backups may run meanwhile: they go first. The work runs on a thread of lower CPU
-    // priority (nice +10 applies to the calling thread on Linux), and every thread it starts
-    // inherits that priority.
+    // Backups may run meanwhile: they go first. The work runs on a thread of lower CPU and
+    // I/O priority, and every thread it starts inherits it.
     std::thread::scope(|s| {
         s.spawn(|| {
-            let _ = rustix::process::nice(BACKGROUND_NICE);
+            crate::priority::lower_for_background();
             run()
         })
         .join()
         .unwrap_or(Err(Error::Aborted))
     })
 }
-
-/// How much lower the CPU priority of a prune that runs beside backups is.
-const BACKGROUND_NICE: i32 = 10;
 
 /// The marks of earlier runs, sorted out by step 1.
 #[derive(Default)]
@@ -351,8 +347,10 @@ impl Run<'_> {
         }
         // 11. Holders: whoever may have loaded the old index.
         let mut finished_marks = Vec::new();
-        if let Some(name) = mark_name {
-            mark.holders = Some(self.live_holders()?);
+        // With a live lock that cannot be read, its holder is unknown: the mark stays
+        // unfinished, and a later run records the holders live then (step 1).
+        if let (Some(name), Ok(holders)) = (mark_name, self.live_holders()) {
+            mark.holders = Some(holders);
             let new = self.repo.save_mark(&mark)?;
             ignore_missing(self.repo.backend().remove(FileKind::Mark, &name))?;
             if self.opts.instant_delete {

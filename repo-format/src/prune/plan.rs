@@ -144,6 +144,28 @@ pub(super) fn map_index<'a>(packs: impl Iterator<Item = &'a IndexedPack>) -> Mas
     }))
 }
 
+/// Positions of `packs`, the packs with the largest share of needed bytes first (stable).
+fn most_needed_first(packs: &[IndexedPack], needed: &HashSet<Id>) -> Vec<usize> {
+    let share = |p: &IndexedPack| {
+        let (mut used, mut all) = (0u64, 0u64);
+        for b in &p.blobs {
+            all += u64::from(b.length);
+            if needed.contains(&b.id) {
+                used += u64::from(b.length);
+            }
+        }
+        // Parts per million, to sort without floats.
+        used.saturating_mul(1_000_000) / all.max(1)
+    };
+    let mut order: Vec<(u64, usize)> = packs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (share(p), i))
+        .collect();
+    order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
 /// How one pack is used.
 #[derive(Debug, Clone)]
 pub struct PackUse {
@@ -181,6 +203,11 @@ pub struct Plan {
 /// Classifies `packs` against `needed` (consumed: what is left in it afterwards is needed and in
 /// no pack) and picks the packs to repack: the most unused first, while the unused bytes in kept
 /// packs exceed `max_unused` and the bytes to copy stay within `max_repack` (sealed bytes).
+///
+/// A blob stored twice (two backups at once, a pack a backup recovered after a prune had
+/// repacked it) is used in the pack that is the most needed otherwise, so that the other copy
+/// leaves its pack unused rather than partly used: packs are taken in the order of their share
+/// of needed bytes, highest first.
 pub fn classify(
     packs: &[IndexedPack],
     needed: &mut HashSet<Id>,
@@ -192,7 +219,10 @@ pub fn classify(
         ..Plan::default()
     };
     let mut mixed = Vec::new();
-    for (i, pack) in packs.iter().enumerate() {
+    for i in most_needed_first(packs, needed) {
+        let Some(pack) = packs.get(i) else {
+            continue;
+        };
         let mut usage = PackUse {
             pack: i,
             used_bytes: 0,
@@ -217,6 +247,7 @@ pub fn classify(
             mixed.push(usage);
         }
     }
+    plan.remove.sort_unstable();
     plan.missing_blobs = needed.len();
     let removed_unused: u64 = plan
         .remove
@@ -276,19 +307,25 @@ mod tests {
     #[test]
     fn unused_packs_are_removed_and_the_emptiest_mixed_ones_repacked() {
         let packs = [
-            pack(1, &[(1, 100), (2, 100)]), // all used
-            pack(2, &[(3, 100), (4, 100)]), // nothing used
-            pack(3, &[(5, 100), (6, 900)]), // 90 % unused
-            pack(4, &[(7, 900), (8, 100)]), // 10 % unused
-            pack(5, &[(1, 100)]),           // a second copy of a used blob
+            pack(1, &[(1, 100), (2, 100)]),   // all used
+            pack(2, &[(3, 100), (4, 100)]),   // nothing used
+            pack(3, &[(5, 100), (6, 900)]),   // 90 % unused
+            pack(4, &[(7, 900), (8, 100)]),   // 10 % unused
+            pack(5, &[(1, 100)]),             // a second copy of a used blob
+            pack(6, &[(10, 100), (11, 300)]), // a second copy of blob 10, beside an unneeded one
+            pack(7, &[(10, 100), (12, 100)]), // blob 10 again, in a pack needed whole
         ];
-        let mut needed = ids(&[1, 2, 5, 7, 9]);
+        let mut needed = ids(&[1, 2, 5, 7, 9, 10, 12]);
         let plan = classify(&packs, &mut needed, MaxUnused::Hundredths(500), None);
-        assert_eq!(plan.remove, vec![1, 4]);
+        assert_eq!(
+            plan.remove,
+            vec![1, 4, 5],
+            "pack 6's copy of blob 10 is the spare one"
+        );
         assert_eq!(plan.missing_blobs, 1, "blob 9 is in no pack");
-        assert_eq!(plan.used_bytes, 1200);
-        assert_eq!(plan.unused_bytes, 1300);
-        // Limit 1200·5/95 = 63 bytes: both mixed packs go, the emptiest first.
+        assert_eq!(plan.used_bytes, 1400);
+        assert_eq!(plan.unused_bytes, 1700);
+        // Limit 1400·5/95 = 73 bytes: both mixed packs go, the emptiest first.
         let order: Vec<usize> = plan.repack.iter().map(|u| u.pack).collect();
         assert_eq!(order, vec![2, 3]);
         assert_eq!(plan.repack[0].used.len(), 1);
@@ -306,7 +343,7 @@ mod tests {
         let mut needed = ids(&[1, 2, 5, 7]);
         let plan = classify(&packs, &mut needed, MaxUnused::Unlimited, None);
         assert!(plan.repack.is_empty());
-        assert_eq!(plan.remove, vec![1, 4]);
+        assert_eq!(plan.remove, vec![1, 4, 5, 6]);
 
         let mut needed = ids(&[1, 2, 5, 7]);
         let plan = classify(&packs, &mut needed, MaxUnused::Hundredths(0), Some(500));
