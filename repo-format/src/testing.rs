@@ -39,6 +39,21 @@ pub fn memory_repository() -> (Arc<MemoryBackend>, Repository) {
     }
 }
 
+/// Backs up `data` as the one disk `d` of a snapshot named `d`.
+pub fn back_up_bytes(
+    repo: &Repository,
+    data: Vec<u8>,
+) -> crate::Result<crate::backup::BackupReport> {
+    use crate::backup::{back_up, BackupDisk, BackupPlan};
+    let disk = BackupDisk::new("d", "mem", Box::new(crate::source::MemorySource::new(data)));
+    back_up(
+        repo,
+        BackupPlan::new("d", vec![disk]),
+        &crate::NoProgress,
+        &crate::CancelToken::new(),
+    )
+}
+
 /// `len` pseudo-random (incompressible) bytes from `seed` (xorshift64).
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

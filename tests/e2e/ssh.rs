@@ -49,6 +49,23 @@ fn vmstash_command(repo: &Repo, args: &[String]) -> std::process::Command {
     cmd
 }
 
+/// Runs vmstash on the SFTP repository at `remote_dir` of `sshd`, with its identity and
+/// known_hosts, from `local`'s home.
+fn sftp_runner<'a>(
+    sshd: &Sshd,
+    local: &'a Repo,
+    remote_dir: &Path,
+) -> impl Fn(&[&str]) -> std::process::Output + 'a {
+    let url = format!("sftp://root@127.0.0.1:{}{}", sshd.port, s(remote_dir));
+    let ssh = ssh_args(&sshd.client_key, &sshd.known_hosts);
+    move |extra: &[&str]| {
+        let mut a = ssh.clone();
+        a.extend(["-r".to_string(), url.clone()]);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        vmstash(local, &a)
+    }
+}
+
 fn vms_args(sshd: &Sshd, key: &Path, known_hosts: &Path, extra: &[&str]) -> Vec<String> {
     let mut a = ssh_args(key, known_hosts);
     a.extend(["--json".into(), "vms".into(), "--connect".into(), uri(sshd)]);
@@ -139,14 +156,7 @@ fn sftp_repository_round_trip_with_local_metadata_cache() {
     let sshd = Sshd::start();
     let local = Repo::init();
     let remote_dir = local.dir.path().join("remote-repo");
-    let url = format!("sftp://root@127.0.0.1:{}{}", sshd.port, s(&remote_dir));
-    let ssh = ssh_args(&sshd.client_key, &sshd.known_hosts);
-    let run = |extra: &[&str]| {
-        let mut a = ssh.clone();
-        a.extend(["-r".to_string(), url.clone()]);
-        a.extend(extra.iter().map(|x| x.to_string()));
-        vmstash(&local, &a)
-    };
+    let run = sftp_runner(&sshd, &local, &remote_dir);
     let init = run(&["init"]);
     assert!(init.status.success(), "{}", describe(&init));
     assert!(remote_dir.join("config").exists());
@@ -393,14 +403,7 @@ fn prune_over_sftp_respects_the_prune_lock_and_frees_space() {
     let sshd = Sshd::start();
     let local = Repo::init();
     let remote_dir = local.dir.path().join("remote-repo");
-    let url = format!("sftp://root@127.0.0.1:{}{}", sshd.port, s(&remote_dir));
-    let ssh = ssh_args(&sshd.client_key, &sshd.known_hosts);
-    let run = |extra: &[&str]| {
-        let mut a = ssh.clone();
-        a.extend(["-r".to_string(), url.clone()]);
-        a.extend(extra.iter().map(|x| x.to_string()));
-        vmstash(&local, &a)
-    };
+    let run = sftp_runner(&sshd, &local, &remote_dir);
     assert!(run(&["init"]).status.success());
     let img = sparse_image(
         local.dir.path(),

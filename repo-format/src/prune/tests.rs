@@ -3,11 +3,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::backend::{Backend, MemoryBackend};
-use crate::backup::{back_up, BackupDisk, BackupPlan};
 use crate::check::{check, ReadData};
 use crate::lock::LockInfo;
-use crate::source::MemorySource;
-use crate::testing::{memory_repository, noise};
+use crate::testing::{back_up_bytes, memory_repository, noise};
 use crate::{DiskReader, NoProgress};
 
 fn now_opts() -> PruneOptions {
@@ -19,17 +17,7 @@ fn now_opts() -> PruneOptions {
 
 /// Backs up `data` as snapshot "d"; returns the snapshot id.
 fn backup(repo: &Repository, data: &[u8]) -> Id {
-    let plan = BackupPlan::new(
-        "d",
-        vec![BackupDisk::new(
-            "d",
-            "mem",
-            Box::new(MemorySource::new(data.to_vec())),
-        )],
-    );
-    back_up(repo, plan, &NoProgress, &CancelToken::new())
-        .expect("backup")
-        .id
+    back_up_bytes(repo, data.to_vec()).expect("backup").id
 }
 
 fn read_back(repo: &Repository, id: &Id) -> Vec<u8> {

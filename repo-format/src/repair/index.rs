@@ -116,23 +116,13 @@ fn listed_packs(repo: &Repository, files: &[String]) -> HashSet<Id> {
 mod tests {
     use super::*;
     use crate::backend::Backend;
-    use crate::backup::{back_up, BackupDisk, BackupPlan};
-    use crate::source::MemorySource;
-    use crate::testing::{memory_repository, noise};
+    use crate::testing::{back_up_bytes, memory_repository, noise};
     use crate::NoProgress;
 
     #[test]
     fn a_damaged_index_and_a_deleted_pack_leave_an_index_of_what_is_there() {
         let (mem, repo) = memory_repository();
-        let plan = BackupPlan::new(
-            "d",
-            vec![BackupDisk::new(
-                "d",
-                "mem",
-                Box::new(MemorySource::new(noise(3, 3 << 20))),
-            )],
-        );
-        back_up(&repo, plan, &NoProgress, &CancelToken::new()).expect("backup");
+        back_up_bytes(&repo, noise(3, 3 << 20)).expect("backup");
         let packs = mem.list(FileKind::Pack).expect("packs");
         assert!(packs.len() >= 2, "{packs:?}");
         let gone = packs[0].0.clone();

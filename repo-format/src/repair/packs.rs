@@ -122,24 +122,13 @@ fn salvage_one(
 mod tests {
     use super::*;
     use crate::backend::Backend;
-    use crate::backup::{back_up, BackupDisk, BackupPlan};
     use crate::check::{check, ReadData};
-    use crate::source::MemorySource;
-    use crate::testing::{memory_repository, noise};
-    use crate::NoProgress;
+    use crate::testing::{back_up_bytes, memory_repository, noise};
 
     #[test]
     fn readable_blobs_move_to_new_packs_and_the_damaged_pack_goes() {
         let (mem, repo) = memory_repository();
-        let plan = BackupPlan::new(
-            "d",
-            vec![BackupDisk::new(
-                "d",
-                "mem",
-                Box::new(MemorySource::new(noise(4, 3 << 20))),
-            )],
-        );
-        back_up(&repo, plan, &NoProgress, &CancelToken::new()).expect("backup");
+        back_up_bytes(&repo, noise(4, 3 << 20)).expect("backup");
         let index = repo.load_index().expect("index");
         let victim = *index.packs().next().expect("a pack");
         let name = victim.to_hex();

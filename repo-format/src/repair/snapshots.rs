@@ -108,25 +108,15 @@ mod tests {
 
     use super::*;
     use crate::backend::Backend;
-    use crate::backup::{back_up, BackupDisk, BackupPlan};
     use crate::check::{check, ReadData};
-    use crate::source::MemorySource;
-    use crate::testing::{memory_repository, noise};
+    use crate::testing::{back_up_bytes, memory_repository, noise};
     use crate::{DiskReader, Error, NoProgress};
 
     #[test]
     fn lost_chunks_are_recorded_and_read_only_when_asked() {
         let (mem, repo) = memory_repository();
         let data = noise(8, 3 << 20);
-        let plan = BackupPlan::new(
-            "d",
-            vec![BackupDisk::new(
-                "d",
-                "mem",
-                Box::new(MemorySource::new(data.clone())),
-            )],
-        );
-        let saved = back_up(&repo, plan, &NoProgress, &CancelToken::new()).expect("backup");
+        let saved = back_up_bytes(&repo, data.clone()).expect("backup");
         // Lose one data pack (and rebuild the index without it).
         let index = repo.load_index().expect("index");
         let first_chunk =
