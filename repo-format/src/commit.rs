@@ -42,9 +42,7 @@ pub const INDEX_FLUSH_PACKS: usize = 64;
 /// An index file is also written once this long has passed since the last one (or since the
 /// first pack), so that a backup killed with SIGKILL leaves little unindexed work behind.
 pub const INDEX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-/// Blobs per index file at most (about 9 MiB of entries), so that packs of tiny, well-compressed
-/// blobs cannot make an index too large to read.
-pub const INDEX_FLUSH_BLOBS: usize = 200_000;
+pub use crate::index::INDEX_FLUSH_BLOBS;
 /// Blobs per pack at most, for the same reason.
 pub const PACK_MAX_BLOBS: usize = 100_000;
 /// Threads writing full packs: storage is the limit, not the CPU; two overlap one pack's fsync

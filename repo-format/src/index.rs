@@ -19,6 +19,10 @@ use crate::entry::{BlobEntry, Reader, ENTRY_LEN};
 use crate::id::{Id, ID_LEN};
 use crate::{Error, Result};
 
+/// Blobs per index file at most (about 9 MiB of entries), so that packs of tiny, well-compressed
+/// blobs cannot make an index too large to read.
+pub const INDEX_FLUSH_BLOBS: usize = 200_000;
+
 /// One pack as an index file lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedPack {

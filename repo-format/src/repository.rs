@@ -185,7 +185,7 @@ impl Repository {
     /// Writes index files listing `packs`, at most [`INDEX_FLUSH_BLOBS`] blobs each (a pack
     /// is never split); returns how many were written.
     ///
-    /// [`INDEX_FLUSH_BLOBS`]: crate::commit::INDEX_FLUSH_BLOBS
+    /// [`INDEX_FLUSH_BLOBS`]: crate::index::INDEX_FLUSH_BLOBS
     pub fn save_index(&self, packs: &[&IndexedPack]) -> Result<usize> {
         let mut written = 0;
         let mut batch: Vec<IndexedPack> = Vec::new();
@@ -194,7 +194,7 @@ impl Repository {
             batch.push((*p).clone());
             blobs += p.blobs.len();
             let next = packs.get(i + 1).map_or(0, |n| n.blobs.len());
-            if i + 1 == packs.len() || blobs + next > crate::commit::INDEX_FLUSH_BLOBS {
+            if i + 1 == packs.len() || blobs + next > index::INDEX_FLUSH_BLOBS {
                 self.save_file(FileKind::Index, FileType::Index, &index::encode(&batch))?;
                 written += 1;
                 batch.clear();
