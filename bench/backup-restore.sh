@@ -14,6 +14,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib/common.sh
+. "$ROOT/bench/lib/common.sh"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/vmstash-bench}"
 ROUNDS="${ROUNDS:-3}"
 IMAGE_SIZE="${IMAGE_SIZE:-2G}"
@@ -27,82 +29,30 @@ BAR_REPO_RATIO=1.0         # vmstash repo bytes / restic repo bytes <=
 BAR_SECOND_ADDED_PCT=1.0   # 2nd identical backup's added bytes, % of the 1st repo size <
 BAR_RSS_MIB=300            # vmstash backup peak RSS, MiB <=
 
-export VMSTASH_PASSWORD="vmstash-bench-password"
-export RESTIC_PASSWORD="restic-bench-password"
-unset VMSTASH_PASSWORD_FILE VMSTASH_PASSWORD_COMMAND VMSTASH_REPOSITORY
-unset RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND RESTIC_REPOSITORY RESTIC_REPOSITORY_FILE
+use_passwords vmstash restic
 
-die() {
-  echo "bench: error: $*" >&2
-  exit 1
-}
-note() { echo "bench: $*" >&2; }
-
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
-[ "$(id -u)" -eq 0 ] || die "run as root (the image is built on a loop device; page cache is dropped)"
+need_positive_int ROUNDS
+need_root "the image is built on a loop device; page cache is dropped"
 
 # --- setup --------------------------------------------------------------------
 # Sampled before this script's own build and image making add to it.
-LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
-if awk -v l="$LOAD_START" -v n="$(nproc)" 'BEGIN {exit !(l > n / 4)}'; then
-  note "warning: load average $LOAD_START on $(nproc) CPUs: other work will disturb the timings"
-fi
-SKIP_RUST_TOOLS=1 bash "$ROOT/scripts/install-deps.sh"
-if [ -n "${VMSTASH_BIN:-}" ]; then
-  VMSTASH="$VMSTASH_BIN"
-else
-  note "building vmstash (cargo build --release -p vmstash)"
-  (cd "$ROOT" && cargo build --release -p vmstash)
-  VMSTASH="$ROOT/target/release/vmstash"
-fi
-[ -x "$VMSTASH" ] || die "no vmstash binary at $VMSTASH"
-command -v restic >/dev/null || die "restic not installed"
-RESTIC_VERSION="$(restic version | awk '{print $2; exit}')"
+sample_load
+install_deps
+use_vmstash
+use_restic
+check_bench_dir 10
 
-mkdir -p -- "$BENCH_DIR"
-fstype="$(stat -f -c %T -- "$BENCH_DIR")"
-case "$fstype" in
-  tmpfs | ramfs) die "BENCH_DIR=$BENCH_DIR is on $fstype: its I/O would be RAM, not disk; set BENCH_DIR to a directory on a disk" ;;
-esac
-avail_kib="$(df -Pk -- "$BENCH_DIR" | awk 'NR == 2 {print $4}')"
-[ "$avail_kib" -ge $((10 * 1024 * 1024)) ] ||
-  die "BENCH_DIR=$BENCH_DIR has $((avail_kib / 1024)) MiB free; the benchmark needs about 10 GiB"
-
-W="$(mktemp -d -p "$BENCH_DIR" run.XXXXXX)"
+make_run_dir run
+# cleanup: what trap_cleanup undoes when the script exits, however it exits.
 cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [ "$KEEP" = 1 ]; then
-    note "kept $W"
-  else
-    rm -rf -- "$W"
-    rmdir -- "$BENCH_DIR" 2>/dev/null || true
-  fi
-  exit "$rc"
+  finish_run_dir
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 export RESTIC_CACHE_DIR="$W/restic-cache"
-LOGS="$W/logs"
-mkdir -p "$LOGS"
 
 # Dropping the page cache before each timed step makes every tool read the
 # image (and, for restores, the repository) from disk, whatever ran before.
-if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
-  CAN_DROP=1
-  CACHE_NOTE="page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before each timed step"
-else
-  CAN_DROP=0
-  CACHE_NOTE="page cache NOT dropped (/proc/sys/vm/drop_caches not writable): steps may read from cache"
-  note "warning: $CACHE_NOTE"
-fi
-drop_caches() {
-  sync
-  if [ "$CAN_DROP" = 1 ]; then
-    echo 3 >/proc/sys/vm/drop_caches
-  fi
-}
+setup_drop_caches
 
 IMG="$W/disk.img"
 note "building the disk image: $IMAGE_SIZE, $DATA_MIB MiB of files (scripts/make-disk-image.sh)"
@@ -110,53 +60,11 @@ bash "$ROOT/scripts/make-disk-image.sh" "$IMG" "$IMAGE_SIZE" "$DATA_MIB"
 IMG_BYTES="$(stat -c %s -- "$IMG")"
 IMG_ALLOC="$(($(stat -c %b -- "$IMG") * 512))"
 
-# timed NAME CMD...: drop the page cache, run CMD under /usr/bin/time -v, then
-# sync, so data a tool left in the page cache is written out inside its time.
-# Sets T_MS (wall time, ms) and T_RSS_KIB (peak RSS); stdout and stderr go to
-# $LOGS/NAME.out and .err.
-timed() {
-  local name="$1"
-  shift
-  drop_caches
-  local t0 t1
-  t0="$(date +%s%N)"
-  if ! /usr/bin/time -v -o "$LOGS/$name.time" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-    echo "bench: '$*' failed; its output (stdout, then stderr):" >&2
-    tail -n 20 "$LOGS/$name.out" >&2
-    tail -n 40 "$LOGS/$name.err" >&2
-    exit 1
-  fi
-  sync
-  t1="$(date +%s%N)"
-  T_MS=$(((t1 - t0) / 1000000))
-  T_RSS_KIB="$(awk -F': ' '/Maximum resident set size/ {print $2}' "$LOGS/$name.time")"
-  [ -n "$T_RSS_KIB" ] || die "no peak RSS in $LOGS/$name.time"
-}
-# quiet NAME CMD...: run an untimed setup command, logging its output.
-quiet() {
-  local name="$1"
-  shift
-  if ! "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-    echo "bench: '$*' failed:" >&2
-    tail -n 20 "$LOGS/$name.out" "$LOGS/$name.err" >&2
-    exit 1
-  fi
-}
-repo_bytes() { du -sb -- "$1" | cut -f1; }
-secs() { awk -v ms="$1" 'BEGIN {printf "%.2f", ms / 1000}'; }
+# timed, quiet, summary_of and the report's helpers are in bench/lib/common.sh.
 # same_as_image FILE WHAT: the benchmark is void if a restore is not exact.
 same_as_image() {
   [ -f "$1" ] || die "$2 did not write $1"
   cmp -- "$IMG" "$1" >/dev/null || die "$2: $1 differs from the backed-up image"
-}
-# summary_of NAME: the last stdout line of a vmstash --json run, checked to be
-# the summary object.
-summary_of() {
-  local last
-  last="$(tail -n 1 "$LOGS/$1.out")"
-  jq -e '.message_type == "summary"' <<<"$last" >/dev/null 2>&1 ||
-    die "vmstash --json ($1): last line of stdout is not a summary object: $last"
-  printf '%s\n' "$last"
 }
 
 # Per-round results, indexed by round.
@@ -229,15 +137,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # --- report -------------------------------------------------------------------
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-maxof() { printf '%s\n' "$@" | sort -g | tail -n 1; }
-calc() { awk "BEGIN {printf \"%.${1}f\", $2}"; }
-# verdict EXPR: PASS if the awk expression is true.
-verdict() {
-  if awk "BEGIN {exit !($1)}"; then echo PASS; else echo FAIL; fi
-}
-mib() { calc 1 "$1 / 1048576"; }
-
 v_bk="$(median "${V_BK_MS[@]}")"; r_bk="$(median "${R_BK_MS[@]}")"
 v_rs="$(median "${V_RS_MS[@]}")"; r_rs="$(median "${R_RS_MS[@]}")"
 v_bk2="$(median "${V_BK2_MS[@]}")"; r_bk2="$(median "${R_BK2_MS[@]}")"

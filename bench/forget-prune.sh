@@ -18,6 +18,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib/common.sh
+. "$ROOT/bench/lib/common.sh"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/vmstash-bench-prune}"
 VERSIONS="${VERSIONS:-10}"
 IMAGE_SIZE="${IMAGE_SIZE:-2G}"
@@ -32,16 +34,7 @@ BAR_PRUNE_SPEEDUP=3.0      # restic forget --prune time / vmstash forget --prune
 BAR_RSS_MIB=300            # vmstash forget --prune / prune peak RSS, MiB <=
 BAR_BACKUP_SLOWDOWN=1.5    # vmstash backup time during a prune / the same backup alone <=
 
-export VMSTASH_PASSWORD="vmstash-bench-password"
-export RESTIC_PASSWORD="restic-bench-password"
-unset VMSTASH_PASSWORD_FILE VMSTASH_PASSWORD_COMMAND VMSTASH_REPOSITORY
-unset RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND RESTIC_REPOSITORY RESTIC_REPOSITORY_FILE
-
-die() {
-  echo "bench: error: $*" >&2
-  exit 1
-}
-note() { echo "bench: $*" >&2; }
+use_passwords vmstash restic
 
 if ! [[ "$VERSIONS" =~ ^[0-9]+$ ]] || [ "$VERSIONS" -le "$KEEP_LAST" ]; then
   die "VERSIONS must be an integer above $KEEP_LAST (forget --keep-last $KEEP_LAST must forget something)"
@@ -49,118 +42,42 @@ fi
 if ! [[ "$CHANGE_PCT" =~ ^[0-9]+$ ]] || [ "$CHANGE_PCT" -lt 1 ] || [ "$CHANGE_PCT" -gt 50 ]; then
   die "CHANGE_PCT must be an integer from 1 to 50"
 fi
-[[ "$SEED" =~ ^[0-9]+$ ]] || die "SEED must be a non-negative integer"
-[ "$(id -u)" -eq 0 ] || die "run as root (the image is built on a loop device; page cache is dropped)"
+need_nonneg_int SEED
+need_root "the image is built on a loop device; page cache is dropped"
 
 # --- setup --------------------------------------------------------------------
 # Sampled before this script's own build and image making add to it.
-LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
-if awk -v l="$LOAD_START" -v n="$(nproc)" 'BEGIN {exit !(l > n / 4)}'; then
-  note "warning: load average $LOAD_START on $(nproc) CPUs: other work will disturb the timings"
-fi
-SKIP_RUST_TOOLS=1 bash "$ROOT/scripts/install-deps.sh"
-if [ -n "${VMSTASH_BIN:-}" ]; then
-  VMSTASH="$VMSTASH_BIN"
-else
-  note "building vmstash (cargo build --release -p vmstash)"
-  (cd "$ROOT" && cargo build --release -p vmstash)
-  VMSTASH="$ROOT/target/release/vmstash"
-fi
-[ -x "$VMSTASH" ] || die "no vmstash binary at $VMSTASH"
-command -v restic >/dev/null || die "restic not installed"
+sample_load
+install_deps
+use_vmstash
+use_restic
 command -v python3 >/dev/null || die "python3 not installed (rewrites the image between versions)"
 command -v setsid >/dev/null || die "setsid not installed (util-linux)"
-RESTIC_VERSION="$(restic version | awk '{print $2; exit}')"
+check_bench_dir 10
 
-mkdir -p -- "$BENCH_DIR"
-fstype="$(stat -f -c %T -- "$BENCH_DIR")"
-case "$fstype" in
-  tmpfs | ramfs) die "BENCH_DIR=$BENCH_DIR is on $fstype: its I/O would be RAM, not disk; set BENCH_DIR to a directory on a disk" ;;
-esac
-avail_kib="$(df -Pk -- "$BENCH_DIR" | awk 'NR == 2 {print $4}')"
-[ "$avail_kib" -ge $((10 * 1024 * 1024)) ] ||
-  die "BENCH_DIR=$BENCH_DIR has $((avail_kib / 1024)) MiB free; the benchmark needs about 10 GiB"
-
-W="$(mktemp -d -p "$BENCH_DIR" run.XXXXXX)"
+make_run_dir run
 # The process group of the prune started in the background (step 4), while it runs.
 BG_PID=""
+# cleanup: what trap_cleanup undoes when the script exits, however it exits.
 cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
   set +e
   if [ -n "$BG_PID" ]; then
     kill -TERM -- "-$BG_PID" 2>/dev/null
     wait "$BG_PID" 2>/dev/null
   fi
-  if [ "$KEEP" = 1 ]; then
-    note "kept $W"
-  else
-    rm -rf -- "$W"
-    rmdir -- "$BENCH_DIR" 2>/dev/null
-  fi
-  exit "$rc"
+  finish_run_dir
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 export RESTIC_CACHE_DIR="$W/restic-cache"
-LOGS="$W/logs"
-mkdir -p "$LOGS"
 
 # Dropping the page cache before each timed step makes every tool read its
 # repository (and the image) from disk, whatever ran before.
-if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
-  CAN_DROP=1
-  CACHE_NOTE="page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before each timed step"
-else
-  CAN_DROP=0
-  CACHE_NOTE="page cache NOT dropped (/proc/sys/vm/drop_caches not writable): steps may read from cache"
-  note "warning: $CACHE_NOTE"
-fi
-drop_caches() {
-  sync
-  if [ "$CAN_DROP" = 1 ]; then
-    echo 3 >/proc/sys/vm/drop_caches
-  fi
-}
+setup_drop_caches
 
-# show_failure NAME CMD...: a command failed; print it and the end of its output.
-show_failure() {
-  local name="$1"
-  shift
-  echo "bench: '$*' failed; its output (stdout, then stderr):" >&2
-  tail -n 20 "$LOGS/$name.out" >&2
-  tail -n 40 "$LOGS/$name.err" >&2
-}
-# measure NAME CMD...: run CMD under /usr/bin/time -v, then sync, so data it
-# left in the page cache is written out inside its time. Sets T_MS (wall time,
-# ms), T_RSS_KIB (peak RSS), T0_NS and T1_NS (start and end); stdout and
-# stderr go to $LOGS/NAME.out and .err.
-measure() {
-  local name="$1"
-  shift
-  T0_NS="$(date +%s%N)"
-  if ! /usr/bin/time -v -o "$LOGS/$name.time" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-    show_failure "$name" "$@"
-    exit 1
-  fi
-  sync
-  T1_NS="$(date +%s%N)"
-  T_MS=$(((T1_NS - T0_NS) / 1000000))
-  T_RSS_KIB="$(rss_of "$name")"
-}
-# timed NAME CMD...: drop the page cache, then measure.
-timed() {
-  drop_caches
-  measure "$@"
-}
-# rss_of NAME: peak RSS (KiB) from $LOGS/NAME.time.
-rss_of() {
-  local kib
-  kib="$(awk -F': ' '/Maximum resident set size/ {print $2}' "$LOGS/$1.time")"
-  [ -n "$kib" ] || die "no peak RSS in $LOGS/$1.time"
-  echo "$kib"
-}
+# measure, timed (measure after dropping the page cache), rss_of, show_failure,
+# quiet and the report's helpers are in bench/lib/common.sh. A failed setup
+# command shows as much of its output as a failed timed one.
+QUIET_FAILURE_REPORT=show_failure
 # elapsed_ms_of NAME: wall time (ms) from $LOGS/NAME.time ("h:mm:ss" or "m:ss.cc").
 elapsed_ms_of() {
   awk -F': ' '/Elapsed \(wall clock\) time/ {
@@ -168,18 +85,6 @@ elapsed_ms_of() {
       for (i = 1; i <= n; i++) s = s * 60 + p[i]
       printf "%d\n", s * 1000
     }' "$LOGS/$1.time"
-}
-# quiet NAME CMD...: run an untimed setup command, logging its output. Sets
-# Q_MS (its wall time, page cache as it was).
-quiet() {
-  local name="$1" t0
-  shift
-  t0="$(date +%s%N)"
-  if ! "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-    show_failure "$name" "$@"
-    exit 1
-  fi
-  Q_MS=$((($(date +%s%N) - t0) / 1000000))
 }
 # start_bg NAME CMD...: start CMD under /usr/bin/time -v in the background, in
 # a process group of its own (so that cleanup can stop it with its child).
@@ -199,12 +104,8 @@ wait_bg() {
     exit 1
   fi
 }
-repo_bytes() { du -sb -- "$1" | cut -f1; }
 # pack_bytes REPO: the bytes of its pack files (data/, in both tools' layout).
 pack_bytes() { du -sb -- "$1/data" | cut -f1; }
-secs() { awk -v ms="$1" 'BEGIN {printf "%.2f", ms / 1000}'; }
-calc() { awk "BEGIN {printf \"%.${1}f\", $2}"; }
-mib() { calc 1 "$1 / 1048576"; }
 # done_with DIR: remove a repository or restore the run no longer needs (KEEP=1 keeps it).
 done_with() {
   [ "$KEEP" = 1 ] || rm -rf -- "$1"
@@ -394,11 +295,7 @@ done_with "$CONC"
 done_with "$VPRE"
 
 # --- report --------------------------------------------------------------------------
-verdict() {
-  if awk "BEGIN {exit !($1)}"; then echo PASS; else echo FAIL; fi
-}
 kib_mib() { calc 0 "$1 / 1024"; }
-maxof() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 
 TWO_MS=$((TWO1_MS + TWO2_MS))
 prune_speedup="$(calc 2 "$R_MS / $I_MS")"

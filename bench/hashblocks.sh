@@ -23,6 +23,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib/common.sh
+. "$ROOT/bench/lib/common.sh"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/vmstash-bench}"
 SIZES="${SIZES:-512M 4G}"
 FILL="${FILL:-90}"
@@ -33,18 +35,13 @@ KEEP="${KEEP:-0}"
 URI_LOCAL="qemu:///system"
 IMAGES_DIR="/var/lib/libvirt/images"
 PREFIX="vmstash-hbench-"
-export VMSTASH_PASSWORD="vmstash-bench-password"
-unset VMSTASH_PASSWORD_FILE VMSTASH_PASSWORD_COMMAND VMSTASH_REPOSITORY
+use_passwords vmstash
+need_root "private sshd with root login, libvirt, page cache"
 
-die() {
-  echo "bench: error: $*" >&2
-  exit 1
-}
-note() { echo "bench: $*" >&2; }
-[ "$(id -u)" -eq 0 ] || die "run as root (private sshd with root login, libvirt, page cache)"
-
-SKIP_RUST_TOOLS=1 bash "$ROOT/scripts/install-deps.sh"
+install_deps
 bash "$ROOT/scripts/test-services.sh" start
+# Not use_vmstash: the build here makes the helper too, and it is the helper
+# beside the binary that must be there.
 if [ -n "${VMSTASH_BIN:-}" ]; then
   VMSTASH="$VMSTASH_BIN"
 else
@@ -55,44 +52,34 @@ fi
   die "no helper beside $VMSTASH (run scripts/build-helper.sh)"
 
 mkdir -p "$BENCH_DIR"
-W="$(mktemp -d -p "$BENCH_DIR" hashblocks.XXXXXX)"
+make_run_dir hashblocks
 IMGDIR="$IMAGES_DIR/$PREFIX$$"
-mkdir -p "$IMGDIR" "$W/logs" "$W/home"
-LOGS="$W/logs"
+mkdir -p "$IMGDIR" "$W/home"
 SSHD_PID=""
 DOMAINS=()
 virsh_() { virsh -c "$URI_LOCAL" "$@"; }
+# cleanup: what trap_cleanup undoes when the script exits, however it exits.
 cleanup() {
-  local rc=$? d
-  trap - EXIT INT TERM
+  local d
   set +e
   [ -z "$SSHD_PID" ] || kill "$SSHD_PID" 2>/dev/null
   for d in "${DOMAINS[@]}"; do virsh_ undefine "$d" >/dev/null 2>&1; done
   rm -rf -- "$IMGDIR"
+  # Not finish_run_dir: this run leaves BENCH_DIR in place, even empty.
   if [ "$KEEP" = 1 ]; then note "kept $W"; else rm -rf -- "$W"; fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-quiet() {
-  local name="$1"
-  shift
-  "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err" || {
-    echo "bench: '$*' failed:" >&2
-    tail -n 20 "$LOGS/$name.out" "$LOGS/$name.err" >&2
-    exit 1
-  }
-}
+trap_cleanup
+# DROP_CACHES=1: drop_caches empties the page cache before each backup (and
+# fails the run where that is not allowed); 0: it only syncs.
+CAN_DROP="$DROP_CACHES"
 
 # shellcheck source=bench/lib/sshd.sh
 . "$ROOT/bench/lib/sshd.sh"
 start_private_sshd "$W/sshd"
 note "sshd on 127.0.0.1:$PORT"
 
+# quiet, mib, verdict and drop_caches are in bench/lib/common.sh.
 bytes() { numfmt --from=iec "${1%B}"; }
-mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", 100 * a / b}'; }
 
 # define NAME DISK: a shut-off TCG domain with one raw virtio disk.
@@ -129,8 +116,7 @@ random_extents() {
 # B_SECS, B_READ (vmstash's bytes_read).
 backup() {
   local label="$1" repo="$2" dom="$3" before after t0 t1
-  sync
-  if [ "$DROP_CACHES" = 1 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+  drop_caches
   before="$(cat /sys/class/net/lo/statistics/tx_bytes)"
   t0="$(date +%s%N)"
   env -u SSH_AUTH_SOCK HOME="$W/home" "$VMSTASH" -r "$repo" --identity "$KEY" --known-hosts "$KH" \
@@ -155,11 +141,9 @@ verify() { # REPO DISK
   rm -rf "$W/restore"
 }
 
+# A FAIL verdict fails the run.
 RESULT=PASS
 ROWS=()
-verdict() { # EXPR -> PASS/FAIL; a FAIL fails the run
-  if awk "BEGIN {exit !($1)}"; then echo PASS; else echo FAIL; fi
-}
 
 for size in $SIZES; do
   total="$(bytes "$size")"

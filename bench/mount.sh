@@ -20,6 +20,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib/common.sh
+. "$ROOT/bench/lib/common.sh"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/vmstash-bench}"
 ROUNDS="${ROUNDS:-3}"
 IMAGE_SIZE="${IMAGE_SIZE:-2G}"
@@ -36,54 +38,25 @@ BAR_SEQ_SPEEDUP=3.0        # restic sequential read time / vmstash's >=
 BAR_RAND_SPEEDUP=3.0       # restic random-read time / vmstash's >=
 BAR_LIST_SECS=1.0          # listing the guest directory, cold mount, seconds <
 
-export VMSTASH_PASSWORD="vmstash-bench-password"
-export RESTIC_PASSWORD="restic-bench-password"
-unset VMSTASH_PASSWORD_FILE VMSTASH_PASSWORD_COMMAND VMSTASH_REPOSITORY
-unset RESTIC_PASSWORD_FILE RESTIC_PASSWORD_COMMAND RESTIC_REPOSITORY RESTIC_REPOSITORY_FILE
+use_passwords vmstash restic
 
-die() {
-  echo "bench: error: $*" >&2
-  exit 1
-}
-note() { echo "bench: $*" >&2; }
-
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
-[[ "$MANY_FILES" =~ ^[1-9][0-9]*$ ]] || die "MANY_FILES must be a positive integer"
-[[ "$RANDOM_READS" =~ ^[1-9][0-9]*$ ]] || die "RANDOM_READS must be a positive integer"
-[[ "$RANDOM_SEED" =~ ^[0-9]+$ ]] || die "RANDOM_SEED must be a non-negative integer"
-[ "$(id -u)" -eq 0 ] || die "run as root (the image is built on a loop device; page cache is dropped)"
+need_positive_int ROUNDS
+need_positive_int MANY_FILES
+need_positive_int RANDOM_READS
+need_nonneg_int RANDOM_SEED
+need_root "the image is built on a loop device; page cache is dropped"
 
 # --- setup --------------------------------------------------------------------
 # Sampled before this script's own build and image making add to it.
-LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
-if awk -v l="$LOAD_START" -v n="$(nproc)" 'BEGIN {exit !(l > n / 4)}'; then
-  note "warning: load average $LOAD_START on $(nproc) CPUs: other work will disturb the timings"
-fi
-SKIP_RUST_TOOLS=1 bash "$ROOT/scripts/install-deps.sh"
-if [ -n "${VMSTASH_BIN:-}" ]; then
-  VMSTASH="$VMSTASH_BIN"
-else
-  note "building vmstash (cargo build --release -p vmstash)"
-  (cd "$ROOT" && cargo build --release -p vmstash)
-  VMSTASH="$ROOT/target/release/vmstash"
-fi
-[ -x "$VMSTASH" ] || die "no vmstash binary at $VMSTASH"
-command -v restic >/dev/null || die "restic not installed"
+sample_load
+install_deps
+use_vmstash
+use_restic
 command -v fusermount3 >/dev/null || die "fusermount3 not installed (fuse3)"
 command -v python3 >/dev/null || die "python3 not installed (the random-read step)"
-RESTIC_VERSION="$(restic version | awk '{print $2; exit}')"
+check_bench_dir 4
 
-mkdir -p -- "$BENCH_DIR"
-fstype="$(stat -f -c %T -- "$BENCH_DIR")"
-case "$fstype" in
-  tmpfs | ramfs) die "BENCH_DIR=$BENCH_DIR is on $fstype: its I/O would be RAM, not disk; set BENCH_DIR to a directory on a disk" ;;
-esac
-avail_kib="$(df -Pk -- "$BENCH_DIR" | awk 'NR == 2 {print $4}')"
-[ "$avail_kib" -ge $((4 * 1024 * 1024)) ] ||
-  die "BENCH_DIR=$BENCH_DIR has $((avail_kib / 1024)) MiB free; the benchmark needs about 4 GiB"
-
-W="$(mktemp -d -p "$BENCH_DIR" mount.XXXXXX)"
-LOGS="$W/logs"
+make_run_dir mount
 MNT_V="$W/mnt-vmstash"
 MNT_R="$W/mnt-restic"
 V_REPO="$W/vmstash-repo"
@@ -124,59 +97,31 @@ reap() {
   fi
   wait "$pid" 2>/dev/null || true
 }
+# cleanup: what trap_cleanup undoes when the script exits, however it exits.
 cleanup() {
-  local rc=$? tool
-  trap - EXIT INT TERM
+  local tool
   set +e
   for tool in vmstash restic; do
     unmount "${MOUNT_DIR[$tool]}"
     [ -z "${MOUNT_PID[$tool]}" ] || reap "${MOUNT_PID[$tool]}"
   done
-  if [ "$KEEP" = 1 ]; then
-    note "kept $W"
-  elif mountpoint -q -- "$MNT_V" || mountpoint -q -- "$MNT_R"; then
+  if [ "$KEEP" != 1 ] && { mountpoint -q -- "$MNT_V" || mountpoint -q -- "$MNT_R"; }; then
     note "warning: a mount is still there; kept $W"
   else
-    rm -rf -- "$W"
-    rmdir -- "$BENCH_DIR" 2>/dev/null
+    finish_run_dir
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 export RESTIC_CACHE_DIR="$W/restic-cache"
-mkdir -p "$LOGS" "$MNT_V" "$MNT_R"
+mkdir -p "$MNT_V" "$MNT_R"
 
 # Dropping the page cache before each timed step makes every read go through
 # the mount to its repository on disk, whatever an earlier step left in memory.
-if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
-  CAN_DROP=1
-  CACHE_NOTE="page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before each timed step"
-else
-  CAN_DROP=0
-  CACHE_NOTE="page cache NOT dropped (/proc/sys/vm/drop_caches not writable): steps may read from cache"
-  note "warning: $CACHE_NOTE"
-fi
-drop_caches() {
-  sync
-  if [ "$CAN_DROP" = 1 ]; then
-    echo 3 >/proc/sys/vm/drop_caches
-  fi
-}
+setup_drop_caches
 
-# quiet NAME CMD...: run an untimed setup command, logging its output.
-quiet() {
-  local name="$1"
-  shift
-  if ! "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-    echo "bench: '$*' failed:" >&2
-    tail -n 20 "$LOGS/$name.out" "$LOGS/$name.err" >&2
-    exit 1
-  fi
-}
+# quiet, secs and the report's other helpers are in bench/lib/common.sh.
+# now_ms: the time in ms, for the steps timed here rather than with measure.
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-secs() { awk -v ms="$1" 'BEGIN {printf "%.2f", ms / 1000}'; }
 
 # --- the image and the two backups ---------------------------------------------
 IMG="$W/disk.img"
@@ -380,13 +325,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # --- report -------------------------------------------------------------------
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-calc() { awk "BEGIN {printf \"%.${1}f\", $2}"; }
-# verdict EXPR: PASS if the awk expression is true.
-verdict() {
-  if awk "BEGIN {exit !($1)}"; then echo PASS; else echo FAIL; fi
-}
-mib() { calc 1 "$1 / 1048576"; }
 # ratio A B: A / B with two decimals; a time of 0 ms counts as 1 ms.
 ratio() { calc 2 "$1 / ($2 > 0 ? $2 : 1)"; }
 

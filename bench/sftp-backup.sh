@@ -21,6 +21,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib/common.sh
+. "$ROOT/bench/lib/common.sh"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/vmstash-bench}"
 ROUNDS="${ROUNDS:-3}"
 QCOW2="${QCOW2:-1}"
@@ -42,37 +44,19 @@ PREFIX="vmstash-bench-"
 NAME="$PREFIX$$"
 IMGDIR="$IMAGES_DIR/$NAME"
 
-export VMSTASH_PASSWORD="vmstash-bench-password"
-unset VMSTASH_PASSWORD_FILE VMSTASH_PASSWORD_COMMAND VMSTASH_REPOSITORY
+use_passwords vmstash
 
-die() {
-  echo "bench: error: $*" >&2
-  exit 1
-}
-note() { echo "bench: $*" >&2; }
-
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+need_positive_int ROUNDS
 [[ "$QCOW2" =~ ^[01]$ ]] || die "QCOW2 must be 0 or 1"
 [[ "$GUEST" =~ ^(halt|seabios)$ ]] || die "GUEST must be halt or seabios"
-[ "$(id -u)" -eq 0 ] ||
-  die "run as root (images on loop devices, a private sshd with root login, page cache dropped)"
+need_root "images on loop devices, a private sshd with root login, page cache dropped"
 
 # --- setup --------------------------------------------------------------------
 # Sampled before this script's own build and image making add to it.
-LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
-if awk -v l="$LOAD_START" -v n="$(nproc)" 'BEGIN {exit !(l > n / 4)}'; then
-  note "warning: load average $LOAD_START on $(nproc) CPUs: other work will disturb the timings"
-fi
-SKIP_RUST_TOOLS=1 bash "$ROOT/scripts/install-deps.sh"
+sample_load
+install_deps
 bash "$ROOT/scripts/test-services.sh" start
-if [ -n "${VMSTASH_BIN:-}" ]; then
-  VMSTASH="$VMSTASH_BIN"
-else
-  note "building vmstash (cargo build --release -p vmstash)"
-  (cd "$ROOT" && cargo build --release -p vmstash)
-  VMSTASH="$ROOT/target/release/vmstash"
-fi
-[ -x "$VMSTASH" ] || die "no vmstash binary at $VMSTASH"
+use_vmstash
 for tool in virsh qemu-img sftp ssh-keygen jq perl cmp; do
   command -v "$tool" >/dev/null || die "$tool not found (run scripts/install-deps.sh)"
 done
@@ -80,16 +64,9 @@ done
 [ -x /usr/bin/time ] || die "/usr/bin/time not found (run scripts/install-deps.sh)"
 OPENSSH_VERSION="$(ssh -V 2>&1 | awk '{sub(/,$/, "", $1); print $1}')"
 
-mkdir -p -- "$BENCH_DIR"
-fstype="$(stat -f -c %T -- "$BENCH_DIR")"
-case "$fstype" in
-  tmpfs | ramfs) die "BENCH_DIR=$BENCH_DIR is on $fstype: its I/O would be RAM, not disk; set BENCH_DIR to a directory on a disk" ;;
-esac
-avail_kib="$(df -Pk -- "$BENCH_DIR" | awk 'NR == 2 {print $4}')"
-[ "$avail_kib" -ge $((6 * 1024 * 1024)) ] ||
-  die "BENCH_DIR=$BENCH_DIR has $((avail_kib / 1024)) MiB free; the benchmark needs about 6 GiB (a repository and sftp's copies)"
+check_bench_dir 6 "(a repository and sftp's copies)"
 [ -d "$IMAGES_DIR" ] || die "$IMAGES_DIR does not exist (libvirt-daemon-system makes it)"
-avail_kib="$(df -Pk -- "$IMAGES_DIR" | awk 'NR == 2 {print $4}')"
+avail_kib="$(free_kib "$IMAGES_DIR")"
 [ "$avail_kib" -ge $((3 * 1024 * 1024)) ] ||
   die "$IMAGES_DIR has $((avail_kib / 1024)) MiB free; the VM's disks need about 3 GiB"
 
@@ -122,12 +99,11 @@ sweep_stale() {
 }
 sweep_stale
 
-W="$(mktemp -d -p "$BENCH_DIR" sftp.XXXXXX)"
+make_run_dir sftp
 SSHD_PID=""
 DEFINED=0
+# cleanup: what trap_cleanup undoes when the script exits, however it exits.
 cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
   set +e
   if [ -n "$SSHD_PID" ]; then
     kill "$SSHD_PID" 2>/dev/null
@@ -140,45 +116,12 @@ cleanup() {
   fi
   rm -rf -- "$IMGDIR"
   rm -f -- "$QEMU_LOG_DIR/$NAME.log"
-  if [ "$KEEP" = 1 ]; then
-    note "kept $W (the VM and its disks are removed)"
-  else
-    rm -rf -- "$W"
-    rmdir -- "$BENCH_DIR" 2>/dev/null || true
-  fi
-  exit "$rc"
+  finish_run_dir "(the VM and its disks are removed)"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-LOGS="$W/logs"
-mkdir -p "$LOGS" "$W/home" "$W/cache"
+trap_cleanup
+mkdir -p "$W/home" "$W/cache"
 
-if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
-  CAN_DROP=1
-  CACHE_NOTE="page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before each timed step"
-else
-  CAN_DROP=0
-  CACHE_NOTE="page cache NOT dropped (/proc/sys/vm/drop_caches not writable): steps may read from cache"
-  note "warning: $CACHE_NOTE"
-fi
-drop_caches() {
-  sync
-  if [ "$CAN_DROP" = 1 ]; then
-    echo 3 >/proc/sys/vm/drop_caches
-  fi
-}
-
-# quiet NAME CMD...: run an untimed setup command, logging its output.
-quiet() {
-  local name="$1"
-  shift
-  if ! "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-    echo "bench: '$*' failed:" >&2
-    tail -n 20 "$LOGS/$name.out" "$LOGS/$name.err" >&2
-    exit 1
-  fi
-}
+setup_drop_caches
 
 # --- the VM's disks -------------------------------------------------------------
 # vda: raw, GPT + ext4 with RAW_DATA_MIB of files, the rest holes.
@@ -301,46 +244,27 @@ VM_ENV=(env -u SSH_AUTH_SOCK "HOME=$W/home" "XDG_CACHE_HOME=$W/cache")
 VM_SSH=(--identity "$KEY" --known-hosts "$KH")
 
 # --- measuring ----------------------------------------------------------------------
-# timed NAME CMD...: drop the page cache, run CMD under /usr/bin/time -v, then
-# sync, so what a tool left in the page cache is written out inside its time.
-# Sets T_MS (wall time, ms) and T_RSS_KIB (peak RSS); stdout and stderr go to
-# $LOGS/NAME.out and .err. A failure prints the exact command and its output.
-timed() {
+# timed, quiet, summary_of and the report's helpers are in bench/lib/common.sh.
+# show_command_failure NAME CMD...: how a failed timed command is shown here:
+# the exact command line, its exit status and output, and what to do when this
+# vmstash cannot read qcow2 disks over SFTP yet.
+show_command_failure() {
   local name="$1"
   shift
-  drop_caches
-  local t0 t1
-  t0="$(date +%s%N)"
-  if ! /usr/bin/time -v -o "$LOGS/$name.time" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-    {
-      echo "bench: this command failed ($(awk '/Exit status/ {print "exit status " $3}' "$LOGS/$name.time")):"
-      printf ' %q' "$@"
-      echo
-      echo "bench: its stdout:"
-      tail -n 20 "$LOGS/$name.out"
-      echo "bench: its stderr:"
-      tail -n 40 "$LOGS/$name.err"
-    } >&2
-    if grep -q "qcow2 images over SFTP is not available" "$LOGS/$name.err"; then
-      note "this vmstash cannot read qcow2 disks over SFTP yet: run with QCOW2=0 to measure the raw disk only"
-    fi
-    exit 1
+  {
+    echo "bench: this command failed ($(awk '/Exit status/ {print "exit status " $3}' "$LOGS/$name.time")):"
+    printf ' %q' "$@"
+    echo
+    echo "bench: its stdout:"
+    tail -n 20 "$LOGS/$name.out"
+    echo "bench: its stderr:"
+    tail -n 40 "$LOGS/$name.err"
+  } >&2
+  if grep -q "qcow2 images over SFTP is not available" "$LOGS/$name.err"; then
+    note "this vmstash cannot read qcow2 disks over SFTP yet: run with QCOW2=0 to measure the raw disk only"
   fi
-  sync
-  t1="$(date +%s%N)"
-  T_MS=$(((t1 - t0) / 1000000))
-  T_RSS_KIB="$(awk -F': ' '/Maximum resident set size/ {print $2}' "$LOGS/$name.time")"
-  [ -n "$T_RSS_KIB" ] || die "no peak RSS in $LOGS/$name.time"
 }
-# summary_of NAME: the last stdout line of a vmstash --json run, checked to be
-# the summary object.
-summary_of() {
-  local last
-  last="$(tail -n 1 "$LOGS/$1.out")"
-  jq -e '.message_type == "summary"' <<<"$last" >/dev/null 2>&1 ||
-    die "vmstash --json ($1): last line of stdout is not a summary object: $last"
-  printf '%s\n' "$last"
-}
+TIMED_FAILURE_REPORT=show_command_failure
 
 declare -a V_MS S_MS N_MS V_RSS S_RSS V_READ ORDER
 
@@ -414,15 +338,6 @@ fi
 rm -rf -- "$RESTORE"
 
 # --- report -------------------------------------------------------------------------
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-maxof() { printf '%s\n' "$@" | sort -g | tail -n 1; }
-calc() { awk "BEGIN {printf \"%.${1}f\", $2}"; }
-verdict() {
-  if awk "BEGIN {exit !($1)}"; then echo PASS; else echo FAIL; fi
-}
-mib() { calc 1 "$1 / 1048576"; }
-secs() { calc 2 "$1 / 1000"; }
-
 v_ms="$(median "${V_MS[@]}")"
 s_ms="$(median "${S_MS[@]}")"
 n_ms="$(median "${N_MS[@]}")"

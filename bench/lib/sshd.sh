@@ -3,7 +3,7 @@
 # client keys, root login by key only, internal-sftp.
 #
 # Source it, then call `start_private_sshd DIR` (DIR must not exist). It needs
-# the caller's `quiet` and `die` functions and sets SSHD_DIR, HOST_KEY, KEY
+# `quiet` and `die` from bench/lib/common.sh and sets SSHD_DIR, HOST_KEY, KEY
 # (the client key), KH (a known_hosts file for [127.0.0.1]:PORT), PORT,
 # SSHD_PID and CONNECT (qemu+ssh://root@127.0.0.1:PORT/system). The caller
 # kills SSHD_PID when done.
