@@ -545,7 +545,12 @@ impl Run<'_> {
         let total: u64 = plan.repack.iter().map(|u| u.used_bytes).sum();
         self.progress.start(Phase::Repack, total);
         let empty = MasterIndex::default();
-        let workers = threads::workers();
+        // Beside backups (no exclusive lock) the copying takes half the cores: backups go first.
+        let workers = if self.opts.instant_delete {
+            threads::workers()
+        } else {
+            (threads::workers() / 2).max(1)
+        };
         let committer = Committer::new(self.repo, &empty, workers);
         let next = AtomicUsize::new(0);
         let result = std::thread::scope(|s| {
