@@ -545,11 +545,12 @@ impl Run<'_> {
         let total: u64 = plan.repack.iter().map(|u| u.used_bytes).sum();
         self.progress.start(Phase::Repack, total);
         let empty = MasterIndex::default();
-        // Beside backups (no exclusive lock) the copying takes half the cores: backups go first.
-        let workers = if self.opts.instant_delete {
-            threads::workers()
-        } else {
+        // While a backup, restore or mount runs, the copying takes half the cores: they go first.
+        let others = self.live_holders().map_or(true, |h| !h.is_empty());
+        let workers = if others && !self.opts.instant_delete {
             (threads::workers() / 2).max(1)
+        } else {
+            threads::workers()
         };
         let committer = Committer::new(self.repo, &empty, workers);
         let next = AtomicUsize::new(0);
