@@ -556,7 +556,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    vmstash_repo::prune::parse_size(s)
+    vmstash_repo::units::parse_size(s)
         .ok_or_else(|| format!("{s:?} is not a size (use a number with KiB, MiB, GiB or TiB)"))
 }
 

@@ -89,37 +89,14 @@ impl ReadData {
             return Ok(ReadData::Group { n, of });
         }
         if let Some(pct) = text.strip_suffix('%') {
-            let (whole, frac) = pct.split_once('.').unwrap_or((pct, ""));
-            let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
-            if !digits(whole) || (!frac.is_empty() && !digits(frac)) || frac.len() > 2 {
-                return Err(bad("not a percentage (at most two decimals)"));
-            }
-            let whole: u32 = whole.parse().map_err(|_| bad("too large"))?;
-            let frac: u32 = format!("{frac:0<2}")
-                .parse()
-                .map_err(|_| bad("not a percentage"))?;
-            let hundredths = whole.checked_mul(100).and_then(|w| w.checked_add(frac));
-            return match hundredths {
+            return match crate::units::parse_hundredths(pct) {
                 Some(h @ 1..=10_000) => Ok(ReadData::Share(h)),
-                _ => Err(bad("the percentage must be above 0 and at most 100")),
+                Some(_) => Err(bad("the percentage must be above 0 and at most 100")),
+                None => Err(bad("not a percentage (at most two decimals)")),
             };
         }
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (num, unit) = text.split_at(split);
-        let num: u64 = num.parse().map_err(|_| bad("not a number"))?;
-        let shift = match unit.to_ascii_uppercase().as_str() {
-            "" | "B" => 0,
-            "K" | "KB" | "KIB" => 10,
-            "M" | "MB" | "MIB" => 20,
-            "G" | "GB" | "GIB" => 30,
-            "T" | "TB" | "TIB" => 40,
-            _ => return Err(bad("unknown unit")),
-        };
-        let bytes = num
-            .checked_mul(1 << shift)
-            .ok_or_else(|| bad("too large"))?;
+        let bytes =
+            crate::units::parse_size(text).ok_or_else(|| bad("not a size, or too large"))?;
         if bytes == 0 {
             return Err(bad("a size of 0 reads nothing"));
         }

@@ -73,6 +73,7 @@ pub mod snapshot;
 pub mod source;
 pub mod testing;
 pub mod threads;
+pub mod units;
 pub mod version;
 
 pub use cancel::CancelToken;

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 pub use lock::{remove_stale_prune_lock, PruneLock, PRUNE_PURPOSE};
-pub use plan::{classify, parse_size, MaxUnused, Plan};
+pub use plan::{classify, MaxUnused, Plan};
 
 use crate::backend::{relative_path, FileKind};
 use crate::commit::Committer;

@@ -35,7 +35,7 @@ impl MaxUnused {
             return Ok(MaxUnused::Unlimited);
         }
         if let Some(p) = t.strip_suffix('%') {
-            return parse_hundredths(p.trim())
+            return crate::units::parse_hundredths(p.trim())
                 .filter(|&h| h < 10_000)
                 .map(MaxUnused::Hundredths)
                 .ok_or_else(|| {
@@ -44,11 +44,13 @@ impl MaxUnused {
                     ))
                 });
         }
-        parse_size(t).map(MaxUnused::Bytes).ok_or_else(|| {
-            Error::InvalidParameter(format!(
-                "--max-unused {s:?}: give a percentage (5%), a size (500M, 2G) or 'unlimited'"
-            ))
-        })
+        crate::units::parse_size(t)
+            .map(MaxUnused::Bytes)
+            .ok_or_else(|| {
+                Error::InvalidParameter(format!(
+                    "--max-unused {s:?}: give a percentage (5%), a size (500M, 2G) or 'unlimited'"
+                ))
+            })
     }
 
     /// The unused bytes tolerated beside `used` bytes of used blobs.
@@ -62,41 +64,6 @@ impl MaxUnused {
             MaxUnused::Unlimited => u64::MAX,
         }
     }
-}
-
-/// Parses a decimal with at most two decimals (`5`, `2.5`, `0.25`) as hundredths.
-fn parse_hundredths(s: &str) -> Option<u32> {
-    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    if whole.is_empty()
-        || frac.len() > 2
-        || !(whole.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let frac = format!("{frac:0<2}");
-    whole
-        .parse::<u32>()
-        .ok()?
-        .checked_mul(100)?
-        .checked_add(frac.parse::<u32>().ok()?)
-}
-
-/// Parses a size: digits with an optional `k`, `m`, `g`, `t` unit (powers of 1024, any case,
-/// optionally followed by `B` or `iB`: `512k`, `500MiB`, `2GB`, `1024`).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let lower = s.trim().to_ascii_lowercase();
-    let t = lower
-        .strip_suffix("ib")
-        .or_else(|| lower.strip_suffix('b'))
-        .unwrap_or(&lower);
-    let (digits, shift) = match t.chars().last()? {
-        'k' => (&t[..t.len() - 1], 10),
-        'm' => (&t[..t.len() - 1], 20),
-        'g' => (&t[..t.len() - 1], 30),
-        't' => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 /// Every blob id a snapshot needs: the map segments and the chunks they list. Each distinct
@@ -396,9 +363,5 @@ mod tests {
         }
         assert_eq!(MaxUnused::Hundredths(5000).limit(100), 100);
         assert_eq!(MaxUnused::Hundredths(0).limit(100), 0);
-        assert_eq!(parse_size("4k"), Some(4096));
-        assert_eq!(parse_size("4 KB"), Some(4096));
-        assert_eq!(parse_size("1b"), Some(1));
-        assert_eq!(parse_size("kb"), None);
     }
 }
