@@ -2,19 +2,11 @@
 //! and skipped (and can be forgotten by id), a lock file that cannot be read counts as held
 //! until it is old and then as stale; `unlock`, `tag` and `--no-lock` on read-only storage.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::util::{describe, have, random_bytes, sh, sha256_file, sparse_image, Repo};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn overwrite(p: &Path, bytes: &[u8]) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    std::fs::write(p, bytes).expect("write");
-}
+use crate::util::{
+    describe, have, overwrite, random_bytes, sh, sha256_file, sparse_image, stderr, Repo,
+};
 
 fn ids(repo: &Repo) -> Vec<String> {
     let out = repo.run(&["--json", "snapshots"]);

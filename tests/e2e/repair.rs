@@ -3,21 +3,14 @@
 //! chunk is rewritten to record the lost bytes, which restore refuses unless given --zero-lost;
 //! the next backup of the disk heals it.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::util::{describe, random_bytes, sha256_file, sparse_image, Repo};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::util::{describe, overwrite, random_bytes, sha256_file, sparse_image, stderr, Repo};
 
 fn flip_byte(p: &Path, at: u64) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let mut bytes = std::fs::read(p).expect("read");
-    let i = usize::try_from(at).expect("offset");
-    bytes[i] ^= 0x40;
-    std::fs::write(p, bytes).expect("write");
+    bytes[usize::try_from(at).expect("offset")] ^= 0x40;
+    overwrite(p, &bytes);
 }
 
 #[test]

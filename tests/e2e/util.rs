@@ -204,6 +204,18 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// A command's stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Replaces the bytes of a repository file (written read-only), to damage it in a test.
+pub fn overwrite(p: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(p, bytes).expect("write");
+}
+
 /// Runs a tool and asserts it succeeded.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
