@@ -239,6 +239,38 @@ fn a_prune_killed_after_any_of_its_writes_leaves_a_repository_that_restores_and_
     assert!(points >= 20, "only {points} kill points");
 }
 
+/// A prune (`args`) of `repo`, SIGSTOPped while it holds `locks/prune`. A run that ended before
+/// the signal reached it (a small repository prunes in milliseconds) is started again.
+pub fn stopped_holding_the_prune_lock(repo: &Repo, args: &[&str]) -> std::process::Child {
+    let lock = repo.path.join("locks/prune");
+    for _ in 0..20 {
+        let mut child = repo
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn prune");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !lock.exists() && child.try_wait().expect("try_wait").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no prune lock appeared"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().expect("try_wait").is_none() {
+            signal(child.id(), "STOP");
+            if lock.exists() {
+                return child;
+            }
+            signal(child.id(), "CONT");
+        }
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    panic!("no prune could be stopped while it held locks/prune");
+}
+
 /// Sends a signal to a process.
 fn signal(pid: u32, sig: &str) {
     sh("kill", &[&format!("-{sig}"), &pid.to_string()]);
@@ -312,22 +344,8 @@ fn a_second_prune_names_the_first_and_runs_once_it_is_gone() {
     let repo = Repo::init();
     history(&repo, 3);
     repo.ok(&["forget", "--keep-last", "1"]);
-    let first = repo
-        .cmd(&["prune", "--keep-delete", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let first = stopped_holding_the_prune_lock(&repo, &["prune", "--keep-delete", "0"]);
     let lock = repo.path.join("locks/prune");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !lock.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no prune lock appeared"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    signal(first.id(), "STOP");
     let second = repo.run(&["prune", "--keep-delete", "0"]);
     signal(first.id(), "CONT");
     assert_eq!(second.status.code(), Some(11), "{}", describe(&second));

@@ -424,22 +424,11 @@ fn prune_over_sftp_respects_the_prune_lock_and_frees_space() {
         dir: tempfile::tempdir().expect("tempdir"),
         path: remote_dir.clone(),
     };
-    let holder = direct
-        .cmd(&["prune", "--keep-delete", "0", "--dry-run"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let holder = crate::prune::stopped_holding_the_prune_lock(
+        &direct,
+        &["prune", "--keep-delete", "0", "--dry-run"],
+    );
     let lock = remote_dir.join("locks/prune");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !lock.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no prune lock appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    crate::util::sh("kill", &["-STOP", &holder.id().to_string()]);
     let refused = run(&["prune", "--keep-delete", "0"]);
     crate::util::sh("kill", &["-CONT", &holder.id().to_string()]);
     let done = holder.wait_with_output().expect("wait");
