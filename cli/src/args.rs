@@ -20,7 +20,9 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// Repository location: a directory, sftp://[user@]host[:port]/path or sftp:[user@]host:/path.
+    /// Repository location: a directory, sftp://[user@]host[:port]/path, sftp:[user@]host:/path,
+    /// or s3:https://host[:port]/bucket[/prefix] (credentials from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY, or AWS_PROFILE and ~/.aws/credentials).
     #[arg(short = 'r', long = "repo", env = "VMSTASH_REPOSITORY", global = true)]
     pub repo: Option<String>,
     /// Read the password from this file (first line).
@@ -52,6 +54,41 @@ pub struct Global {
     /// (a changed key is always refused).
     #[arg(long, global = true)]
     pub accept_new_host_key: bool,
+    /// S3 signing region [default: AWS_REGION, else AWS_DEFAULT_REGION, else the bucket's
+    /// region on AWS, else us-east-1].
+    #[arg(long, global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// How S3 requests name the bucket: dns (virtual-host style), path, or auto (dns on AWS,
+    /// path elsewhere).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = BucketLookup::Auto,
+        env = "VMSTASH_S3_BUCKET_LOOKUP"
+    )]
+    pub s3_bucket_lookup: BucketLookup,
+}
+
+/// `--s3-bucket-lookup`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BucketLookup {
+    /// Virtual-host style on AWS, path style elsewhere.
+    Auto,
+    /// Virtual-host style: https://bucket.host/key.
+    Dns,
+    /// Path style: https://host/bucket/key.
+    Path,
+}
+
+impl From<BucketLookup> for vmstash_s3::BucketLookup {
+    fn from(b: BucketLookup) -> Self {
+        match b {
+            BucketLookup::Auto => vmstash_s3::BucketLookup::Auto,
+            BucketLookup::Dns => vmstash_s3::BucketLookup::Dns,
+            BucketLookup::Path => vmstash_s3::BucketLookup::Path,
+        }
+    }
 }
 
 impl Global {
@@ -90,6 +127,9 @@ pub enum Command {
     Diff(DiffArgs),
     /// Write a snapshot's disks back out as image files.
     Restore(RestoreArgs),
+    /// Copy snapshots from another repository (--from-repo) into this one, re-encrypted under
+    /// its key; chunks it has already and snapshots it holds are not copied again.
+    Copy(CopyArgs),
     /// Verify the repository's structure, and with --read-data all of its data.
     Check(CheckArgs),
     /// Print a decoded repository file as JSON.
@@ -157,13 +197,52 @@ pub struct PruneCommandArgs {
 /// `vmstash init`
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Chunk size: a power of two from 64KiB to 8MiB (fixed for the repository's life).
-    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
-    pub chunk_size: u64,
+    /// Chunk size: a power of two from 64KiB to 8MiB (fixed for the repository's life)
+    /// [default: 512KiB, or the --from-repo's with --copy-chunker-params].
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_size: Option<u64>,
+    /// Use the chunk size of the repository --from-repo names, so that `vmstash copy` between
+    /// the two deduplicates (restic's `init --copy-chunker-params`).
+    #[arg(long, requires = "from_repo", conflicts_with = "chunk_size")]
+    pub copy_chunker_params: bool,
+    /// The repository to take the chunk size from.
+    #[command(flatten)]
+    pub from: FromRepoArgs,
     /// zstd compression level for new data: -7 (fastest) … 22 (smallest); 1 to 19 are the usual range.
     #[arg(long, default_value_t = vmstash_repo::config::DEFAULT_COMPRESSION_LEVEL,
           value_parser = clap::value_parser!(i32).range(-7..=22))]
     pub compression_level: i32,
+}
+
+/// Another repository to read from (`copy`, `init --copy-chunker-params`), with its password
+/// given as for `-r` (restic's `--from-*` options).
+#[derive(Debug, Args)]
+pub struct FromRepoArgs {
+    /// The source repository: the same forms as -r.
+    #[arg(long, env = "VMSTASH_FROM_REPOSITORY", value_name = "LOCATION")]
+    pub from_repo: Option<String>,
+    /// Read the source repository's password from this file (first line).
+    #[arg(long, env = "VMSTASH_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Run this shell command and use its first line of output as the source's password
+    /// (else VMSTASH_FROM_PASSWORD, else a prompt).
+    #[arg(long, env = "VMSTASH_FROM_PASSWORD_COMMAND", value_name = "COMMAND")]
+    pub from_password_command: Option<String>,
+}
+
+/// `vmstash copy`
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Snapshots of the source by id (or unique prefix, or "latest"); without ids, every
+    /// snapshot the filters match.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Where to copy from.
+    #[command(flatten)]
+    pub from: FromRepoArgs,
+    /// Which snapshots (without ids).
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// `vmstash backup`

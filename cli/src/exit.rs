@@ -18,6 +18,8 @@ pub const LOCKED: u8 = 11;
 pub const WRONG_PASSWORD: u8 = 12;
 /// The repository uses a format version this build does not support.
 pub const INCOMPATIBLE: u8 = 13;
+/// The storage refused the credentials, or the bucket does not exist.
+pub const STORAGE_DENIED: u8 = 14;
 /// Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it).
 pub const INTERRUPTED: u8 = 130;
 
@@ -44,6 +46,7 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
         Some(RepoError::Locked { .. } | RepoError::LockUnreadable { .. }) => LOCKED,
         Some(RepoError::WrongPassword) => WRONG_PASSWORD,
         Some(RepoError::Incompatible { .. }) => INCOMPATIBLE,
+        Some(RepoError::StorageDenied { .. }) => STORAGE_DENIED,
         Some(RepoError::Cancelled) => INTERRUPTED,
         _ => FAILURE,
     })

@@ -70,6 +70,9 @@ impl Backend for KillAfter {
     fn create_new(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<bool> {
         self.changed(self.inner.create_new(kind, name, bytes))
     }
+    fn requests_in_flight(&self) -> usize {
+        self.inner.requests_in_flight()
+    }
     fn list_temporary(&self) -> Result<Vec<TemporaryFile>> {
         self.inner.list_temporary()
     }

@@ -5,7 +5,11 @@
 //! - SFTP as restic writes it: `sftp:[user@]host:/absolute/path` or `sftp:[user@]host:path`
 //!   (relative to the login directory).
 //!
-//! Any other `kind:` prefix (`s3:`, `b2:`, `rclone:`, `rest:`, `https://…`) names a repository
+//! - S3-compatible object storage: `s3:https://host[:port]/bucket[/prefix]`, `s3:http://…`,
+//!   `s3:host/bucket[/prefix]` (HTTPS) or `s3://bucket[/prefix]` (AWS), parsed by
+//!   [`vmstash_s3::S3Url`].
+//!
+//! Any other `kind:` prefix (`b2:`, `rclone:`, `rest:`, `https://…`) names a repository
 //! kind vmstash does not have: it is refused with one line saying which kinds exist, never
 //! taken for a local directory called `s3:…`. A local path whose first component merely
 //! contains a colon is written with `./` in front.
@@ -15,7 +19,7 @@ use vmstash_ssh::SshTarget;
 
 /// The kinds of repository location vmstash knows, for messages.
 pub const KINDS: &str =
-    "a local directory, sftp://[user@]host[:port]/path or sftp:[user@]host:/path";
+    "a local directory, sftp://[user@]host[:port]/path, sftp:[user@]host:/path or s3:https://host[:port]/bucket[/prefix]";
 
 /// A parsed repository location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +28,8 @@ pub enum Location {
     Local(String),
     /// A directory on an SFTP server.
     Sftp(SftpUrl),
+    /// A bucket (and key prefix) of an S3-compatible object store.
+    S3(vmstash_s3::S3Url),
 }
 
 /// A directory on an SFTP server.
@@ -43,6 +49,9 @@ impl Location {
         }
         if let Some(rest) = text.strip_prefix("sftp:") {
             return SftpUrl::parse_restic(text, rest).map(Location::Sftp);
+        }
+        if vmstash_s3::S3Url::is_s3(text) {
+            return Ok(Location::S3(vmstash_s3::S3Url::parse(text)?));
         }
         if let Some(kind) = scheme_of(text) {
             bail!(
@@ -134,7 +143,7 @@ mod tests {
     fn sftp(text: &str) -> SftpUrl {
         match Location::parse(text).expect("parses") {
             Location::Sftp(u) => u,
-            Location::Local(l) => panic!("{text} taken as local {l}"),
+            other => panic!("{text} taken as {other:?}"),
         }
     }
 
@@ -171,8 +180,11 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_refused_and_local_paths_are_local() {
+        assert!(matches!(
+            Location::parse("s3:https://s3.amazonaws.com/bucket"),
+            Ok(Location::S3(_))
+        ));
         for other in [
-            "s3:https://s3.amazonaws.com/bucket",
             "b2:bucket:path",
             "rclone:remote:path",
             "rest:http://host:8000/",

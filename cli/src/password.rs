@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::args::{Global, NewPassword};
+use crate::args::{FromRepoArgs, Global, NewPassword};
 
 /// The password that opens the repository.
 pub fn current(g: &Global) -> Result<String> {
@@ -25,6 +25,25 @@ pub fn current(g: &Global) -> Result<String> {
             .context("reading the password from the terminal");
     }
     bail!("no password given: set VMSTASH_PASSWORD, or use --password-file or --password-command")
+}
+
+/// The password of the source repository of `copy` (`--from-password-command`,
+/// `--from-password-file`, `VMSTASH_FROM_PASSWORD`, a prompt).
+pub fn source(from: &FromRepoArgs) -> Result<String> {
+    if let Some(cmd) = &from.from_password_command {
+        return from_command(cmd);
+    }
+    if let Some(f) = &from.from_password_file {
+        return from_file(f);
+    }
+    if let Ok(p) = std::env::var("VMSTASH_FROM_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("enter password for the source repository: ")
+            .context("reading the password from the terminal");
+    }
+    bail!("no password given for the source repository: set VMSTASH_FROM_PASSWORD, or use --from-password-file or --from-password-command")
 }
 
 /// The password for a new repository or key: asked twice on a terminal.

@@ -10,17 +10,38 @@ use vmstash_repo::lock::LockGuard;
 use vmstash_repo::Repository;
 use vmstash_ssh::SshSession;
 
-use crate::args::Global;
+use crate::args::{FromRepoArgs, Global};
 use crate::exit::usage;
 use crate::location::{Location, KINDS};
 use crate::sftp_repo::SftpBackend;
 use crate::{failpoint, password};
 
-/// The storage behind `-r`, and, for a remote one, its metadata cache.
+/// The storage behind `-r`, and, for a remote one, how to turn its metadata cache on.
 pub struct Store {
     /// Where the files are.
     pub backend: Arc<dyn Backend>,
-    cache: Option<Arc<CachedBackend<SftpBackend>>>,
+    enable_cache: Option<EnableCache>,
+}
+
+/// Turns a store's metadata cache on, given the repository's config id.
+type EnableCache = Box<dyn Fn(&str)>;
+
+impl Store {
+    /// A remote store behind a local cache of its index and snapshot files.
+    fn cached<B: Backend + 'static>(inner: B) -> Store {
+        let cache = Arc::new(CachedBackend::new(inner, cache_root()));
+        Store {
+            backend: cache.clone(),
+            enable_cache: Some(Box::new(move |id| cache.enable(id))),
+        }
+    }
+
+    /// Turns the metadata cache (if any) on for the repository with config id `repo_id`.
+    pub fn enable_cache(&self, repo_id: &str) {
+        if let Some(enable) = &self.enable_cache {
+            enable(repo_id);
+        }
+    }
 }
 
 /// The storage `-r`/`VMSTASH_REPOSITORY` names, connected (for SFTP) but not opened.
@@ -28,20 +49,37 @@ pub fn store(g: &Global) -> Result<Store> {
     let Some(repo) = &g.repo else {
         bail!("no repository given: use -r/--repo or set VMSTASH_REPOSITORY ({KINDS})");
     };
+    store_at(g, repo)
+}
+
+/// The storage at `repo` (a location as `-r` takes it).
+fn store_at(g: &Global, repo: &str) -> Result<Store> {
     match Location::parse(repo).map_err(|e| usage(format!("-r/--repo: {e:#}")))? {
         Location::Sftp(url) => {
             let session = SshSession::connect(&url.target, &g.ssh_options())
                 .with_context(|| format!("connecting to the repository server of {repo}"))?;
             let sftp = SftpBackend::new(&session, &url.path)?;
-            let cache = Arc::new(CachedBackend::new(sftp, cache_root()));
-            Ok(Store {
-                backend: cache.clone(),
-                cache: Some(cache),
-            })
+            Ok(Store::cached(sftp))
+        }
+        Location::S3(url) => {
+            let verbose = g.verbose > 0;
+            let notice: vmstash_s3::Notice = Arc::new(move |text: &str| {
+                if verbose {
+                    eprintln!("vmstash: {text}");
+                }
+            });
+            let options = vmstash_s3::S3Options {
+                region: g.s3_region.clone(),
+                bucket_lookup: g.s3_bucket_lookup.into(),
+                notice: Some(notice),
+            };
+            let s3 = vmstash_s3::S3Backend::new(&url, &options)
+                .with_context(|| format!("opening {url}"))?;
+            Ok(Store::cached(s3))
         }
         Location::Local(dir) => Ok(Store {
             backend: Arc::new(LocalBackend::new(dir)),
-            cache: None,
+            enable_cache: None,
         }),
     }
 }
@@ -58,13 +96,25 @@ fn cache_root() -> PathBuf {
 /// Opens the repository named by the global options.
 pub fn open(g: &Global) -> Result<Repository> {
     let store = store(g)?;
+    open_store(store, &password::current(g)?)
+}
+
+/// Opens the source repository of `copy` (`--from-repo`, with its own password options).
+pub fn open_source(g: &Global, from: &FromRepoArgs) -> Result<Repository> {
+    let Some(location) = &from.from_repo else {
+        return Err(usage(format!(
+            "no source repository given: use --from-repo or set VMSTASH_FROM_REPOSITORY ({KINDS})"
+        )));
+    };
+    let store = store_at(g, location).context("the source repository (--from-repo)")?;
+    open_store(store, &password::source(from)?).context("the source repository (--from-repo)")
+}
+
+fn open_store(store: Store, pw: &str) -> Result<Repository> {
     let location = store.backend.location();
-    let pw = password::current(g)?;
-    let repo = Repository::open(failpoint::wrap(store.backend), pw.as_bytes())
+    let repo = Repository::open(failpoint::wrap(store.backend.clone()), pw.as_bytes())
         .with_context(|| format!("opening repository {location}"))?;
-    if let Some(cache) = store.cache {
-        cache.enable(&repo.config().id);
-    }
+    store.enable_cache(&repo.config().id);
     Ok(repo)
 }
 

@@ -60,6 +60,11 @@ impl Dest {
                 sftp.mkdir_all(&url.path)?;
                 return Ok(Dest::Remote { session, sftp, url });
             }
+            Location::S3(url) => {
+                return Err(usage(format!(
+                    "--target: {url} is object storage; restore to a directory (local or sftp://) and copy the images from there"
+                )))
+            }
             Location::Local(dir) => dir,
         };
         fs::create_dir_all(&target).with_context(|| format!("creating {target}"))?;

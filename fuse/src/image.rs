@@ -10,8 +10,9 @@
 //!   waited for by the others, who get its result — bytes or the original error, with its kind
 //!   (a damaged pack stays damage, an SFTP failure stays an I/O error).
 //! - **Read-ahead.** A reader whose reads of a disk follow each other gets the next
-//!   [`READ_AHEAD_CHUNKS`] chunks fetched ahead of it by one thread per core, so every core
-//!   decrypts, decompresses and verifies while the reader consumes.
+//!   [`READ_AHEAD_CHUNKS`] chunks fetched ahead of it by one thread per core (or, on an object
+//!   store, per request it wants in flight), so every core decrypts, decompresses and verifies
+//!   while the reader consumes.
 //!
 //! Errors are `Arc<vmstash_repo::Error>`: shared by the waiters of one fetch, unchanged.
 
@@ -114,7 +115,10 @@ impl ImageReader {
             prefetch,
             zero_lost: std::sync::atomic::AtomicBool::new(false),
         });
-        for n in 0..threads::workers() {
+        // One thread per core decrypts and verifies; a store that answers each request after a
+        // round trip (S3) wants more fetches in flight than that.
+        let fetchers = threads::workers().max(reader.repo.backend().requests_in_flight());
+        for n in 0..fetchers {
             let weak = Arc::downgrade(&reader);
             let queue = queue.clone();
             let started = std::thread::Builder::new()

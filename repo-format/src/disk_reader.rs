@@ -40,6 +40,11 @@ impl DiskReader {
         }
     }
 
+    /// The repository the disk is read from.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
     /// Reads zeros, instead of failing, where the snapshot records lost bytes (`lost`, §13)
     /// and the chunk cannot be read. Readable chunks are read even there (a later backup may
     /// have stored them again).

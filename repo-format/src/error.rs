@@ -42,6 +42,15 @@ pub enum Error {
     /// The location holds no vmstash repository.
     #[error("{0} is not a vmstash repository (no config file); create one with `vmstash init`")]
     NotARepository(String),
+    /// The storage refused the credentials or does not have the place named (an S3 bucket that
+    /// does not exist): retrying does not help; the message says what to check.
+    #[error("{location}: {what}")]
+    StorageDenied {
+        /// The repository location.
+        location: String,
+        /// What the storage said, and what to check.
+        what: String,
+    },
     /// The location already holds a repository (or other files).
     #[error("{0} already exists and is not empty; choose another location")]
     AlreadyExists(String),

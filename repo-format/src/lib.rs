@@ -45,6 +45,7 @@ pub mod check;
 pub mod chunkmap;
 pub mod commit;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod diff;
 pub mod direct;

@@ -13,15 +13,23 @@ use crate::exit::{self, usage};
 use crate::output::{line, print_json};
 use crate::{password, repo};
 
+/// The chunk size of a new repository unless told otherwise: 512 KiB.
+const DEFAULT_CHUNK_SIZE: u64 = 512 * 1024;
+
 /// Runs `vmstash init`.
 pub fn run(g: &Global, a: &InitArgs) -> Result<ExitCode> {
-    let chunk = u32::try_from(a.chunk_size)
+    let chunk_size = if a.copy_chunker_params {
+        let source = repo::open_source(g, &a.from)?;
+        u64::from(source.config().chunk_size)
+    } else {
+        a.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE)
+    };
+    let chunk = u32::try_from(chunk_size)
         .ok()
         .and_then(|c| ChunkSize::new(c).ok())
         .ok_or_else(|| {
             usage(format!(
-                "--chunk-size {} must be a power of two from 64KiB to 8MiB",
-                a.chunk_size
+                "--chunk-size {chunk_size} must be a power of two from 64KiB to 8MiB"
             ))
         })?;
     let backend = repo::store(g)?.backend;

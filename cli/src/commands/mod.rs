@@ -5,6 +5,7 @@
 mod backup;
 mod cat;
 mod check;
+mod copy;
 mod diff;
 mod forget;
 mod init;
@@ -43,6 +44,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Repair(c) => repair::run(g, c),
         Command::Diff(a) => diff::run(g, a),
         Command::Restore(a) => restore::run(g, a),
+        Command::Copy(a) => copy::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Cat(a) => cat::run(g, a),
         Command::Key(k) => key::run(g, k),

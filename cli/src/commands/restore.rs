@@ -202,7 +202,8 @@ fn restore_disk(
             reader,
             &partial,
             &dest.display(&tmp),
-            threads::io_workers(),
+            // An object store wants more requests in flight than there are cores.
+            threads::io_workers().max(reader.repository().backend().requests_in_flight()),
             &|n| bar.inc(n),
             cancel,
         )?;

@@ -139,6 +139,10 @@ impl<B: Backend> Backend for CachedBackend<B> {
         self.inner.modified(kind, name)
     }
 
+    fn requests_in_flight(&self) -> usize {
+        self.inner.requests_in_flight()
+    }
+
     fn list_temporary(&self) -> Result<Vec<super::TemporaryFile>> {
         self.inner.list_temporary()
     }

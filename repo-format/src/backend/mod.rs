@@ -171,6 +171,13 @@ pub trait Backend: Send + Sync {
             self.location()
         )))
     }
+    /// How many requests a reader or writer of this store should keep in flight: a local disk
+    /// is served well by a thread per core; an object store answers each request after a round
+    /// trip, so restores and the mount keep this many fetches going (default 1: no wish beyond
+    /// the engine's own threads).
+    fn requests_in_flight(&self) -> usize {
+        1
+    }
     /// When a file was last written, if the store can say (it decides when an undecodable
     /// lock file counts as stale); `None` when it cannot.
     fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {

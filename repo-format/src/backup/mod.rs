@@ -72,6 +72,10 @@ pub struct BackupPlan {
     pub started: Option<Instant>,
     /// The snapshot's time (RFC 3339); `None`: now.
     pub time: Option<String>,
+    /// The host and user to record; `None`: this process's (a copy keeps the original's).
+    pub made_by: Option<(String, String)>,
+    /// The snapshot this one is a copy of (the manifest's `original`), if any.
+    pub original: Option<Id>,
 }
 
 impl BackupPlan {
@@ -84,6 +88,8 @@ impl BackupPlan {
             disks,
             started: None,
             time: None,
+            made_by: None,
+            original: None,
         }
     }
 }
@@ -191,11 +197,15 @@ pub fn back_up(
         total.new += c.new;
         counts.push(c);
     }
+    let (hostname, username) = plan.made_by.unwrap_or_else(|| {
+        let me = repo.identity();
+        (me.hostname.clone(), me.username.clone())
+    });
     let mut manifest = Manifest {
         version: FORMAT_VERSION,
         time,
-        hostname: repo.identity().hostname.clone(),
-        username: repo.identity().username.clone(),
+        hostname,
+        username,
         name: plan.name,
         tags: plan.tags,
         parent,
@@ -210,7 +220,7 @@ pub fn back_up(
             new_chunks: total.new,
             duration_seconds: started.elapsed().as_secs_f64(),
         },
-        original: None,
+        original: plan.original,
     };
     // The snapshot's own size is part of what was added; estimate it by its plaintext (it
     // compresses well), then store the real one.

@@ -14,6 +14,8 @@ pub const PRUNE_PURPOSE: &str = "prune";
 /// `locks/prune`, held; removed on drop (before the lock it was taken under).
 pub struct PruneLock {
     repo: Repository,
+    /// False once the file turned out to be another prune's: dropping must not remove it.
+    ours: bool,
 }
 
 fn now() -> u64 {
@@ -53,14 +55,38 @@ impl PruneLock {
                 "another prune that started at the same time".into(),
             ));
         }
-        let held = PruneLock { repo: repo.clone() };
-        // Two prunes that both removed the same stale prune lock find each other here (§20.2).
-        for (holder, other) in repo.live_holders()? {
-            if holder != me && other.purpose.as_deref() == Some(PRUNE_PURPOSE) {
+        let mut held = PruneLock {
+            repo: repo.clone(),
+            ours: true,
+        };
+        // Another prune's live lock: a loser of the creation still backing off, or a second
+        // creator (both removed the same stale prune lock, or the store ignores conditional
+        // writes). Once both writes have settled, the one whose bytes `locks/prune` holds
+        // goes on; the other stops (§20.2 step 3).
+        let racer = repo.live_holders()?.into_iter().find(|(holder, other)| {
+            *holder != me && other.purpose.as_deref() == Some(PRUNE_PURPOSE)
+        });
+        if let Some((_, other)) = racer {
+            std::thread::sleep(SETTLE);
+            if !holds_own(repo, &bytes)? {
+                held.ours = false;
                 return Err(held_by(other.describe()));
             }
         }
         Ok(held)
+    }
+}
+
+/// How long a prune that sees another prune's lock waits before it reads `locks/prune` again:
+/// longer than two racing creators take between their creations.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// True when `locks/prune` holds exactly `bytes` (our lock object).
+fn holds_own(repo: &Repository, bytes: &[u8]) -> Result<bool> {
+    match repo.backend().read(FileKind::Lock, PRUNE_LOCK) {
+        Ok(found) => Ok(found == bytes),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -127,6 +153,8 @@ pub fn remove_stale_prune_lock(repo: &Repository) -> Result<bool> {
 
 impl Drop for PruneLock {
     fn drop(&mut self) {
-        let _ = self.repo.backend().remove(FileKind::Lock, PRUNE_LOCK);
+        if self.ours {
+            let _ = self.repo.backend().remove(FileKind::Lock, PRUNE_LOCK);
+        }
     }
 }
