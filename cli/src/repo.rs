@@ -72,6 +72,7 @@ fn store_at(g: &Global, repo: &str) -> Result<Store> {
                 region: g.s3_region.clone(),
                 bucket_lookup: g.s3_bucket_lookup.into(),
                 notice: Some(notice),
+                credentials: None,
             };
             let s3 = vmstash_s3::S3Backend::new(&url, &options)
                 .with_context(|| format!("opening {url}"))?;

@@ -259,3 +259,39 @@ fn rand_bytes() -> [u8; 32] {
     out[20..28].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use vmstash_repo::backend::conformance::check_backend;
+    use vmstash_ssh::{SshOptions, SshSession, SshTarget};
+    use vmstash_test_support::Sshd;
+
+    use super::SftpBackend;
+
+    /// The backend contract (spec §1 rule 5) against a private OpenSSH server; skipped without
+    /// sshd, except under CI=true.
+    #[test]
+    fn keeps_the_backend_contract() -> Result<(), Box<dyn std::error::Error>> {
+        let Some(sshd) = Sshd::start()? else {
+            return Ok(());
+        };
+        let target = SshTarget {
+            user: Some(sshd.user.clone()),
+            host: sshd.host().to_owned(),
+            port: Some(sshd.port),
+        };
+        let options = SshOptions {
+            identity: Some(sshd.client_key.clone()),
+            known_hosts: Some(sshd.known_hosts.clone()),
+            accept_new_host_key: false,
+            ssh_config: Some(PathBuf::from("/dev/null")),
+        };
+        let session = SshSession::connect(&target, &options)?;
+        let root = sshd.path("repo");
+        let backend = SftpBackend::new(&session, &root.to_string_lossy())?;
+        check_backend(&backend)?;
+        Ok(())
+    }
+}

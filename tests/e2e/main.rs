@@ -19,6 +19,7 @@ mod mount;
 mod prune;
 mod repair;
 mod roundtrip;
+mod s3;
 mod ssh;
 mod util;
 mod vectors;

@@ -99,6 +99,10 @@ impl Repo {
         c.arg("-r").arg(&self.path).args(args);
         c.env("VMSTASH_PASSWORD", PASSWORD)
             .env_remove("VMSTASH_REPOSITORY");
+        if self.path.to_string_lossy().starts_with("s3:") {
+            // A repository of the shared moto server (s3.rs), which takes any key pair.
+            c.envs(crate::s3::MOTO_ENV);
+        }
         c.stdin(Stdio::null());
         c
     }

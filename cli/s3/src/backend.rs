@@ -51,6 +51,24 @@ pub struct S3Options {
     pub bucket_lookup: BucketLookup,
     /// Told, once, when the store turns out not to enforce conditional writes.
     pub notice: Option<Notice>,
+    /// An access key pair for a caller that holds one (a daemon's configuration, a test);
+    /// `None`: the AWS credential chain (environment, profile).
+    pub credentials: Option<Credentials>,
+}
+
+/// An access key pair.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <secret>)", self.access_key_id)
+    }
 }
 
 /// Requests kept in flight by the engine's readers and uploaders against an object store: each
@@ -93,6 +111,11 @@ impl S3Backend {
         };
         if virtual_host {
             builder = builder.enable_virtual_host_style();
+        }
+        if let Some(c) = &options.credentials {
+            builder = builder
+                .access_key_id(&c.access_key_id)
+                .secret_access_key(&c.secret_access_key);
         }
         let op = Operator::new(builder)
             .map_err(|e| repo_error(&e, url, ""))?

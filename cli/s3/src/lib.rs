@@ -13,5 +13,5 @@ mod error;
 mod runtime;
 mod url;
 
-pub use backend::{BucketLookup, Notice, S3Backend, S3Options, REQUESTS_IN_FLIGHT};
+pub use backend::{BucketLookup, Credentials, Notice, S3Backend, S3Options, REQUESTS_IN_FLIGHT};
 pub use url::{S3Url, UrlError};

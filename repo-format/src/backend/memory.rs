@@ -99,6 +99,7 @@ impl Backend for MemoryBackend {
     }
 
     fn write(&self, kind: FileKind, name: &str, bytes: &[u8]) -> Result<()> {
+        super::check_name(kind, name)?;
         let full = self
             .full
             .lock()

@@ -6,6 +6,7 @@
 //! sees the whole file or none of it) and durable when it returns.
 
 mod cache;
+pub mod conformance;
 mod local;
 mod memory;
 
