@@ -25,12 +25,12 @@ pub const MOTO_ENV: [(&str, &str); 3] = [
 ];
 
 /// The shared moto server, or `None` (skip) when the venv is missing outside CI.
-fn moto() -> Option<&'static S3Server> {
+pub fn moto() -> Option<&'static S3Server> {
     S3Server::shared_moto().expect("start moto")
 }
 
 /// A new repository under a fresh prefix of the shared moto server.
-fn s3_repo(server: &S3Server) -> Repo {
+pub fn s3_repo(server: &S3Server) -> Repo {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = Repo {
         dir,
@@ -250,6 +250,34 @@ fn wrong_credentials_fail_at_once_with_a_clear_line_and_write_nothing() {
     assert!(snaps.status.success(), "{}", describe(&snaps));
     let listed: serde_json::Value = serde_json::from_slice(&snaps.stdout).expect("snapshots JSON");
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+
+    // A profile in ~/.aws/credentials, chosen by AWS_PROFILE, as the AWS tools take it.
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".aws")).expect("mkdir");
+    std::fs::write(
+        home.join(".aws/credentials"),
+        "[default]\naws_access_key_id = vmstash\naws_secret_access_key = wrong-secret\n\n[offsite]\naws_access_key_id = vmstash\naws_secret_access_key = right-secret\n",
+    )
+    .expect("credentials file");
+    let by_profile = std::process::Command::new(crate::util::bin())
+        .args(["-v", "-r", &url, "prune", "--keep-delete", "0"])
+        .env("VMSTASH_PASSWORD", PASSWORD)
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env("HOME", &home)
+        .env("AWS_PROFILE", "offsite")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run vmstash");
+    assert!(by_profile.status.success(), "{}", describe(&by_profile));
+    // rclone ignores If-None-Match: the prune lock falls back to write-then-recheck, and -v says so.
+    assert!(
+        stderr(&by_profile).contains("does not enforce conditional writes"),
+        "{}",
+        describe(&by_profile)
+    );
 }
 
 /// Two holders race for the prune lock on S3, ten times: exactly one wins each time, the other
