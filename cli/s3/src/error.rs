@@ -52,19 +52,30 @@ pub(crate) fn runtime_error(what: String, url: &S3Url) -> Error {
     }
 }
 
-/// The error's kind and the server's code and message, without opendal's context dump.
+/// The error's kind, the server's code and message (or, for a request that never got an
+/// answer, why: the innermost cause, such as "Connection refused"), without opendal's context
+/// dump.
 fn summary(e: &opendal::Error) -> String {
-    let retried = if e.is_persistent() {
+    let message = e.message();
+    let mut text = match (field(message, "code"), field(message, "message")) {
+        (Some(code), Some(msg)) if !code.is_empty() => format!("{code}: {msg}"),
+        _ => message.chars().take(300).collect(),
+    };
+    let mut cause = std::error::Error::source(e);
+    let mut innermost = None;
+    while let Some(c) = cause {
+        innermost = Some(c.to_string());
+        cause = c.source();
+    }
+    if let Some(why) = innermost.filter(|why| !text.contains(why.as_str())) {
+        text = format!("{text}: {why}");
+    }
+    let retried = if e.is_persistent() && e.kind() != opendal::ErrorKind::PermissionDenied {
         " (still failing after retries)"
     } else {
         ""
     };
-    let message = e.message();
-    let message = match (field(message, "code"), field(message, "message")) {
-        (Some(code), Some(msg)) if !code.is_empty() => format!("{code}: {msg}"),
-        _ => message.chars().take(300).collect(),
-    };
-    format!("{}{retried}: {message}", e.kind())
+    format!("{}{retried}: {text}", e.kind())
 }
 
 /// `name: "value"` out of opendal's debug rendering of an S3 error body.
