@@ -48,11 +48,6 @@ pub const PACK_MAX_BLOBS: usize = 100_000;
 /// Threads writing full packs: storage is the limit, not the CPU; two overlap one pack's fsync
 /// with the next one's write.
 pub const UPLOADERS: usize = 2;
-/// Upload threads for `repo`'s store: [`UPLOADERS`], or a quarter of the requests an object
-/// store wants in flight (each upload holds a pack of up to 16 MiB, so not more).
-fn uploaders_for(repo: &Repository) -> usize {
-    UPLOADERS.max(repo.backend().requests_in_flight() / 4)
-}
 /// Full packs waiting for an upload thread.
 pub const UPLOAD_QUEUE: usize = 2;
 /// Written packs' buffers kept for new packs: enough that a pack being filled never waits for
@@ -141,7 +136,7 @@ impl<'a> Committer<'a> {
     pub fn new(repo: &'a Repository, known: &'a MasterIndex, writers: usize) -> Self {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = bounded::<PackWriter>(UPLOAD_QUEUE);
-        let uploaders = (0..uploaders_for(repo))
+        let uploaders = (0..UPLOADERS)
             .filter_map(|n| {
                 let (repo, rx, shared) = (repo.clone(), rx.clone(), Arc::clone(&shared));
                 std::thread::Builder::new()

@@ -40,6 +40,11 @@ impl DiskReader {
         }
     }
 
+    /// The index the reader finds blobs in.
+    pub fn index(&self) -> &MasterIndex {
+        &self.index
+    }
+
     /// The repository the disk is read from.
     pub fn repository(&self) -> &Repository {
         &self.repo

@@ -68,6 +68,7 @@ pub mod prune;
 pub mod repair;
 pub mod repository;
 pub mod restore;
+pub mod runs;
 pub mod sealed;
 pub mod selection;
 pub mod snapshot;

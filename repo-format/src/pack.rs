@@ -235,6 +235,37 @@ pub fn open_blob(
     open_blob_owned(master, salt, entry, sealed.to_vec(), file)
 }
 
+/// [`open_blob`] on bytes the caller lets it overwrite (a slice of a larger read): decrypted in
+/// place, then decompressed or copied out once.
+pub fn open_blob_in_place(
+    master: &MasterKey,
+    salt: &[u8; SALT_LEN],
+    entry: &BlobEntry,
+    sealed: &mut [u8],
+    file: &str,
+) -> Result<Vec<u8>> {
+    let key = master.subkey(salt, purpose::PACK);
+    let framed = key
+        .open_in_place(sealed, &blob::aad(entry.ty, &entry.id))
+        .map_err(|_| {
+            Error::corrupt(
+                file,
+                format!(
+                    "blob {} at offset {} fails authentication",
+                    entry.id.short(),
+                    entry.offset
+                ),
+            )
+        })?;
+    let framed = sealed
+        .get(framed)
+        .ok_or_else(|| Error::corrupt(file, "a blob's payload lies outside it"))?;
+    let max = usize::try_from(entry.raw_length).unwrap_or(usize::MAX);
+    let plain = payload::decode(framed, max, file)?;
+    blob::verify(&plain, &entry.id, entry.raw_length, file)?;
+    Ok(plain)
+}
+
 /// [`open_blob`] on a buffer the caller gives up: decrypted and unframed in place, so a stored
 /// (uncompressed) blob costs no copy and no allocation.
 pub fn open_blob_owned(

@@ -1,12 +1,18 @@
 //! Writing a snapshot's disk back out as a raw image: the engine behind `vmstash restore`.
 //!
 //! The calling thread walks the disk's chunk map a segment at a time and queues the non-zero
-//! chunks; one worker per core fetches and verifies each through the [`DiskReader`] (§17) and
-//! writes it at its offset. Zero chunks, and zero 4 KiB blocks inside chunks, are never
+//! chunks, grouped into [runs](crate::runs) of blobs that lie side by side in one pack, so that
+//! one ranged read fetches several chunks (on an object store, a request per chunk would be a
+//! round trip per chunk); the workers (the caller says how many) read each run, verify every
+//! blob in it (§17) and write each chunk at its offsets. A chunk the index lacks, or a blob of
+//! a run that does not open, is read again alone through the [`DiskReader`], so that it fails
+//! (or reads as zeros in a recorded lost range) exactly as a single read does. Zero chunks, and zero 4 KiB blocks inside chunks, are never
 //! written, so the image comes out sparse on a sink that starts as a sparse file of the disk's
 //! size. Where the bytes go — a local file, a file on another host — is the [`ImageSink`]'s
 //! business; making the result visible only once every chunk is verified (a temporary name,
 //! then a rename) is the caller's.
+
+use std::collections::HashMap;
 
 use crossbeam_channel::bounded;
 
@@ -15,6 +21,7 @@ use crate::chunkmap::{is_zero, SEGMENT_ENTRIES};
 use crate::disk_reader::DiskReader;
 use crate::id::Id;
 use crate::progress::Progress;
+use crate::runs::{plan_runs, PackRun};
 use crate::{Error, Result};
 
 /// Granularity of sparse writes: a zero block of this size inside a chunk is skipped.
@@ -46,18 +53,21 @@ pub fn restore_disk(
     cancel: &CancelToken,
 ) -> Result<()> {
     let workers = workers.max(1);
-    let (tx, rx) = bounded::<(u64, Id)>(workers.saturating_mul(QUEUE_PER_WORKER));
+    let (tx, rx) = bounded::<Work>(workers.saturating_mul(QUEUE_PER_WORKER));
     std::thread::scope(|s| -> Result<()> {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 let rx = rx.clone();
                 s.spawn(move || -> Result<()> {
-                    for (no, id) in rx {
+                    for work in rx {
                         cancel.check()?;
-                        let plain = reader.read_chunk(no, &id)?;
-                        write_sparse(sink, reader.chunk_offset(no), &plain)
-                            .map_err(|e| Error::io(target, e))?;
-                        progress.advance(u64::try_from(plain.len()).unwrap_or(0));
+                        let write = |no: u64, plain: &[u8]| -> Result<()> {
+                            write_sparse(sink, reader.chunk_offset(no), plain)
+                                .map_err(|e| Error::io(target, e))?;
+                            progress.advance(u64::try_from(plain.len()).unwrap_or(0));
+                            Ok(())
+                        };
+                        do_work(reader, work, &write)?;
                     }
                     Ok(())
                 })
@@ -84,11 +94,54 @@ pub fn restore_disk(
     })
 }
 
-/// Sends every non-zero chunk's number and id, a map segment at a time; zero chunks count as
-/// done at once. Stops quietly when the workers are gone (their error is the one to report).
+/// What a restore worker does next.
+enum Work {
+    /// Blobs of one pack read together, each for the chunks (numbers) that hold it.
+    Run(PackRun, HashMap<Id, Vec<u64>>),
+    /// A chunk read alone: its id is in no index.
+    Chunk(u64, Id),
+}
+
+/// Reads what `work` names and hands each chunk's verified bytes to `write`.
+fn do_work(
+    reader: &DiskReader,
+    work: Work,
+    write: &dyn Fn(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    match work {
+        Work::Chunk(no, id) => write(no, &reader.read_chunk(no, &id)?),
+        Work::Run(run, chunks) => {
+            let opened = match reader.repository().read_run(&run) {
+                Ok(opened) => opened,
+                // The run as a whole did not read: each chunk alone says why (or is lost).
+                Err(_) => run
+                    .blobs
+                    .iter()
+                    .map(|b| (b.id, Err(Error::Aborted)))
+                    .collect(),
+            };
+            for (id, plain) in opened {
+                for &no in chunks.get(&id).map_or(&[][..], Vec::as_slice) {
+                    match &plain {
+                        Ok(bytes) => {
+                            reader.check_chunk_len(no, &id, bytes.len())?;
+                            write(no, bytes)?;
+                        }
+                        Err(_) => write(no, &reader.read_chunk(no, &id)?)?,
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Sends every non-zero chunk, a map segment at a time, as runs of blobs that share a pack;
+/// zero chunks count as done at once. Stops quietly when the workers are gone (their error is
+/// the one to report).
 fn queue_chunks(
     reader: &DiskReader,
-    tx: &crossbeam_channel::Sender<(u64, Id)>,
+    tx: &crossbeam_channel::Sender<Work>,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<()> {
@@ -96,10 +149,32 @@ fn queue_chunks(
         cancel.check()?;
         let ids = reader.segment(seg)?;
         let first = u64::try_from(seg.saturating_mul(SEGMENT_ENTRIES)).unwrap_or(u64::MAX);
+        let mut chunks: HashMap<Id, Vec<u64>> = HashMap::new();
         for (no, id) in (first..).zip(ids) {
             if id.is_zero() {
                 progress.advance(reader.chunk_len(no)?);
-            } else if tx.send((no, id)).is_err() {
+            } else {
+                chunks.entry(id).or_default().push(no);
+            }
+        }
+        let wanted: Vec<Id> = chunks.keys().copied().collect();
+        let (runs, missing) = plan_runs(reader.index(), &wanted);
+        let mut work: Vec<Work> = Vec::with_capacity(runs.len() + missing.len());
+        for run in runs {
+            let mine = run
+                .blobs
+                .iter()
+                .filter_map(|b| chunks.get(&b.id).map(|nos| (b.id, nos.clone())))
+                .collect();
+            work.push(Work::Run(run, mine));
+        }
+        for id in missing {
+            for &no in chunks.get(&id).map_or(&[][..], Vec::as_slice) {
+                work.push(Work::Chunk(no, id));
+            }
+        }
+        for w in work {
+            if tx.send(w).is_err() {
                 return Ok(());
             }
         }

@@ -165,6 +165,14 @@ impl S3Backend {
     }
 }
 
+/// The bytes of a response body: without a copy when they arrived in one piece (the buffer is
+/// the only owner of its allocation then), else gathered once.
+fn into_vec(buffer: opendal::Buffer) -> Vec<u8> {
+    let bytes = buffer.to_bytes();
+    drop(buffer);
+    Vec::from(bytes)
+}
+
 fn region_from(options: &S3Options) -> Option<String> {
     options
         .region
@@ -227,16 +235,14 @@ impl Backend for S3Backend {
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
         check_name(kind, name)?;
         let key = Self::key(kind, name);
-        Ok(self.run(&key, self.op.read(&key))?.to_vec())
+        Ok(into_vec(self.run(&key, self.op.read(&key))?))
     }
 
     fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u32) -> Result<Vec<u8>> {
         check_name(kind, name)?;
         let key = Self::key(kind, name);
         let end = offset.saturating_add(u64::from(len));
-        let bytes = self
-            .run(&key, self.op.read_with(&key).range(offset..end))?
-            .to_vec();
+        let bytes = into_vec(self.run(&key, self.op.read_with(&key).range(offset..end))?);
         if bytes.len() != usize::try_from(len).unwrap_or(usize::MAX) {
             return Err(Error::Io {
                 path: format!("{}/{key}", self.url).into(),

@@ -202,8 +202,9 @@ fn restore_disk(
             reader,
             &partial,
             &dest.display(&tmp),
-            // An object store wants more requests in flight than there are cores.
-            threads::io_workers().max(reader.repository().backend().requests_in_flight()),
+            // An object store wants more requests in flight than there are cores; each reads
+            // a run of blobs (up to 8 MiB), so half as many threads as requests keep it busy.
+            threads::io_workers().max(reader.repository().backend().requests_in_flight() / 2),
             &|n| bar.inc(n),
             cancel,
         )?;
