@@ -4,11 +4,11 @@
 //! once complete and verified.
 
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use vmstash_repo::image_file::ImageFile;
 use vmstash_repo::restore::ImageSink;
 use vmstash_ssh::{Sftp, SftpWriter, SshSession};
 
@@ -18,8 +18,8 @@ use crate::location::{Location, SftpUrl};
 
 /// An image file being written.
 pub enum Partial {
-    /// A local file.
-    Local(File),
+    /// A local file, handed to the disk as it is written.
+    Local(ImageFile),
     /// A remote file.
     Remote(SftpWriter),
 }
@@ -28,7 +28,7 @@ pub enum Partial {
 impl ImageSink for Partial {
     fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
         match self {
-            Partial::Local(f) => FileExt::write_all_at(f, data, offset),
+            Partial::Local(f) => f.write_at(data, offset),
             Partial::Remote(w) => w.write_at(data, offset).map_err(std::io::Error::other),
         }
     }
@@ -106,7 +106,7 @@ impl Dest {
             Dest::Local(_) => {
                 let f = File::create(&path).with_context(|| format!("creating {path}"))?;
                 f.set_len(size).with_context(|| format!("sizing {path}"))?;
-                Ok(Partial::Local(f))
+                Ok(Partial::Local(ImageFile::new(f)))
             }
             Dest::Remote { sftp, .. } => {
                 let w = sftp.create(&path)?;
@@ -119,7 +119,7 @@ impl Dest {
     /// Makes a written file durable and closes it.
     pub fn finish(&self, partial: Partial) -> Result<()> {
         match partial {
-            Partial::Local(f) => Ok(f.sync_all()?),
+            Partial::Local(f) => Ok(f.sync_and_close()?),
             Partial::Remote(w) => {
                 if let Dest::Remote { sftp, .. } = self {
                     if sftp.has_fsync() {

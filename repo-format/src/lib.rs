@@ -53,6 +53,7 @@ pub mod disk_reader;
 pub mod entry;
 mod error;
 pub mod id;
+pub mod image_file;
 pub mod index;
 pub mod keyfile;
 pub mod leftovers;

@@ -11,12 +11,11 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `-r sftp:user@host:/path` and `s3:…` used to create local directories named after them.
+/// `-r sftp:user@host:/path` and `b2:…` used to create local directories named after them.
 #[test]
 fn restic_style_and_unknown_repository_kinds_create_no_local_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (location, code) in [
-        ("s3:https://s3.amazonaws.com/bucket", 2),
         ("b2:bucket:path", 2),
         ("rclone:remote:path", 2),
         ("backup:2024", 2),
@@ -60,6 +59,47 @@ fn restic_style_and_unknown_repository_kinds_create_no_local_directory() {
         stderr(&out).contains("no-such-host.invalid"),
         "{}",
         describe(&out)
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+}
+
+/// An S3 repository with no credentials anywhere (no AWS_* variable, no ~/.aws, no instance
+/// metadata) is refused at once with exit 14 and a line naming what to set; nothing is created
+/// locally.
+#[test]
+fn s3_without_credentials_says_what_to_set_and_exits_14() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("home");
+    let mut cmd = std::process::Command::new(bin());
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(var);
+        }
+    }
+    let started = Instant::now();
+    let out = cmd
+        .current_dir(dir.path())
+        .args(["-r", "s3:https://s3.amazonaws.com/bucket", "init"])
+        .env("VMSTASH_PASSWORD", PASSWORD)
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_DEFAULT_REGION", "eu-west-1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(14), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no S3 credentials")
+            && err.contains("AWS_ACCESS_KEY_ID")
+            && err.contains("AWS_PROFILE"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "retried a missing credential for {:?}",
+        started.elapsed()
     );
     assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
 }

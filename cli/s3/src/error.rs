@@ -11,6 +11,15 @@ use crate::url::S3Url;
 pub(crate) fn repo_error(e: &opendal::Error, url: &S3Url, key: &str) -> Error {
     use opendal::ErrorKind as K;
     let path = format!("{url}/{key}");
+    if no_credentials(e) {
+        return Error::StorageDenied {
+            location: url.to_string(),
+            what: format!(
+                "no S3 credentials for bucket {:?}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials), or AWS_PROFILE naming a profile in ~/.aws/credentials",
+                url.bucket
+            ),
+        };
+    }
     match e.kind() {
         K::NotFound => Error::Io {
             path: path.into(),
@@ -42,6 +51,19 @@ pub(crate) fn repo_error(e: &opendal::Error, url: &S3Url, key: &str) -> Error {
             source: io::Error::other(summary(e)),
         },
     }
+}
+
+/// True when the request was never sent because no credential source (environment, profile
+/// file, instance metadata) gave a key to sign it with: a mistake to fix, not to retry.
+fn no_credentials(e: &opendal::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("failed to load signing credential") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The runtime failed before any request: an I/O error on the repository's location.
