@@ -3,10 +3,14 @@
 //!
 //! The helper binary is the static `vmstash-hashblocks` installed beside `vmstash` (or named by
 //! `$VMSTASH_HASHBLOCKS`). It is uploaded over SFTP to `~/.cache/vmstash/hashblocks-<sha256>`
-//! on the host, only when that file is missing or its content differs (read back and hashed, so
-//! a damaged or tampered copy is replaced), made executable, and started over an exec channel.
-//! Each version has its own file, so two vmstash versions can use one host at once; old
-//! versions are left there (about 2 MiB each).
+//! on the host when that file is missing or has another size, and started over an exec channel
+//! by a command that first checks the file's SHA-256 on the host (`sha256sum`), so that a
+//! damaged or tampered copy of the right size is replaced too, without reading it back (about
+//! 2 MiB) on every backup. Each version has its own file, so two vmstash versions can use one
+//! host at once; old versions are left there (about 2 MiB each).
+//!
+//! Once it runs, it also runs the backup's commands on the host ([`RemoteHelper::run`]): one
+//! exec channel, and one login shell start-up, for the whole backup.
 //! Anything that stops it from starting (no helper here, upload refused, a `noexec` home,
 //! another architecture, an old protocol) is a reason to fall back to SFTP reads, which the
 //! caller reports in one line. Once it runs, a failure is an error of the backup: a helper that
@@ -16,7 +20,9 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
-use vmstash_hashblocks::protocol::{self, read_frame, Frame, ImageFormat, ProtocolError};
+use vmstash_hashblocks::protocol::{
+    self, read_frame, ErrorCode, Frame, ImageFormat, OutputStream, ProtocolError,
+};
 use vmstash_repo::Id;
 use vmstash_ssh::{RemoteProcess, Sftp, SftpFailure, SshError, SshSession};
 
@@ -28,6 +34,19 @@ const HELPER_NAME: &str = "vmstash-hashblocks";
 const REMOTE_DIR: &str = ".cache/vmstash";
 /// Largest helper binary vmstash ships.
 const MAX_HELPER_LEN: u64 = 64 << 20;
+
+/// What a command run through the helper printed, and how it ended.
+#[derive(Debug, Default)]
+pub struct RunOutput {
+    /// Exit status; 128 + the signal's number when a signal ended it.
+    pub status: i32,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// True when the command printed more than the helper forwards (16 MiB per output).
+    pub truncated: bool,
+}
 
 /// The helper running on a hypervisor.
 pub struct RemoteHelper {
@@ -60,17 +79,22 @@ fn local_helper() -> Result<(PathBuf, Vec<u8>), String> {
     Ok((path, bytes))
 }
 
-/// Makes sure `remote` on the host holds exactly `bytes` and is executable.
-fn ensure_uploaded(sftp: &Sftp, remote: &str, bytes: &[u8]) -> Result<(), SshError> {
-    let present = match sftp.read(remote) {
-        Ok(existing) => Sha256::digest(&existing) == Sha256::digest(bytes),
+/// Exit status of the start command when the host's copy is not the helper it should be.
+const MISMATCH_STATUS: u32 = 97;
+
+/// Uploads `bytes` to `remote` on the host (through a temporary name, then a rename) unless a
+/// file of that size is already there; `force` uploads whatever is there.
+fn ensure_uploaded(sftp: &Sftp, remote: &str, bytes: &[u8], force: bool) -> Result<(), SshError> {
+    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    let present = match sftp.metadata(remote) {
+        Ok(meta) => meta.size == len,
         Err(SshError::Sftp {
             failure: SftpFailure::NotFound,
             ..
         }) => false,
         Err(e) => return Err(e),
     };
-    if !present {
+    if !present || force {
         sftp.mkdir_all(REMOTE_DIR)?;
         let tmp = format!("{remote}.tmp-{}", std::process::id());
         let mut writer = sftp.create(&tmp)?;
@@ -89,6 +113,16 @@ fn ensure_uploaded(sftp: &Sftp, remote: &str, bytes: &[u8]) -> Result<(), SshErr
     sftp.set_mode(remote, 0o755)
 }
 
+/// The command that starts the helper at `remote` (relative to the home directory) only if its
+/// SHA-256 is `digest`, and otherwise exits with [`MISMATCH_STATUS`]. It goes through `/bin/sh`
+/// whatever the user's login shell is; the path is vmstash's own (hex digits, `/`, `.`, `-`), so
+/// single quotes are safe around it.
+fn start_command(remote: &str, digest: &str) -> String {
+    format!(
+        "exec /bin/sh -c 'if [ \"$(sha256sum < {remote} 2>/dev/null)\" = \"{digest}  -\" ]; then exec ./{remote} serve; fi; echo \"~/{remote} is not the helper this vmstash ships\" >&2; exit {MISMATCH_STATUS}'"
+    )
+}
+
 impl RemoteHelper {
     /// Ships the helper to the host of `ssh` if needed and starts it. `Err` is the reason it
     /// cannot be used there; the caller then reads disks over SFTP.
@@ -97,12 +131,25 @@ impl RemoteHelper {
         let digest = hex::encode(Sha256::digest(&bytes));
         let remote_path = format!("{REMOTE_DIR}/hashblocks-{digest}");
         let sftp = ssh.sftp().map_err(|e| e.to_string())?;
-        ensure_uploaded(&sftp, &remote_path, &bytes)
-            .map_err(|e| format!("cannot upload {}: {e}", local.display()))?;
-        let mut process = ssh
-            .spawn(&format!("exec ./{remote_path} serve"))
-            .map_err(|e| e.to_string())?;
-        match read_frame(&mut process) {
+        let upload = |force: bool| {
+            ensure_uploaded(&sftp, &remote_path, &bytes, force)
+                .map_err(|e| format!("cannot upload {}: {e}", local.display()))
+        };
+        let spawn = || {
+            ssh.spawn(&start_command(&remote_path, &digest))
+                .map_err(|e| e.to_string())
+        };
+        upload(false)?;
+        let mut process = spawn()?;
+        let mut hello = read_frame(&mut process);
+        let ended = matches!(hello, Err(ProtocolError::Closed | ProtocolError::Io(_)));
+        if ended && process.wait().ok() == Some(MISMATCH_STATUS) {
+            // The host's copy has the right size but not the right bytes: replace it, once.
+            upload(true)?;
+            process = spawn()?;
+            hello = read_frame(&mut process);
+        }
+        match hello {
             Ok(Frame::Hello { version, .. }) if version == protocol::VERSION => {}
             Ok(Frame::Hello { version, .. }) => {
                 return Err(format!(
@@ -163,7 +210,7 @@ impl RemoteHelper {
         })?;
         let chunks = size.div_ceil(u64::from(chunk_size));
         let mut ids: Vec<Option<Id>> = vec![None; usize::try_from(chunks)?];
-        match self.next_frame(path)? {
+        match self.next_frame(&format!("hashing {path}"))? {
             Frame::DiskInfo {
                 size: their_size,
                 first_chunk: 0,
@@ -176,7 +223,7 @@ impl RemoteHelper {
             other => return Err(self.unexpected(path, &other)),
         }
         loop {
-            match self.next_frame(path)? {
+            match self.next_frame(&format!("hashing {path}"))? {
                 Frame::ZeroRun { first, count } => {
                     for no in first..first.saturating_add(count) {
                         self.record(&mut ids, no, Id::ZERO, path)?;
@@ -210,8 +257,68 @@ impl RemoteHelper {
         }
     }
 
-    /// The next frame, or an error that says the helper stopped.
-    fn next_frame(&mut self, path: &str) -> Result<Frame> {
+    /// Runs `argv` on the host through the helper (no shell: the arguments arrive as given) and
+    /// returns what it printed and its exit status (127 when the program cannot be started, as
+    /// from a shell). `Err` when the helper itself failed or stopped: it can take no more
+    /// requests.
+    pub fn run(&mut self, argv: &[&str]) -> Result<RunOutput> {
+        let request = Frame::Run {
+            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        };
+        let mut wire = Vec::new();
+        request.encode(&mut wire)?;
+        let what = argv.first().copied().unwrap_or_default();
+        self.process.write_all(&wire).with_context(|| {
+            format!(
+                "sending a command to the hashblocks helper on {}",
+                self.host
+            )
+        })?;
+        let mut out = RunOutput::default();
+        loop {
+            match self.next_frame(&format!("running {what}"))? {
+                Frame::Output { stream, data } => {
+                    let buf = match stream {
+                        OutputStream::Stdout => &mut out.stdout,
+                        OutputStream::Stderr => &mut out.stderr,
+                    };
+                    if buf.len().saturating_add(data.len()) > protocol::MAX_RUN_OUTPUT {
+                        bail!(
+                            "the hashblocks helper on {} sent more output of {what} than it may",
+                            self.host
+                        );
+                    }
+                    buf.extend_from_slice(&data);
+                }
+                Frame::Exit { status, truncated } => {
+                    out.status = status;
+                    out.truncated = truncated;
+                    return Ok(out);
+                }
+                // As a shell says of a program it cannot find or execute.
+                Frame::Error {
+                    code: ErrorCode::Spawn,
+                    message,
+                } => {
+                    return Ok(RunOutput {
+                        status: 127,
+                        stderr: message.into_bytes(),
+                        ..RunOutput::default()
+                    })
+                }
+                Frame::Error { message, .. } => {
+                    bail!(
+                        "the hashblocks helper on {} failed on {what}: {message}",
+                        self.host
+                    )
+                }
+                other => return Err(self.unexpected(what, &other)),
+            }
+        }
+    }
+
+    /// The next frame, or an error that says the helper stopped while `doing` ("hashing PATH").
+    fn next_frame(&mut self, doing: &str) -> Result<Frame> {
         read_frame(&mut self.process).map_err(|e| {
             let cause = match e {
                 ProtocolError::Closed => "its output ended".to_owned(),
@@ -219,7 +326,7 @@ impl RemoteHelper {
             };
             let stderr = self.process.stderr();
             anyhow!(
-                "the hashblocks helper (~/{}) on {} stopped while hashing {path}: {cause}{}",
+                "the hashblocks helper (~/{}) on {} stopped while {doing}: {cause}{}",
                 self.remote_path,
                 self.host,
                 if stderr.is_empty() {

@@ -9,10 +9,13 @@
 //! - [`hasher`]: hashing a range of chunks of a disk on several threads.
 //! - [`source`]: reading disk images (raw files and block devices, qcow2 with backing chains),
 //!   the same readers the CLI backs up local disks with.
+//! - [`run`]: running a command on the hypervisor for the client, so that a backup needs one
+//!   SSH channel and not one per `virsh` call.
 //! - [`nbd`]: a small NBD client, for reading a running VM's disk as of a point in time and its
 //!   dirty bitmap from QEMU (spec/FORMAT.md §22).
 
 pub mod hasher;
 pub mod nbd;
 pub mod protocol;
+pub mod run;
 pub mod source;

@@ -1,7 +1,7 @@
 //! `vmstash-hashblocks`: the helper the vmstash CLI runs on a hypervisor over SSH.
 //!
 //! It speaks the protocol of spec/FORMAT.md §19 on stdin/stdout: says hello, then answers hash
-//! requests one after another until its input ends. Diagnostics go to stderr. It is built
+//! requests and runs commands, one after another, until its input ends. Diagnostics go to stderr. It is built
 //! statically (see `scripts/build-helper.sh`) so that it runs on any x86-64 Linux host without
 //! installing anything.
 
@@ -13,6 +13,7 @@ use vmstash_hashblocks::hasher::{hash_range, HashError};
 use vmstash_hashblocks::protocol::{
     read_frame, write_frame, ErrorCode, Frame, ImageFormat, ProtocolError, VERSION,
 };
+use vmstash_hashblocks::run::run_command;
 use vmstash_hashblocks::source::{self, DiskSource, SourceError};
 
 fn main() -> ExitCode {
@@ -59,18 +60,27 @@ fn serve() -> Result<(), ProtocolError> {
             Err(ProtocolError::Closed) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let Frame::HashRequest {
-            format,
-            chunk_size,
-            first_chunk,
-            end_chunk,
-            path,
-        } = request
-        else {
-            let message = "expected a hash request".to_owned();
-            write_frame(&mut output, &error(ErrorCode::BadRequest, message))?;
-            output.flush()?;
-            continue;
+        let (format, chunk_size, first_chunk, end_chunk, path) = match request {
+            Frame::HashRequest {
+                format,
+                chunk_size,
+                first_chunk,
+                end_chunk,
+                path,
+            } => (format, chunk_size, first_chunk, end_chunk, path),
+            Frame::Run { argv } => {
+                run_command(&argv, &mut |frame| {
+                    write_frame(&mut output, &frame).map_err(io::Error::other)
+                })?;
+                output.flush()?;
+                continue;
+            }
+            _ => {
+                let message = "expected a hash request or a command".to_owned();
+                write_frame(&mut output, &Frame::error(ErrorCode::BadRequest, message))?;
+                output.flush()?;
+                continue;
+            }
         };
         let path = path_of(path);
         let answer = answer(
@@ -94,25 +104,13 @@ fn path_of(bytes: Vec<u8>) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(bytes))
 }
 
-fn error(code: ErrorCode, message: String) -> Frame {
-    let mut message = message;
-    if message.len() > vmstash_hashblocks::protocol::MAX_MESSAGE_LEN {
-        let mut cut = vmstash_hashblocks::protocol::MAX_MESSAGE_LEN;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-    }
-    Frame::Error { code, message }
-}
-
 fn source_error(e: &SourceError) -> Frame {
     let code = match e {
         SourceError::Corrupt { .. } | SourceError::Unsupported { .. } => ErrorCode::Unsupported,
         SourceError::OutOfRange { .. } => ErrorCode::BadRequest,
         SourceError::Io { .. } | SourceError::Remote(_) => ErrorCode::Read,
     };
-    error(code, e.to_string())
+    Frame::error(code, e.to_string())
 }
 
 /// Hashes one request's chunks; `Err` is the frame that reports why it failed (DISK_INFO and
@@ -142,13 +140,14 @@ fn answer(
         first_chunk: first,
         end_chunk: end,
     };
-    let io_error = |e: ProtocolError| error(ErrorCode::Read, format!("writing results: {e}"));
+    let io_error =
+        |e: ProtocolError| Frame::error(ErrorCode::Read, format!("writing results: {e}"));
     write_frame(output, &info).map_err(io_error)?;
     let mut emit = |frame: Frame| write_frame(output, &frame).map_err(|e| e.to_string());
     let stats = hash_range(src.as_ref(), chunk_size, first..end, threads, &mut emit).map_err(
         |e| match e {
             HashError::Read(e) | HashError::Map(e) => source_error(&e),
-            HashError::Emit(e) => error(ErrorCode::Read, format!("writing results: {e}")),
+            HashError::Emit(e) => Frame::error(ErrorCode::Read, format!("writing results: {e}")),
         },
     )?;
     let end = Frame::End {

@@ -1,10 +1,13 @@
-//! The hashblocks wire protocol, version 1 (spec/FORMAT.md §19).
+//! The hashblocks wire protocol, version 2 (spec/FORMAT.md §19).
 //!
 //! Both directions are a stream of frames: a 4-byte big-endian length, then that many bytes, the
-//! first of which is the frame type. The helper speaks first ([`Frame::Hello`]); the client sends
-//! one [`Frame::HashRequest`]; the helper answers with [`Frame::DiskInfo`], any number of
-//! [`Frame::ZeroRun`] and [`Frame::Hashes`] frames (chunks in any order, each exactly once), and
-//! one [`Frame::End`] or [`Frame::Error`].
+//! first of which is the frame type. The helper speaks first ([`Frame::Hello`]); then the client
+//! sends one request at a time. To a [`Frame::HashRequest`] the helper answers with
+//! [`Frame::DiskInfo`], any number of [`Frame::ZeroRun`] and [`Frame::Hashes`] frames (chunks in
+//! any order, each exactly once), and one [`Frame::End`] or [`Frame::Error`]. To a
+//! [`Frame::Run`] (a command to run on the host, so that a backup needs one remote channel, not
+//! one per `virsh` call) it answers with [`Frame::Output`] frames and one [`Frame::Exit`] or
+//! [`Frame::Error`].
 //!
 //! Every frame read is bounded before anything is allocated: [`read_frame`] refuses a length
 //! above [`MAX_FRAME_LEN`], and every count and string length inside a frame is checked against
@@ -17,7 +20,7 @@ pub use crate::source::ImageFormat;
 /// The magic at the start of the helper's hello.
 pub const MAGIC: &[u8; 18] = b"vmstash-hashblocks";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest frame body (type byte included) either side accepts.
 pub const MAX_FRAME_LEN: u32 = 64 << 10;
 /// Most hashes in one [`Frame::Hashes`].
@@ -26,6 +29,15 @@ pub const MAX_HASHES_PER_FRAME: u32 = 1024;
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest error message, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Most arguments in a [`Frame::Run`], the program included.
+pub const MAX_RUN_ARGS: usize = 256;
+/// Longest argument of a [`Frame::Run`], in bytes.
+pub const MAX_ARG_LEN: usize = 16 << 10;
+/// Most bytes of a command's standard output, and of its standard error, the helper forwards;
+/// the rest is read and dropped, and [`Frame::Exit`] says so.
+pub const MAX_RUN_OUTPUT: usize = 16 << 20;
+/// Most bytes in one [`Frame::Output`].
+pub const MAX_OUTPUT_CHUNK: usize = 60 << 10;
 /// Smallest and largest chunk size a request may ask for.
 pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = (4 << 10)..=(8 << 20);
 
@@ -33,9 +45,12 @@ pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = (4 << 10)..=(8 << 20
 mod kind {
     pub(super) const HELLO: u8 = 0x01;
     pub(super) const HASH_REQUEST: u8 = 0x02;
+    pub(super) const RUN: u8 = 0x03;
     pub(super) const DISK_INFO: u8 = 0x10;
     pub(super) const ZERO_RUN: u8 = 0x11;
     pub(super) const HASHES: u8 = 0x12;
+    pub(super) const OUTPUT: u8 = 0x13;
+    pub(super) const EXIT: u8 = 0x14;
     pub(super) const ERROR: u8 = 0x1e;
     pub(super) const END: u8 = 0x1f;
 }
@@ -51,6 +66,8 @@ pub enum ErrorCode {
     Read,
     /// The image is damaged or uses a feature the helper cannot read.
     Unsupported,
+    /// A command could not be started (no such program, not executable).
+    Spawn,
     /// A code this version does not know (from a newer helper).
     Other(u16),
 }
@@ -62,6 +79,7 @@ impl ErrorCode {
             Self::Open => 2,
             Self::Read => 3,
             Self::Unsupported => 4,
+            Self::Spawn => 5,
             Self::Other(code) => code,
         }
     }
@@ -72,9 +90,19 @@ impl ErrorCode {
             2 => Self::Open,
             3 => Self::Read,
             4 => Self::Unsupported,
+            5 => Self::Spawn,
             other => Self::Other(other),
         }
     }
+}
+
+/// A command's standard output or standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// Standard output (1 on the wire).
+    Stdout,
+    /// Standard error (2 on the wire).
+    Stderr,
 }
 
 /// One frame of the protocol.
@@ -99,6 +127,28 @@ pub enum Frame {
         end_chunk: u64,
         /// The image's path on the helper's host (bytes, as the OS names files).
         path: Vec<u8>,
+    },
+    /// Client → helper: run a program on the helper's host, stdin from `/dev/null`, and send back
+    /// what it prints and how it ends.
+    Run {
+        /// The program (looked up in the helper's `PATH`) and its arguments, unquoted: no shell
+        /// reads them. 1 to [`MAX_RUN_ARGS`] of them, each at most [`MAX_ARG_LEN`] bytes, no NUL.
+        argv: Vec<Vec<u8>>,
+    },
+    /// Helper → client: the next bytes a running command wrote to one of its outputs.
+    Output {
+        /// Which output.
+        stream: OutputStream,
+        /// 1 to [`MAX_OUTPUT_CHUNK`] bytes.
+        data: Vec<u8>,
+    },
+    /// Helper → client: the command ended; nothing more follows for it.
+    Exit {
+        /// Its exit code; 128 + the signal's number when a signal ended it.
+        status: i32,
+        /// True when it wrote more than [`MAX_RUN_OUTPUT`] bytes to an output, which the helper
+        /// did not forward.
+        truncated: bool,
     },
     /// Helper → client, first answer to a request: the disk's virtual size and the chunks it
     /// will report.
@@ -238,12 +288,26 @@ impl<'a> Body<'a> {
 }
 
 impl Frame {
+    /// An [`Frame::Error`] with `message` cut (at a character boundary) to
+    /// [`MAX_MESSAGE_LEN`] bytes, so that it always encodes.
+    pub fn error(code: ErrorCode, mut message: String) -> Frame {
+        let mut cut = message.len().min(MAX_MESSAGE_LEN);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        Frame::Error { code, message }
+    }
+
     /// Decodes a frame body (type byte first, length prefix removed).
     pub fn decode(body: &[u8]) -> Result<Frame, ProtocolError> {
         let (&ty, rest) = body.split_first().ok_or(ProtocolError::BadLength(0))?;
         let frame = match ty {
             kind::HELLO => decode_hello(rest)?,
             kind::HASH_REQUEST => decode_hash_request(rest)?,
+            kind::RUN => decode_run(rest)?,
+            kind::OUTPUT => decode_output(rest)?,
+            kind::EXIT => decode_exit(rest)?,
             kind::DISK_INFO => decode_disk_info(rest)?,
             kind::ZERO_RUN => decode_zero_run(rest)?,
             kind::HASHES => decode_hashes(rest)?,
@@ -284,6 +348,36 @@ impl Frame {
                 out.extend_from_slice(&first_chunk.to_be_bytes());
                 out.extend_from_slice(&end_chunk.to_be_bytes());
                 put_bytes16(out, path, MAX_PATH_LEN, "hash request", "path")?;
+            }
+            Frame::Run { argv } => {
+                out.push(kind::RUN);
+                let count = u16::try_from(argv.len())
+                    .ok()
+                    .filter(|_| (1..=MAX_RUN_ARGS).contains(&argv.len()))
+                    .ok_or_else(|| malformed("run", format!("{} arguments", argv.len())))?;
+                out.extend_from_slice(&count.to_be_bytes());
+                for arg in argv {
+                    if arg.contains(&0) {
+                        return Err(malformed("run", "NUL in an argument"));
+                    }
+                    put_bytes16(out, arg, MAX_ARG_LEN, "run", "argument")?;
+                }
+            }
+            Frame::Output { stream, data } => {
+                if data.is_empty() || data.len() > MAX_OUTPUT_CHUNK {
+                    return Err(malformed("output", format!("{} bytes", data.len())));
+                }
+                out.push(kind::OUTPUT);
+                out.push(match stream {
+                    OutputStream::Stdout => 1,
+                    OutputStream::Stderr => 2,
+                });
+                put_bytes16(out, data, MAX_OUTPUT_CHUNK, "output", "data")?;
+            }
+            Frame::Exit { status, truncated } => {
+                out.push(kind::EXIT);
+                out.extend_from_slice(&status.to_be_bytes());
+                out.push(u8::from(*truncated));
             }
             Frame::DiskInfo {
                 size,
@@ -407,6 +501,66 @@ fn decode_hash_request(rest: &[u8]) -> Result<Frame, ProtocolError> {
         end_chunk,
         path,
     })
+}
+
+fn decode_run(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "run",
+    };
+    let count = usize::from(b.u16()?);
+    if !(1..=MAX_RUN_ARGS).contains(&count) {
+        return Err(malformed("run", format!("{count} arguments")));
+    }
+    let mut argv = Vec::new();
+    for _ in 0..count {
+        let arg = b.bytes16(MAX_ARG_LEN, "argument")?;
+        if arg.contains(&0) {
+            return Err(malformed("run", "NUL in an argument"));
+        }
+        argv.push(arg.to_vec());
+    }
+    b.finish()?;
+    if argv.first().is_some_and(Vec::is_empty) {
+        return Err(malformed("run", "empty program name"));
+    }
+    Ok(Frame::Run { argv })
+}
+
+fn decode_output(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "output",
+    };
+    let stream = match b.u8()? {
+        1 => OutputStream::Stdout,
+        2 => OutputStream::Stderr,
+        other => return Err(malformed("output", format!("unknown stream {other}"))),
+    };
+    let data = b.bytes16(MAX_OUTPUT_CHUNK, "data")?;
+    b.finish()?;
+    if data.is_empty() {
+        return Err(malformed("output", "no bytes"));
+    }
+    Ok(Frame::Output {
+        stream,
+        data: data.to_vec(),
+    })
+}
+
+fn decode_exit(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "exit",
+    };
+    let status = i32::from_be_bytes(b.array()?);
+    let truncated = match b.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(malformed("exit", format!("truncated flag {other}"))),
+    };
+    b.finish()?;
+    Ok(Frame::Exit { status, truncated })
 }
 
 fn decode_disk_info(rest: &[u8]) -> Result<Frame, ProtocolError> {
@@ -561,6 +715,25 @@ mod tests {
                 chunks: 2048,
                 bytes_read: 5 << 20,
             },
+            Frame::Run {
+                argv: vec![b"virsh".to_vec(), b"domstate".to_vec(), b"web 1".to_vec()],
+            },
+            Frame::Output {
+                stream: OutputStream::Stdout,
+                data: b"running\n".to_vec(),
+            },
+            Frame::Output {
+                stream: OutputStream::Stderr,
+                data: vec![0xff; MAX_OUTPUT_CHUNK],
+            },
+            Frame::Exit {
+                status: -1,
+                truncated: true,
+            },
+            Frame::Error {
+                code: ErrorCode::Spawn,
+                message: "cannot run virsh: No such file or directory".to_owned(),
+            },
         ]
     }
 
@@ -661,6 +834,34 @@ mod tests {
         let mut wire = Vec::new();
         zero_run.encode(&mut wire).expect("encode");
         assert!(Frame::decode(&wire[4..]).is_err(), "run overflows");
+    }
+
+    #[test]
+    fn commands_out_of_range_are_refused() {
+        let nothing = Frame::Run { argv: Vec::new() };
+        assert!(nothing.encode(&mut Vec::new()).is_err(), "no program");
+        let nul = Frame::Run {
+            argv: vec![b"vir\0sh".to_vec()],
+        };
+        assert!(nul.encode(&mut Vec::new()).is_err(), "NUL in an argument");
+        let empty_program = [kind::RUN, 0, 1, 0, 0];
+        assert!(Frame::decode(&empty_program).is_err(), "empty program");
+        let huge_count = [kind::RUN, 0xff, 0xff];
+        assert!(Frame::decode(&huge_count).is_err(), "65535 arguments");
+        let empty_output = Frame::Output {
+            stream: OutputStream::Stdout,
+            data: Vec::new(),
+        };
+        assert!(empty_output.encode(&mut Vec::new()).is_err());
+        assert!(
+            Frame::decode(&[kind::OUTPUT, 3, 0, 1, b'x']).is_err(),
+            "stream 3"
+        );
+        assert!(Frame::decode(&[kind::OUTPUT, 1, 0, 0]).is_err(), "no bytes");
+        assert!(
+            Frame::decode(&[kind::EXIT, 0, 0, 0, 0, 2]).is_err(),
+            "flag 2"
+        );
     }
 
     #[test]

@@ -89,6 +89,39 @@ fn snapshot_count(repo: &Repo) -> usize {
     repo.json(&["snapshots"]).as_array().expect("array").len()
 }
 
+/// A helper (spec §19, protocol 2) that runs commands like the real one, then sends half a
+/// frame in answer to the first hash request and exits.
+const DYING_HELPER: &str = r#"#!/usr/bin/env python3
+import struct, subprocess, sys
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+def send(kind, body):
+    out.write(struct.pack(">IB", len(body) + 1, kind) + body)
+    out.flush()
+send(0x01, b"vmstash-hashblocks" + struct.pack(">HH", 2, 1))
+while True:
+    head = inp.read(4)
+    if len(head) < 4:
+        sys.exit(0)
+    body = inp.read(struct.unpack(">I", head)[0])
+    if body[0] != 0x03:
+        out.write(b"\x00\x00\x00\x19\x11\x00")
+        out.flush()
+        sys.stderr.write("hashblocks: simulated crash\n")
+        sys.exit(3)
+    count, pos, argv = struct.unpack(">H", body[1:3])[0], 3, []
+    for _ in range(count):
+        n = struct.unpack(">H", body[pos:pos + 2])[0]
+        argv.append(body[pos + 2:pos + 2 + n])
+        pos += 2 + n
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
+    for stream, data in ((1, done.stdout), (2, done.stderr)):
+        for at in range(0, len(data), 60000):
+            piece = data[at:at + 60000]
+            send(0x13, bytes([stream]) + struct.pack(">H", len(piece)) + piece)
+    status = done.returncode if done.returncode >= 0 else 128 - done.returncode
+    send(0x14, struct.pack(">iB", status, 0))
+"#;
+
 #[test]
 fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
     if !Sshd::available() || !TestVm::available() {
@@ -120,9 +153,21 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
         .modified()
         .expect("mtime");
 
-    // Change 1 MiB of the raw disk; the next backup reads only the chunks around it.
+    // Change 1 MiB of the raw disk; the next backup reads only the chunks around it, and runs
+    // every command on the host (virsh, qemu-img) through the helper: one exec channel, one
+    // login shell, for the whole backup.
     write_at(&vm.vdb, 3 << 20, &random_bytes(99, 1 << 20));
+    let log_before = sshd.log().len();
     let second = summary(&backup(&sshd, &repo, &vm, &helper));
+    let sessions = sshd.log()[log_before..]
+        .matches("Starting session: command")
+        .count();
+    assert_eq!(
+        sessions,
+        1,
+        "exec channels of one backup:\n{}",
+        &sshd.log()[log_before..]
+    );
     let read = second["bytes_read"].as_u64().expect("bytes_read");
     assert!(
         read > 0 && read <= 2 << 20,
@@ -156,7 +201,8 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
         ],
     );
 
-    // A host copy that differs from this vmstash's helper is replaced.
+    // A host copy that differs from this vmstash's helper is replaced: one of another size
+    // (found by its size), and one of the same size (found by its SHA-256, on the host).
     std::fs::write(&remote, b"#!/bin/sh\nexit 1\n").expect("damage the host's copy");
     let third = backup(&sshd, &repo, &vm, &helper);
     summary(&third);
@@ -164,6 +210,18 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
         !stderr(&third).contains("not using the hashblocks helper"),
         "{}",
         describe(&third)
+    );
+    assert_eq!(std::fs::read(&remote).expect("replaced"), helper_bytes);
+    let mut tampered = helper_bytes.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    std::fs::write(&remote, &tampered).expect("tamper with the host's copy");
+    let fourth = backup(&sshd, &repo, &vm, &helper);
+    summary(&fourth);
+    assert!(
+        !stderr(&fourth).contains("not using the hashblocks helper"),
+        "{}",
+        describe(&fourth)
     );
     assert_eq!(std::fs::read(&remote).expect("replaced"), helper_bytes);
 
@@ -201,18 +259,10 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
     );
 
     // A helper that dies mid-stream: the backup fails, says why, writes no snapshot, and the
-    // VM is back on its disks.
+    // VM is back on its disks. It runs the backup's commands (protocol 2's RUN, as the real
+    // helper does) and dies in the middle of its answer to the first hash request.
     let dying = fakes.path().join("dying");
-    std::fs::write(
-        &dying,
-        "#!/bin/sh\n\
-         printf '\\000\\000\\000\\027\\001vmstash-hashblocks\\000\\001\\000\\001'\n\
-         dd bs=1 count=1 >/dev/null 2>&1\n\
-         printf '\\000\\000\\000\\031\\021\\000'\n\
-         echo 'hashblocks: simulated crash' >&2\n\
-         exit 3\n",
-    )
-    .expect("write");
+    std::fs::write(&dying, DYING_HELPER).expect("write");
     let before = snapshot_count(&repo);
     let died = backup(&sshd, &repo, &vm, &dying);
     assert!(!died.status.success(), "{}", describe(&died));

@@ -3,7 +3,7 @@
 //! `blockdev` for block device sizes), and the hashblocks helper running there.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use anyhow::Result;
 use vmstash_libvirt_xml::DiskDef;
@@ -12,7 +12,7 @@ use vmstash_ssh::{SshOptions, SshSession, SshTarget};
 
 use crate::exit::usage;
 use crate::helper::RemoteHelper;
-use crate::libvirt::shell::{LocalShell, Shell, SshShell};
+use crate::libvirt::shell::{LocalShell, SharedHelper, Shell, SshShell};
 use crate::libvirt::uri::ConnectUri;
 use crate::libvirt::virsh::Virsh;
 use crate::source::{self, DiskSource, ImageFormat};
@@ -24,13 +24,14 @@ pub struct Hypervisor {
     uri: ConnectUri,
     /// The SSH session of a remote hypervisor.
     ssh: Option<SshSession>,
-    /// The hashblocks helper running there, once started.
-    helper: Mutex<Option<RemoteHelper>>,
+    /// The hashblocks helper running there, once started; commands go through it too.
+    helper: SharedHelper,
 }
 impl Hypervisor {
     /// Connects to the hypervisor named by a libvirt URI.
     pub fn connect(uri: &str, ssh: &SshOptions) -> Result<Hypervisor> {
         let uri = ConnectUri::parse(uri).map_err(|e| usage(format!("{e:#}")))?;
+        let helper = SharedHelper::default();
         let (shell, ssh): (Arc<dyn Shell>, _) = match &uri {
             ConnectUri::Local { .. } => (Arc::new(LocalShell), None),
             ConnectUri::Ssh {
@@ -42,14 +43,15 @@ impl Hypervisor {
                     port: *port,
                 };
                 let session = SshSession::connect(&target, ssh)?;
-                (Arc::new(SshShell::new(session.clone())), Some(session))
+                let shell = SshShell::new(session.clone(), Arc::clone(&helper));
+                (Arc::new(shell), Some(session))
             }
         };
         Ok(Hypervisor {
             virsh: Virsh::new(shell, uri.virsh_uri()),
             uri,
             ssh,
-            helper: Mutex::new(None),
+            helper,
         })
     }
 

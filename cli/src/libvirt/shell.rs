@@ -1,8 +1,11 @@
 //! Running commands on the hypervisor: here, or over SSH.
 
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result};
+
+use crate::helper::RemoteHelper;
 
 /// What a command printed and how it ended.
 #[derive(Debug, Clone)]
@@ -67,22 +70,56 @@ impl Shell for LocalShell {
     }
 }
 
-/// Commands on a hypervisor reached over SSH. Files are listed and removed
-/// over SFTP: every command runs through the user's login shell, whose rc
-/// files may take a good part of a second on each call.
+/// Commands on a hypervisor reached over SSH: through the hashblocks helper once it runs there
+/// (one channel for all of them), else each over an exec channel of its own, through the user's
+/// login shell, whose rc files may take a good part of a second on each call. Files are listed
+/// and removed over SFTP.
 pub struct SshShell {
     session: vmstash_ssh::SshSession,
     /// The SFTP channel for file operations, opened on first use.
     sftp: std::sync::OnceLock<vmstash_ssh::Sftp>,
+    /// The helper, shared with the [`Hypervisor`](crate::libvirt::hypervisor::Hypervisor) that
+    /// starts it.
+    helper: SharedHelper,
 }
 
+/// The hashblocks helper on a host, once started; shared by whatever sends it requests.
+pub type SharedHelper = Arc<Mutex<Option<RemoteHelper>>>;
+
 impl SshShell {
-    /// Commands over `session`.
-    pub fn new(session: vmstash_ssh::SshSession) -> SshShell {
+    /// Commands over `session`, through `helper` whenever it holds a running helper.
+    pub fn new(session: vmstash_ssh::SshSession, helper: SharedHelper) -> SshShell {
         SshShell {
             session,
             sftp: std::sync::OnceLock::new(),
+            helper,
         }
+    }
+
+    /// Runs `argv` through the helper; `None` when none runs. A helper that fails is dropped and
+    /// the command (and every later one) runs over an exec channel of its own: the commands
+    /// that put a VM back on its disks after a failed backup must not depend on the helper.
+    fn run_by_helper(&self, argv: &[&str]) -> Option<Result<CmdOutput>> {
+        let mut helper = self.helper.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = match helper.as_mut()?.run(argv) {
+            Ok(out) => out,
+            Err(_) => {
+                *helper = None;
+                return None;
+            }
+        };
+        if out.truncated {
+            return Some(Err(anyhow::anyhow!(
+                "{} on {} printed more than vmstash reads (16 MiB)",
+                argv.first().copied().unwrap_or_default(),
+                self.session.describe()
+            )));
+        }
+        Some(Ok(CmdOutput {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }))
     }
 
     /// The SFTP channel, opened if needed.
@@ -97,6 +134,9 @@ impl SshShell {
 
 impl Shell for SshShell {
     fn run(&self, argv: &[&str]) -> Result<CmdOutput> {
+        if let Some(out) = self.run_by_helper(argv) {
+            return out;
+        }
         let line = shlex::try_join(argv.iter().copied())
             .map_err(|e| anyhow::anyhow!("cannot quote {argv:?} for the remote shell: {e}"))?;
         let out = self.session.exec(&line)?;

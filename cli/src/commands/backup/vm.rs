@@ -3,10 +3,11 @@
 //! hypervisor by the helper where it runs, and stored as one snapshot per VM.
 
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use vmstash_libvirt_xml::{parse_domain, DiskDef, DiskPlan, DomainDef};
-use vmstash_repo::backup::{BackupDisk, BackupPlan};
+use vmstash_repo::backup::{BackupDisk, BackupPlan, BackupReport};
 use vmstash_repo::{CancelToken, Repository};
 
 use super::{print_summary, store};
@@ -18,6 +19,9 @@ use crate::{interrupt, repo};
 
 /// Runs `vmstash backup --connect URI …`.
 pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode> {
+    // Each VM's summary counts from here (the first) or from the end of the VM before: its
+    // share of the connection, the helper's start, the snapshot and the commit included.
+    let mut since = Instant::now();
     let say = |m: &str| {
         if !g.quiet {
             eprintln!("{m}");
@@ -47,7 +51,9 @@ pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode>
         if cancel.is_cancelled() {
             break;
         }
-        match back_up_domain(g, &say, &repo, &hv, name, a, &cancel) {
+        let result = back_up_domain(g, &say, &repo, &hv, name, a, since, &cancel);
+        since = Instant::now();
+        match result {
             Ok(()) => {}
             Err(_) if cancel.is_cancelled() => break,
             Err(e) if names.len() == 1 => return Err(e),
@@ -75,7 +81,9 @@ pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode>
     Ok(exit::ok())
 }
 
-/// Backs up one domain, snapshotting it first when it runs.
+/// Backs up one domain, snapshotting it first when it runs; its summary, printed once the
+/// domain is back on its disks, counts the time from `since`.
+#[allow(clippy::too_many_arguments)]
 fn back_up_domain(
     g: &Global,
     say: &dyn Fn(&str),
@@ -83,6 +91,7 @@ fn back_up_domain(
     hv: &Hypervisor,
     name: &str,
     a: &BackupArgs,
+    since: Instant,
     cancel: &CancelToken,
 ) -> Result<()> {
     let xml = repair_domain(say, &hv.virsh, name)?.xml;
@@ -96,8 +105,7 @@ fn back_up_domain(
     let mut tags = a.tags.clone();
     tags.push(format!("host:{}", hv.host_label()));
     tags.push(format!("vm:{name}"));
-    let read = |hv: &Hypervisor| -> Result<()> {
-        let started = std::time::Instant::now();
+    let read = |hv: &Hypervisor| -> Result<BackupReport> {
         let mut inputs = Vec::new();
         for d in &disks {
             let disk = disk_input(hv, d, repo.config().chunk_size)?;
@@ -116,20 +124,25 @@ fn back_up_domain(
         let mut plan = BackupPlan::new(name, inputs);
         plan.tags.clone_from(&tags);
         plan.domain_xml = Some(xml.clone());
-        plan.started = Some(started);
+        plan.started = Some(since);
         plan.time.clone_from(&a.time);
-        let report = store(g, repo, plan, cancel)?;
+        store(g, repo, plan, cancel)
+    };
+    let summarise = |mut report: BackupReport| {
+        report.manifest.summary.duration_seconds = since.elapsed().as_secs_f64();
         print_summary(g, &report);
-        Ok(())
     };
     if !live {
-        return read(hv);
+        return read(hv).map(summarise);
     }
     let overlays = snapshot_live(say, &hv.virsh, name, &dom, &disks)?;
     let result = read(hv);
     let cleanup = commit_overlays(&hv.virsh, name, &overlays);
     match (result, cleanup) {
-        (Ok(()), Ok(())) => Ok(()),
+        (Ok(report), Ok(())) => {
+            summarise(report);
+            Ok(())
+        }
         (Err(e), Ok(())) => Err(e),
         (result, Err(c)) => {
             let c = c.context(format!(
@@ -137,7 +150,10 @@ fn back_up_domain(
                 hv.uri()
             ));
             match result {
-                Ok(()) => Err(c),
+                Ok(report) => {
+                    summarise(report);
+                    Err(c)
+                }
                 Err(e) => Err(e.context(crate::output::describe(&c))),
             }
         }

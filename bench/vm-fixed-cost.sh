@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# The fixed cost of a VM backup: a running VM with two 512 MiB disks (qcow2
+# and raw, half full of random data) in which nothing changed, backed up
+# again over SSH with the hashblocks helper. What is left when no data moves:
+# SSH, the helper's start, the commands on the host (virsh, qemu-img), the
+# external snapshot and its commit, hashing the disks on the host.
+#
+# Usage: sudo bench/vm-fixed-cost.sh
+#   VMSTASH_BIN=PATH       the vmstash to measure (the helper must be beside it; else built)
+#   BEFORE_BIN=PATH        another vmstash (with its helper beside it) to measure in the same
+#                          run, e.g. the previous commit's: its figures are printed first
+#   ROUNDS=5               no-change incrementals per binary (the median is reported)
+#   BENCH_DIR=/var/tmp/vmstash-bench   KEEP=0
+#
+# Per binary: one full backup, then ROUNDS incrementals with nothing changed;
+# reported: their median wall time, the SSH exec channels each one opened (from
+# sshd's log), and the bytes on the lo interface. Bar (issue 14): the median
+# <= 1.5 s. Exit status: 0 bar passed, 2 failed, 1 the benchmark failed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib/common.sh
+. "$ROOT/bench/lib/common.sh"
+BENCH_DIR="${BENCH_DIR:-/var/tmp/vmstash-bench}"
+ROUNDS="${ROUNDS:-5}"
+KEEP="${KEEP:-0}"
+BAR_SECS=1.5
+URI_LOCAL="qemu:///system"
+IMAGES_DIR="/var/lib/libvirt/images"
+need_positive_int ROUNDS
+use_passwords vmstash
+need_root "private sshd with root login, libvirt"
+
+sample_load
+install_deps
+bash "$ROOT/scripts/test-services.sh" start
+if [ -n "${VMSTASH_BIN:-}" ]; then
+  VMSTASH="$VMSTASH_BIN"
+else
+  (cd "$ROOT" && cargo build --release -p vmstash && bash scripts/build-helper.sh)
+  VMSTASH="$ROOT/target/release/vmstash"
+fi
+BINS=()
+[ -z "${BEFORE_BIN:-}" ] || BINS+=("$BEFORE_BIN")
+BINS+=("$VMSTASH")
+for b in "${BINS[@]}"; do
+  [ -x "$(dirname "$b")/vmstash-hashblocks" ] || die "no helper beside $b (run scripts/build-helper.sh)"
+done
+
+mkdir -p "$BENCH_DIR"
+make_run_dir fixed-cost
+DOM="vmstash-fixed-cost-$$"
+IMGDIR="$IMAGES_DIR/$DOM"
+mkdir -p "$IMGDIR" "$W/home"
+SSHD_PID=""
+virsh_() { virsh -c "$URI_LOCAL" "$@"; }
+cleanup() {
+  set +e
+  virsh_ destroy "$DOM" >/dev/null 2>&1
+  virsh_ undefine "$DOM" >/dev/null 2>&1
+  [ -z "$SSHD_PID" ] || kill "$SSHD_PID" 2>/dev/null
+  rm -rf -- "$IMGDIR"
+  if [ "$KEEP" = 1 ]; then note "kept $W"; else rm -rf -- "$W"; fi
+}
+trap_cleanup
+
+# shellcheck source=bench/lib/sshd.sh
+. "$ROOT/bench/lib/sshd.sh"
+start_private_sshd "$W/sshd"
+note "sshd on 127.0.0.1:$PORT"
+
+# The VM: a multiboot "kernel" that halts the CPU at once (the same bytes as
+# HALT_KERNEL in tests/e2e/fixtures/libvirt.rs), so the guest costs no CPU.
+printf '\x02\xb0\xad\x1b\x00\x00\x01\x00\xfe\x4f\x51\xe4\x00\x00\x10\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x00\x00\x00\x20\x00\x10\x00\xfa\xf4\xeb\xfd' >"$IMGDIR/halt.bin"
+head -c 256M /dev/urandom >"$W/data"
+truncate -s 512M "$IMGDIR/vdb.raw"
+dd if="$W/data" of="$IMGDIR/vdb.raw" conv=notrunc status=none
+quiet qcow2 qemu-img convert -f raw -O qcow2 "$IMGDIR/vdb.raw" "$IMGDIR/vda.qcow2"
+head -c 256M /dev/urandom | dd of="$IMGDIR/vdb.raw" conv=notrunc status=none
+rm -f "$W/data"
+cat >"$W/$DOM.xml" <<EOF
+<domain type='qemu'>
+  <name>$DOM</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>$IMGDIR/halt.bin</kernel></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$IMGDIR/vda.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='$IMGDIR/vdb.raw'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+quiet define virsh_ define "$W/$DOM.xml"
+quiet start virsh_ start "$DOM"
+
+# backup LABEL BIN REPO: one backup; sets B_MS, B_EXECS (exec channels), B_WIRE (bytes on lo).
+backup() {
+  local label="$1" bin="$2" repo="$3" log_before before after t0 t1
+  log_before="$(wc -c <"$SSHD_DIR/sshd.log")"
+  before="$(cat /sys/class/net/lo/statistics/tx_bytes)"
+  t0="$(date +%s%N)"
+  env -u SSH_AUTH_SOCK HOME="$W/home" "$bin" -r "$repo" --identity "$KEY" --known-hosts "$KH" \
+    --json backup --connect "$CONNECT" --vm "$DOM" >"$LOGS/$label.out" 2>"$LOGS/$label.err" || {
+    tail -n 20 "$LOGS/$label.err" >&2
+    die "backup $label failed"
+  }
+  t1="$(date +%s%N)"
+  after="$(cat /sys/class/net/lo/statistics/tx_bytes)"
+  grep -q "not using the hashblocks helper" "$LOGS/$label.err" &&
+    die "backup $label did not use the helper: $(cat "$LOGS/$label.err")"
+  B_MS=$(((t1 - t0) / 1000000))
+  B_EXECS="$(tail -c +"$((log_before + 1))" "$SSHD_DIR/sshd.log" | grep -c 'Starting session: command' || true)"
+  B_WIRE=$((after - before))
+}
+
+declare -A MEDIAN EXECS WIRE
+for i in "${!BINS[@]}"; do
+  bin="${BINS[$i]}"
+  repo="$W/repo-$i"
+  quiet "init-$i" "$bin" -r "$repo" init
+  note "$bin: full backup"
+  backup "full-$i" "$bin" "$repo"
+  times=()
+  for r in $(seq 1 "$ROUNDS"); do
+    backup "incr-$i-$r" "$bin" "$repo"
+    times+=("$B_MS")
+  done
+  MEDIAN[$i]="$(median "${times[@]}")"
+  EXECS[$i]="$B_EXECS"
+  WIRE[$i]="$B_WIRE"
+  note "$bin: no-change incrementals ${times[*]} ms"
+done
+
+echo
+echo "Fixed cost of a VM backup: running TCG VM, 2 x 512 MiB disks (qcow2 + raw, 256 MiB random data each), nothing changed."
+echo "Median of $ROUNDS no-change incrementals over SSH to 127.0.0.1 with the helper; 1-minute load at the start: $LOAD_START ($(nproc) CPUs)."
+fmt='%-50s %12s %14s %14s\n'
+# shellcheck disable=SC2059  # $fmt is this script's own format string
+printf "$fmt" binary "median (s)" "exec channels" "bytes on lo"
+for i in "${!BINS[@]}"; do
+  # shellcheck disable=SC2059
+  printf "$fmt" "${BINS[$i]}" "$(secs "${MEDIAN[$i]}")" "${EXECS[$i]}" "${WIRE[$i]}"
+done
+last=$((${#BINS[@]} - 1))
+res="$(verdict "${MEDIAN[$last]} / 1000 <= $BAR_SECS")"
+echo "bar: no-change incremental <= ${BAR_SECS} s: $res"
+[ "$res" = PASS ] || exit 2
