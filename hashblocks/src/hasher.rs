@@ -52,6 +52,20 @@ pub fn hash_range(
     threads: usize,
     emit: &mut dyn FnMut(Frame) -> Result<(), String>,
 ) -> Result<HashStats, HashError> {
+    hash_changed(src, chunk_size, chunks, threads, None, emit)
+}
+
+/// [`hash_range`] for a disk whose writes since a checkpoint are known (spec §19.6): with
+/// `changed` given (sorted byte ranges, the dirty bitmap's extents), a chunk with data but no
+/// byte in `changed` is reported unread in a [`Frame::UnchangedRun`].
+pub fn hash_changed(
+    src: &dyn DiskSource,
+    chunk_size: u32,
+    chunks: Range<u64>,
+    threads: usize,
+    changed: Option<&[Range<u64>]>,
+    emit: &mut dyn FnMut(Frame) -> Result<(), String>,
+) -> Result<HashStats, HashError> {
     let ranges = src.data_ranges().map_err(HashError::Map)?;
     let next = AtomicU64::new(chunks.start);
     let bytes_read = AtomicU64::new(0);
@@ -61,6 +75,7 @@ pub fn hash_range(
     let job = Job {
         src,
         ranges: &ranges,
+        changed,
         chunk_size: u64::from(chunk_size),
         end: chunks.end,
         next: &next,
@@ -109,7 +124,7 @@ pub fn hash_range(
 /// Chunks a result frame reports.
 fn frame_chunks(frame: &Frame) -> u64 {
     match frame {
-        Frame::ZeroRun { count, .. } => *count,
+        Frame::ZeroRun { count, .. } | Frame::UnchangedRun { count, .. } => *count,
         Frame::Hashes { hashes, .. } => u64::try_from(hashes.len()).unwrap_or(0),
         _ => 0,
     }
@@ -119,6 +134,8 @@ fn frame_chunks(frame: &Frame) -> u64 {
 struct Job<'a> {
     src: &'a dyn DiskSource,
     ranges: &'a [Range<u64>],
+    /// The byte ranges written since the checkpoint, when known.
+    changed: Option<&'a [Range<u64>]>,
     chunk_size: u64,
     /// One past the last chunk to hash.
     end: u64,
@@ -153,33 +170,50 @@ impl Job<'_> {
         let mut runs = RunBuilder::default();
         for no in batch {
             match self.hash_chunk(no, buf)? {
-                Some(hash) => runs.hash(no, hash),
-                None => runs.zero(no),
+                Chunk::Hash(hash) => runs.hash(no, hash),
+                Chunk::Zero => runs.zero(no),
+                Chunk::Unchanged => runs.unchanged(no),
             }
         }
         Ok(runs.finish())
     }
 
-    /// The chunk's SHA-256, or `None` when it reads as zeros.
-    fn hash_chunk(&self, no: u64, buf: &mut Vec<u8>) -> Result<Option<[u8; 32]>, HashError> {
+    /// What chunk `no` is: zeros, unchanged since the checkpoint, or its SHA-256.
+    fn hash_chunk(&self, no: u64, buf: &mut Vec<u8>) -> Result<Chunk, HashError> {
         let size = self.src.size();
         let start = no.saturating_mul(self.chunk_size);
         if start >= size {
-            return Ok(None);
+            return Ok(Chunk::Zero);
         }
         let end = start.saturating_add(self.chunk_size).min(size);
         if !overlaps_data(self.ranges, start..end) {
-            return Ok(None);
+            return Ok(Chunk::Zero);
+        }
+        if self
+            .changed
+            .is_some_and(|changed| !overlaps_data(changed, start..end))
+        {
+            return Ok(Chunk::Unchanged);
         }
         let len = usize::try_from(end - start).unwrap_or(usize::MAX);
         buf.resize(len, 0);
         self.src.read_at(buf, start).map_err(HashError::Read)?;
         self.bytes_read.fetch_add(end - start, Ordering::Relaxed);
         if is_zero(buf) {
-            return Ok(None);
+            return Ok(Chunk::Zero);
         }
-        Ok(Some(Sha256::digest(&buf[..]).into()))
+        Ok(Chunk::Hash(Sha256::digest(&buf[..]).into()))
     }
+}
+
+/// What the hasher found a chunk to be.
+enum Chunk {
+    /// It reads as zeros.
+    Zero,
+    /// Not written since the checkpoint: the parent snapshot's chunk.
+    Unchanged,
+    /// The SHA-256 of its bytes.
+    Hash([u8; 32]),
 }
 
 /// Whether `r` overlaps any of the sorted `ranges`.
@@ -206,6 +240,19 @@ impl RunBuilder {
             }
         }
         self.frames.push(Frame::ZeroRun {
+            first: no,
+            count: 1,
+        });
+    }
+
+    fn unchanged(&mut self, no: u64) {
+        if let Some(Frame::UnchangedRun { first, count }) = self.frames.last_mut() {
+            if *first + *count == no {
+                *count += 1;
+                return;
+            }
+        }
+        self.frames.push(Frame::UnchangedRun {
             first: no,
             count: 1,
         });

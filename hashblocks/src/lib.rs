@@ -7,7 +7,8 @@
 //! - [`protocol`]: the versioned, length-prefixed wire protocol (spec/FORMAT.md §19), with a
 //!   bounded decoder for the bytes the other side sends.
 //! - [`hasher`]: hashing a range of chunks of a disk on several threads.
-//! - [`source`]: reading disk images (raw files and block devices, qcow2 with backing chains),
+//! - [`source`]: reading disk images (raw files and block devices, qcow2 with backing chains, NBD
+//!   exports with a dirty bitmap),
 //!   the same readers the CLI backs up local disks with.
 //! - [`run`]: running a command on the hypervisor for the client, so that a backup needs one
 //!   SSH channel and not one per `virsh` call.

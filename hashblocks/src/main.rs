@@ -6,14 +6,16 @@
 //! installing anything.
 
 use std::io::{self, BufReader, BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use vmstash_hashblocks::hasher::{hash_range, HashError};
+use vmstash_hashblocks::hasher::{hash_changed, HashError};
 use vmstash_hashblocks::protocol::{
     read_frame, write_frame, ErrorCode, Frame, ImageFormat, ProtocolError, VERSION,
 };
 use vmstash_hashblocks::run::run_command;
+use vmstash_hashblocks::source::nbd::{NbdSource, NbdSourceError};
 use vmstash_hashblocks::source::{self, DiskSource, SourceError};
 
 fn main() -> ExitCode {
@@ -60,38 +62,39 @@ fn serve() -> Result<(), ProtocolError> {
             Err(ProtocolError::Closed) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let (format, chunk_size, first_chunk, end_chunk, path) = match request {
+        let answered = match request {
             Frame::HashRequest {
                 format,
                 chunk_size,
                 first_chunk,
                 end_chunk,
                 path,
-            } => (format, chunk_size, first_chunk, end_chunk, path),
+            } => answer_file(
+                &mut output,
+                &path_of(path),
+                format,
+                chunk_size,
+                first_chunk..end_chunk,
+                threads,
+            ),
+            Frame::NbdHashRequest {
+                chunk_size,
+                socket,
+                export,
+                bitmap,
+            } => answer_nbd(&mut output, chunk_size, &socket, &export, &bitmap, threads),
             Frame::Run { argv } => {
                 run_command(&argv, &mut |frame| {
                     write_frame(&mut output, &frame).map_err(io::Error::other)
                 })?;
-                output.flush()?;
-                continue;
+                Ok(())
             }
             _ => {
                 let message = "expected a hash request or a command".to_owned();
-                write_frame(&mut output, &Frame::error(ErrorCode::BadRequest, message))?;
-                output.flush()?;
-                continue;
+                Err(Frame::error(ErrorCode::BadRequest, message))
             }
         };
-        let path = path_of(path);
-        let answer = answer(
-            &mut output,
-            &path,
-            format,
-            chunk_size,
-            first_chunk..end_chunk,
-            threads,
-        );
-        if let Err(failure) = answer {
+        if let Err(failure) = answered {
             write_frame(&mut output, &failure)?;
         }
         output.flush()?;
@@ -113,14 +116,14 @@ fn source_error(e: &SourceError) -> Frame {
     Frame::error(code, e.to_string())
 }
 
-/// Hashes one request's chunks; `Err` is the frame that reports why it failed (DISK_INFO and
-/// some results may already have been written).
-fn answer(
+/// Answers a HASH_REQUEST: hashes chunks `chunks` of the image file at `path`; `Err` is the
+/// frame that reports why it failed (DISK_INFO and some results may already have been written).
+fn answer_file(
     output: &mut impl Write,
     path: &Path,
     format: ImageFormat,
     chunk_size: u32,
-    chunks: std::ops::Range<u64>,
+    chunks: Range<u64>,
     threads: usize,
 ) -> Result<(), Frame> {
     let src: Box<dyn DiskSource> = source::open_as(path, format).map_err(|e| {
@@ -132,6 +135,52 @@ fn answer(
         }
         frame
     })?;
+    report(output, src.as_ref(), chunk_size, chunks, threads, None)
+}
+
+/// Answers an NBD_HASH_REQUEST (spec §19.6): every chunk of the export at `socket`, those the
+/// bitmap (when named) did not see written reported as unchanged.
+fn answer_nbd(
+    output: &mut impl Write,
+    chunk_size: u32,
+    socket: &[u8],
+    export: &[u8],
+    bitmap: &[u8],
+    threads: usize,
+) -> Result<(), Frame> {
+    let (export, bitmap) = (utf8(export, "export name")?, utf8(bitmap, "bitmap name")?);
+    let socket = path_of(socket.to_vec());
+    let bitmap = Some(bitmap).filter(|b| !b.is_empty());
+    let src = NbdSource::connect(&socket, export, bitmap).map_err(|e| match e {
+        NbdSourceError::NoBitmap { .. } => Frame::error(ErrorCode::NoBitmap, e.to_string()),
+        NbdSourceError::Source(e) => Frame::error(ErrorCode::Open, e.to_string()),
+    })?;
+    let changed = src.changed_ranges().map_err(|e| source_error(&e))?;
+    report(
+        output,
+        &src,
+        chunk_size,
+        0..u64::MAX,
+        threads,
+        changed.as_deref(),
+    )
+}
+
+/// `bytes` as text, or the error frame that says which name (`what`) is not UTF-8.
+fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, Frame> {
+    std::str::from_utf8(bytes)
+        .map_err(|_| Frame::error(ErrorCode::BadRequest, format!("the {what} is not UTF-8")))
+}
+
+/// Writes DISK_INFO, the frames of every chunk of `chunks` (clamped to the disk) and END.
+fn report(
+    output: &mut impl Write,
+    src: &dyn DiskSource,
+    chunk_size: u32,
+    chunks: Range<u64>,
+    threads: usize,
+    changed: Option<&[Range<u64>]>,
+) -> Result<(), Frame> {
     let disk_chunks = src.size().div_ceil(u64::from(chunk_size));
     let end = chunks.end.min(disk_chunks);
     let first = chunks.start.min(end);
@@ -144,7 +193,7 @@ fn answer(
         |e: ProtocolError| Frame::error(ErrorCode::Read, format!("writing results: {e}"));
     write_frame(output, &info).map_err(io_error)?;
     let mut emit = |frame: Frame| write_frame(output, &frame).map_err(|e| e.to_string());
-    let stats = hash_range(src.as_ref(), chunk_size, first..end, threads, &mut emit).map_err(
+    let stats = hash_changed(src, chunk_size, first..end, threads, changed, &mut emit).map_err(
         |e| match e {
             HashError::Read(e) | HashError::Map(e) => source_error(&e),
             HashError::Emit(e) => Frame::error(ErrorCode::Read, format!("writing results: {e}")),

@@ -4,7 +4,9 @@
 //! first of which is the frame type. The helper speaks first ([`Frame::Hello`]); then the client
 //! sends one request at a time. To a [`Frame::HashRequest`] the helper answers with
 //! [`Frame::DiskInfo`], any number of [`Frame::ZeroRun`] and [`Frame::Hashes`] frames (chunks in
-//! any order, each exactly once), and one [`Frame::End`] or [`Frame::Error`]. To a
+//! any order, each exactly once), and one [`Frame::End`] or [`Frame::Error`]; to a
+//! [`Frame::NbdHashRequest`] (a disk read through an NBD export, with a dirty bitmap) the same,
+//! with [`Frame::UnchangedRun`] for chunks the bitmap saw no write to. To a
 //! [`Frame::Run`] (a command to run on the host, so that a backup needs one remote channel, not
 //! one per `virsh` call) it answers with [`Frame::Output`] frames and one [`Frame::Exit`] or
 //! [`Frame::Error`].
@@ -29,6 +31,8 @@ pub const MAX_HASHES_PER_FRAME: u32 = 1024;
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest error message, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Longest NBD export or bitmap name in a [`Frame::NbdHashRequest`], in bytes (the NBD limit).
+pub const MAX_NAME_LEN: usize = 4096;
 /// Most arguments in a [`Frame::Run`], the program included.
 pub const MAX_RUN_ARGS: usize = 256;
 /// Longest argument of a [`Frame::Run`], in bytes.
@@ -46,11 +50,13 @@ mod kind {
     pub(super) const HELLO: u8 = 0x01;
     pub(super) const HASH_REQUEST: u8 = 0x02;
     pub(super) const RUN: u8 = 0x03;
+    pub(super) const NBD_HASH_REQUEST: u8 = 0x04;
     pub(super) const DISK_INFO: u8 = 0x10;
     pub(super) const ZERO_RUN: u8 = 0x11;
     pub(super) const HASHES: u8 = 0x12;
     pub(super) const OUTPUT: u8 = 0x13;
     pub(super) const EXIT: u8 = 0x14;
+    pub(super) const UNCHANGED_RUN: u8 = 0x15;
     pub(super) const ERROR: u8 = 0x1e;
     pub(super) const END: u8 = 0x1f;
 }
@@ -68,6 +74,8 @@ pub enum ErrorCode {
     Unsupported,
     /// A command could not be started (no such program, not executable).
     Spawn,
+    /// The NBD export offers no dirty bitmap of the name asked for.
+    NoBitmap,
     /// A code this version does not know (from a newer helper).
     Other(u16),
 }
@@ -80,6 +88,7 @@ impl ErrorCode {
             Self::Read => 3,
             Self::Unsupported => 4,
             Self::Spawn => 5,
+            Self::NoBitmap => 6,
             Self::Other(code) => code,
         }
     }
@@ -91,6 +100,7 @@ impl ErrorCode {
             3 => Self::Read,
             4 => Self::Unsupported,
             5 => Self::Spawn,
+            6 => Self::NoBitmap,
             other => Self::Other(other),
         }
     }
@@ -128,6 +138,19 @@ pub enum Frame {
         /// The image's path on the helper's host (bytes, as the OS names files).
         path: Vec<u8>,
     },
+    /// Client → helper: hash every chunk of the disk exported over NBD at the Unix socket
+    /// `socket` on the helper's host (spec §19.6), skipping the chunks the dirty bitmap `bitmap`
+    /// (when not empty) says were not written since its checkpoint.
+    NbdHashRequest {
+        /// Chunk size in bytes (a power of two in [`CHUNK_SIZE_RANGE`]).
+        chunk_size: u32,
+        /// The export's Unix socket (bytes, as the OS names files; 1 to [`MAX_PATH_LEN`]).
+        socket: Vec<u8>,
+        /// The export's name (empty: the server's default export).
+        export: Vec<u8>,
+        /// The dirty bitmap's name (empty: none, every chunk with data is hashed).
+        bitmap: Vec<u8>,
+    },
     /// Client → helper: run a program on the helper's host, stdin from `/dev/null`, and send back
     /// what it prints and how it ends.
     Run {
@@ -159,6 +182,14 @@ pub enum Frame {
         first_chunk: u64,
         /// One past the last chunk reported (clamped to the disk).
         end_chunk: u64,
+    },
+    /// Chunks `first..first + count` were not written since the bitmap's checkpoint: their ids
+    /// are the parent snapshot's.
+    UnchangedRun {
+        /// First chunk of the run.
+        first: u64,
+        /// Chunks in the run (at least 1).
+        count: u64,
     },
     /// Chunks `first..first + count` read as zeros.
     ZeroRun {
@@ -306,6 +337,8 @@ impl Frame {
             kind::HELLO => decode_hello(rest)?,
             kind::HASH_REQUEST => decode_hash_request(rest)?,
             kind::RUN => decode_run(rest)?,
+            kind::NBD_HASH_REQUEST => decode_nbd_hash_request(rest)?,
+            kind::UNCHANGED_RUN => decode_unchanged_run(rest)?,
             kind::OUTPUT => decode_output(rest)?,
             kind::EXIT => decode_exit(rest)?,
             kind::DISK_INFO => decode_disk_info(rest)?,
@@ -348,6 +381,23 @@ impl Frame {
                 out.extend_from_slice(&first_chunk.to_be_bytes());
                 out.extend_from_slice(&end_chunk.to_be_bytes());
                 put_bytes16(out, path, MAX_PATH_LEN, "hash request", "path")?;
+            }
+            Frame::NbdHashRequest {
+                chunk_size,
+                socket,
+                export,
+                bitmap,
+            } => {
+                out.push(kind::NBD_HASH_REQUEST);
+                out.extend_from_slice(&chunk_size.to_be_bytes());
+                put_bytes16(out, socket, MAX_PATH_LEN, "nbd hash request", "socket")?;
+                put_bytes16(out, export, MAX_NAME_LEN, "nbd hash request", "export")?;
+                put_bytes16(out, bitmap, MAX_NAME_LEN, "nbd hash request", "bitmap")?;
+            }
+            Frame::UnchangedRun { first, count } => {
+                out.push(kind::UNCHANGED_RUN);
+                out.extend_from_slice(&first.to_be_bytes());
+                out.extend_from_slice(&count.to_be_bytes());
             }
             Frame::Run { argv } => {
                 out.push(kind::RUN);
@@ -475,12 +525,7 @@ fn decode_hash_request(rest: &[u8]) -> Result<Frame, ProtocolError> {
         }
     };
     let chunk_size = b.u32()?;
-    if !chunk_size.is_power_of_two() || !CHUNK_SIZE_RANGE.contains(&chunk_size) {
-        return Err(malformed(
-            "hash request",
-            format!("chunk size {chunk_size} is not a power of two from 4 KiB to 8 MiB"),
-        ));
-    }
+    check_chunk_size("hash request", chunk_size)?;
     let first_chunk = b.u64()?;
     let end_chunk = b.u64()?;
     if end_chunk < first_chunk {
@@ -501,6 +546,57 @@ fn decode_hash_request(rest: &[u8]) -> Result<Frame, ProtocolError> {
         end_chunk,
         path,
     })
+}
+
+fn decode_nbd_hash_request(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    const FRAME: &str = "nbd hash request";
+    let mut b = Body {
+        bytes: rest,
+        frame: FRAME,
+    };
+    let chunk_size = b.u32()?;
+    check_chunk_size(FRAME, chunk_size)?;
+    let socket = b.bytes16(MAX_PATH_LEN, "socket")?.to_vec();
+    let export = b.bytes16(MAX_NAME_LEN, "export")?.to_vec();
+    let bitmap = b.bytes16(MAX_NAME_LEN, "bitmap")?.to_vec();
+    b.finish()?;
+    if socket.is_empty() || [&socket, &export, &bitmap].iter().any(|v| v.contains(&0)) {
+        return Err(malformed(FRAME, "empty socket path, or NUL in a name"));
+    }
+    Ok(Frame::NbdHashRequest {
+        chunk_size,
+        socket,
+        export,
+        bitmap,
+    })
+}
+
+fn decode_unchanged_run(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "unchanged run",
+    };
+    let (first, count) = (b.u64()?, b.u64()?);
+    b.finish()?;
+    if count == 0 || first.checked_add(count).is_none() {
+        return Err(malformed(
+            "unchanged run",
+            format!("run {first}+{count} is empty or overflows"),
+        ));
+    }
+    Ok(Frame::UnchangedRun { first, count })
+}
+
+/// Refuses a chunk size that is not a power of two in [`CHUNK_SIZE_RANGE`].
+fn check_chunk_size(frame: &'static str, chunk_size: u32) -> Result<(), ProtocolError> {
+    if chunk_size.is_power_of_two() && CHUNK_SIZE_RANGE.contains(&chunk_size) {
+        Ok(())
+    } else {
+        Err(malformed(
+            frame,
+            format!("chunk size {chunk_size} is not a power of two from 4 KiB to 8 MiB"),
+        ))
+    }
 }
 
 fn decode_run(rest: &[u8]) -> Result<Frame, ProtocolError> {
@@ -717,6 +813,26 @@ mod tests {
             },
             Frame::Run {
                 argv: vec![b"virsh".to_vec(), b"domstate".to_vec(), b"web 1".to_vec()],
+            },
+            Frame::NbdHashRequest {
+                chunk_size: 512 << 10,
+                socket: b"/var/lib/libvirt/qemu/backup.sock".to_vec(),
+                export: b"vda".to_vec(),
+                bitmap: b"backup-vda".to_vec(),
+            },
+            Frame::NbdHashRequest {
+                chunk_size: 4096,
+                socket: b"/s".to_vec(),
+                export: Vec::new(),
+                bitmap: Vec::new(),
+            },
+            Frame::UnchangedRun {
+                first: 12,
+                count: 900,
+            },
+            Frame::Error {
+                code: ErrorCode::NoBitmap,
+                message: "no bitmap".to_owned(),
             },
             Frame::Output {
                 stream: OutputStream::Stdout,

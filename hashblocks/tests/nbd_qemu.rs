@@ -20,10 +20,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+use vmstash_hashblocks::hasher::hash_changed;
 use vmstash_hashblocks::nbd::wire::{
     BASE_ALLOCATION, NBD_STATE_DIRTY, NBD_STATE_HOLE, QEMU_DIRTY_BITMAP,
 };
 use vmstash_hashblocks::nbd::{Extent, NbdClient, NbdError};
+use vmstash_hashblocks::protocol::Frame;
+use vmstash_hashblocks::source::nbd::{NbdSource, NbdSourceError};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -44,6 +48,136 @@ const AFTER_BITMAP: [Write; 3] = [
     (20 * MIB, MIB, 0xa5),
     (40 * MIB + 68 * KIB, 4 * KIB, 0x33),
 ];
+
+/// What the helper reports for one chunk (spec §19.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Zero,
+    Unchanged,
+    Hash([u8; 32]),
+}
+
+/// The helper's hashing through NBD (spec §19.6), on the same image: with the bitmap, a chunk
+/// with data but no dirty byte is unchanged (not read), a chunk with a dirty byte is hashed from
+/// the export, a hole is zeros; only the dirty chunks are read. A bitmap the export lacks is
+/// `NoBitmap`, and without a bitmap every chunk with data is hashed.
+#[test]
+fn hashing_through_nbd_reads_only_the_chunks_the_bitmap_marks() {
+    if !qemu_tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("img.qcow2");
+    make_image(&image);
+    let socket = dir.path().join("nbd.sock");
+    let (_server, client) = QemuNbd::start(&image, &socket);
+    drop(client);
+    let chunk = 512 * KIB;
+    let chunks = DISK / chunk;
+    let mut all_writes = BEFORE_BITMAP.to_vec();
+    all_writes.extend(AFTER_BITMAP);
+    let disk = expected_disk(&all_writes);
+    let overlaps = |ranges: &[(u64, u64)], no: u64| {
+        ranges
+            .iter()
+            .any(|&(s, e)| s < (no + 1) * chunk && no * chunk < e)
+    };
+    let hash_of = |no: u64| -> [u8; 32] {
+        let at = usize::try_from(no * chunk).expect("offset");
+        let len = usize::try_from(chunk).expect("chunk");
+        Sha256::digest(&disk[at..at + len]).into()
+    };
+
+    let src = NbdSource::connect(&socket, "", Some(BITMAP)).expect("connect with the bitmap");
+    let changed = src
+        .changed_ranges()
+        .expect("dirty extents")
+        .expect("a bitmap");
+    let changed_pairs: Vec<(u64, u64)> = changed.iter().map(|r| (r.start, r.end)).collect();
+    assert_eq!(changed_pairs, rounded_out(&AFTER_BITMAP));
+    let (verdicts, read) = hash_all(&src, chunk, chunks, Some(&changed));
+    let mut hashed = 0;
+    for no in 0..chunks {
+        let expected = if !overlaps(&rounded_out(&all_writes), no) {
+            Verdict::Zero
+        } else if overlaps(&rounded_out(&AFTER_BITMAP), no) {
+            hashed += 1;
+            Verdict::Hash(hash_of(no))
+        } else {
+            Verdict::Unchanged
+        };
+        assert_eq!(verdicts[&no], expected, "chunk {no}");
+    }
+    assert_eq!(
+        hashed, 5,
+        "8M..9M, 20M..21M (two 512 KiB chunks each) and 40M+68K"
+    );
+    assert_eq!(read, hashed * chunk, "only the dirty chunks are read");
+    drop(src);
+
+    let missing = NbdSource::connect(&socket, "", Some("nope")).expect_err("no such bitmap");
+    assert!(
+        matches!(&missing, NbdSourceError::NoBitmap { bitmap, .. } if bitmap == "nope"),
+        "{missing}"
+    );
+
+    let whole = NbdSource::connect(&socket, "", None).expect("connect without a bitmap");
+    assert_eq!(whole.changed_ranges().expect("none"), None);
+    let (verdicts, read) = hash_all(&whole, chunk, chunks, None);
+    for no in 0..chunks {
+        let expected = if overlaps(&rounded_out(&all_writes), no) {
+            Verdict::Hash(hash_of(no))
+        } else {
+            Verdict::Zero
+        };
+        assert_eq!(verdicts[&no], expected, "chunk {no} without the bitmap");
+    }
+    assert_eq!(read, 7 * chunk, "every chunk with data, the clean ones too");
+}
+
+/// Every chunk's verdict from [`hash_changed`], and the bytes it read.
+fn hash_all(
+    src: &NbdSource,
+    chunk: u64,
+    chunks: u64,
+    changed: Option<&[std::ops::Range<u64>]>,
+) -> (std::collections::BTreeMap<u64, Verdict>, u64) {
+    let mut verdicts = std::collections::BTreeMap::new();
+    let mut record =
+        |no: u64, v: Verdict| assert!(verdicts.insert(no, v).is_none(), "chunk {no} twice");
+    let mut frames = Vec::new();
+    let stats = hash_changed(
+        src,
+        u32::try_from(chunk).expect("chunk size"),
+        0..chunks,
+        2,
+        changed,
+        &mut |f| {
+            frames.push(f);
+            Ok(())
+        },
+    )
+    .expect("hash");
+    for frame in frames {
+        match frame {
+            Frame::ZeroRun { first, count } => {
+                (first..first + count).for_each(|n| record(n, Verdict::Zero))
+            }
+            Frame::UnchangedRun { first, count } => {
+                (first..first + count).for_each(|n| record(n, Verdict::Unchanged))
+            }
+            Frame::Hashes { first, hashes } => {
+                for (n, h) in (first..).zip(hashes) {
+                    record(n, Verdict::Hash(h));
+                }
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(stats.chunks, chunks);
+    assert_eq!(u64::try_from(verdicts.len()).expect("count"), chunks);
+    (verdicts, stats.bytes_read)
+}
 
 #[test]
 fn qemu_nbd_exports_the_dirty_bitmap_allocation_and_data() {

@@ -1,4 +1,5 @@
-//! Disk-image sources: raw files (sparse-aware) and qcow2 (with backing chains, through imago).
+//! Disk-image sources: raw files (sparse-aware) and qcow2 (with backing chains, through imago);
+//! and [`nbd`], a disk exported over NBD on this host with its dirty bitmap (spec §19.6).
 //!
 //! A backup reads a VM disk through the engine's [`DiskSource`] trait (defined in
 //! `vmstash_repo::source` and re-exported here): the virtual
@@ -34,6 +35,7 @@
 //!   several backup threads can read one disk at once without reopening it.
 
 mod mapped;
+pub mod nbd;
 pub mod qcow2;
 mod raw;
 pub mod test_util;
