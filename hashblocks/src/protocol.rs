@@ -572,19 +572,23 @@ fn decode_nbd_hash_request(rest: &[u8]) -> Result<Frame, ProtocolError> {
 }
 
 fn decode_unchanged_run(rest: &[u8]) -> Result<Frame, ProtocolError> {
-    let mut b = Body {
-        bytes: rest,
-        frame: "unchanged run",
-    };
+    let (first, count) = decode_chunk_run(rest, "unchanged run")?;
+    Ok(Frame::UnchangedRun { first, count })
+}
+
+/// The body of ZERO_RUN and UNCHANGED_RUN: first chunk and count, at least one chunk, no
+/// overflow.
+fn decode_chunk_run(rest: &[u8], frame: &'static str) -> Result<(u64, u64), ProtocolError> {
+    let mut b = Body { bytes: rest, frame };
     let (first, count) = (b.u64()?, b.u64()?);
     b.finish()?;
     if count == 0 || first.checked_add(count).is_none() {
         return Err(malformed(
-            "unchanged run",
+            frame,
             format!("run {first}+{count} is empty or overflows"),
         ));
     }
-    Ok(Frame::UnchangedRun { first, count })
+    Ok((first, count))
 }
 
 /// Refuses a chunk size that is not a power of two in [`CHUNK_SIZE_RANGE`].
@@ -677,18 +681,7 @@ fn decode_disk_info(rest: &[u8]) -> Result<Frame, ProtocolError> {
 }
 
 fn decode_zero_run(rest: &[u8]) -> Result<Frame, ProtocolError> {
-    let mut b = Body {
-        bytes: rest,
-        frame: "zero run",
-    };
-    let (first, count) = (b.u64()?, b.u64()?);
-    b.finish()?;
-    if count == 0 || first.checked_add(count).is_none() {
-        return Err(malformed(
-            "zero run",
-            format!("run {first}+{count} is empty or overflows"),
-        ));
-    }
+    let (first, count) = decode_chunk_run(rest, "zero run")?;
     Ok(Frame::ZeroRun { first, count })
 }
 
