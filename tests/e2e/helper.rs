@@ -85,6 +85,14 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Puts `bytes` at `path` through a new file renamed over it: the helper a backup started may
+/// still be exiting, and a running executable cannot be written in place (ETXTBSY).
+fn replace_file(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("test-tmp");
+    std::fs::write(&tmp, bytes).expect("write the replacement");
+    std::fs::rename(&tmp, path).expect("rename it over the host's copy");
+}
+
 fn snapshot_count(repo: &Repo) -> usize {
     repo.json(&["snapshots"]).as_array().expect("array").len()
 }
@@ -203,7 +211,7 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
 
     // A host copy that differs from this vmstash's helper is replaced: one of another size
     // (found by its size), and one of the same size (found by its SHA-256, on the host).
-    std::fs::write(&remote, b"#!/bin/sh\nexit 1\n").expect("damage the host's copy");
+    replace_file(&remote, b"#!/bin/sh\nexit 1\n");
     let third = backup(&sshd, &repo, &vm, &helper);
     summary(&third);
     assert!(
@@ -215,7 +223,7 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
     let mut tampered = helper_bytes.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 0x01;
-    std::fs::write(&remote, &tampered).expect("tamper with the host's copy");
+    replace_file(&remote, &tampered);
     let fourth = backup(&sshd, &repo, &vm, &helper);
     summary(&fourth);
     assert!(
