@@ -244,8 +244,27 @@ pub fn open_blob_in_place(
     sealed: &mut [u8],
     file: &str,
 ) -> Result<Vec<u8>> {
-    let key = master.subkey(salt, purpose::PACK);
-    let framed = key
+    let framed = decrypt_in_place(master, salt, entry, sealed, file)?;
+    let framed = sealed
+        .get(framed)
+        .ok_or_else(|| Error::corrupt(file, "a blob's payload lies outside it"))?;
+    let max = usize::try_from(entry.raw_length).unwrap_or(usize::MAX);
+    let plain = payload::decode(framed, max, file)?;
+    blob::verify(&plain, &entry.id, entry.raw_length, file)?;
+    Ok(plain)
+}
+
+/// Decrypts the sealed blob `entry` in place with the pack's subkey; the range of `sealed` that
+/// now holds its framed payload.
+fn decrypt_in_place(
+    master: &MasterKey,
+    salt: &[u8; SALT_LEN],
+    entry: &BlobEntry,
+    sealed: &mut [u8],
+    file: &str,
+) -> Result<std::ops::Range<usize>> {
+    master
+        .subkey(salt, purpose::PACK)
         .open_in_place(sealed, &blob::aad(entry.ty, &entry.id))
         .map_err(|_| {
             Error::corrupt(
@@ -256,14 +275,7 @@ pub fn open_blob_in_place(
                     entry.offset
                 ),
             )
-        })?;
-    let framed = sealed
-        .get(framed)
-        .ok_or_else(|| Error::corrupt(file, "a blob's payload lies outside it"))?;
-    let max = usize::try_from(entry.raw_length).unwrap_or(usize::MAX);
-    let plain = payload::decode(framed, max, file)?;
-    blob::verify(&plain, &entry.id, entry.raw_length, file)?;
-    Ok(plain)
+        })
 }
 
 /// [`open_blob`] on a buffer the caller gives up: decrypted and unframed in place, so a stored
@@ -275,19 +287,7 @@ pub fn open_blob_owned(
     mut sealed: Vec<u8>,
     file: &str,
 ) -> Result<Vec<u8>> {
-    let key = master.subkey(salt, purpose::PACK);
-    let framed = key
-        .open_in_place(&mut sealed, &blob::aad(entry.ty, &entry.id))
-        .map_err(|_| {
-            Error::corrupt(
-                file,
-                format!(
-                    "blob {} at offset {} fails authentication",
-                    entry.id.short(),
-                    entry.offset
-                ),
-            )
-        })?;
+    let framed = decrypt_in_place(master, salt, entry, &mut sealed, file)?;
     sealed.truncate(framed.end);
     sealed.drain(..framed.start);
     let max = usize::try_from(entry.raw_length).unwrap_or(usize::MAX);
