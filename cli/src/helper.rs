@@ -48,6 +48,90 @@ pub struct RunOutput {
     pub truncated: bool,
 }
 
+/// What the helper said of one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkReport {
+    /// Its id (`Id::ZERO` when it reads as zeros).
+    Id(Id),
+    /// The dirty bitmap saw no write to it: its id is the parent snapshot's (§19.6).
+    Unchanged,
+}
+
+/// Gathers the chunk frames of one hash request's answer (§19.3 step 3): each chunk of the
+/// disk exactly once.
+pub struct ChunkCollector {
+    slots: Vec<Option<ChunkReport>>,
+}
+
+impl ChunkCollector {
+    /// A collector for a disk of `chunks` chunks.
+    pub fn new(chunks: u64) -> Result<ChunkCollector> {
+        Ok(ChunkCollector {
+            slots: vec![None; usize::try_from(chunks)?],
+        })
+    }
+
+    /// Takes `frame` if it reports chunks (`Ok(true)`); `Ok(false)` for any other frame; `Err`
+    /// (phrased to follow "the helper") for a chunk outside the disk or reported twice.
+    pub fn accept(&mut self, frame: &Frame) -> Result<bool, String> {
+        match frame {
+            Frame::ZeroRun { first, count } => {
+                self.fill(*first, *count, ChunkReport::Id(Id::ZERO))?;
+            }
+            Frame::UnchangedRun { first, count } => {
+                self.fill(*first, *count, ChunkReport::Unchanged)?;
+            }
+            Frame::Hashes { first, hashes } => {
+                for (no, hash) in (*first..).zip(hashes) {
+                    self.fill(no, 1, ChunkReport::Id(Id::from_bytes(*hash)))?;
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Every chunk's report, if every chunk was reported and `reported` (END's count) agrees.
+    pub fn finish(self, reported: u64) -> Option<Vec<ChunkReport>> {
+        let all: Option<Vec<ChunkReport>> = self.slots.into_iter().collect();
+        all.filter(|all| u64::try_from(all.len()).ok() == Some(reported))
+    }
+
+    fn fill(&mut self, first: u64, count: u64, report: ChunkReport) -> Result<(), String> {
+        for no in first..first.saturating_add(count) {
+            match usize::try_from(no).ok().and_then(|i| self.slots.get_mut(i)) {
+                Some(slot @ None) => *slot = Some(report),
+                Some(Some(_)) => return Err(format!("reported chunk {no} twice")),
+                None => return Err(format!("reported chunk {no}, beyond the end")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every chunk's report, and the bytes the helper read to make them.
+struct ChunkReports {
+    chunks: Vec<ChunkReport>,
+    bytes_read: u64,
+}
+
+/// A disk hashed through NBD on the host ([`RemoteHelper::hash_nbd`]).
+#[derive(Debug)]
+pub struct NbdChunks {
+    /// The export's size in bytes.
+    pub size: u64,
+    /// One report per chunk.
+    pub chunks: Vec<ChunkReport>,
+    /// Bytes the helper read through NBD to hash them.
+    pub bytes_read: u64,
+    /// The export's number, for [`RemoteHelper::read_nbd`].
+    pub export: u32,
+}
+
+/// The NBD export has no dirty bitmap of the name asked for; the helper's message says which.
+#[derive(Debug)]
+pub struct NoBitmap(pub String);
+
 /// The helper running on a hypervisor.
 pub struct RemoteHelper {
     /// Its stdin/stdout.
@@ -56,6 +140,8 @@ pub struct RemoteHelper {
     host: String,
     /// Where it runs from on the host.
     remote_path: String,
+    /// NBD exports it has opened (and keeps open) in this session.
+    exports_opened: u32,
 }
 
 /// The helper binary to ship, and its bytes.
@@ -181,6 +267,7 @@ impl RemoteHelper {
             process,
             host: ssh.describe(),
             remote_path,
+            exports_opened: 0,
         })
     }
 
@@ -200,16 +287,8 @@ impl RemoteHelper {
             end_chunk: u64::MAX,
             path: path.as_bytes().to_vec(),
         };
-        let mut wire = Vec::new();
-        request.encode(&mut wire)?;
-        self.process.write_all(&wire).with_context(|| {
-            format!(
-                "sending a request to the hashblocks helper on {}",
-                self.host
-            )
-        })?;
+        self.send(&request, "a request")?;
         let chunks = size.div_ceil(u64::from(chunk_size));
-        let mut ids: Vec<Option<Id>> = vec![None; usize::try_from(chunks)?];
         match self.next_frame(&format!("hashing {path}"))? {
             Frame::DiskInfo {
                 size: their_size,
@@ -222,37 +301,159 @@ impl RemoteHelper {
             ),
             other => return Err(self.unexpected(path, &other)),
         }
-        loop {
-            match self.next_frame(&format!("hashing {path}"))? {
-                Frame::ZeroRun { first, count } => {
-                    for no in first..first.saturating_add(count) {
-                        self.record(&mut ids, no, Id::ZERO, path)?;
-                    }
-                }
-                Frame::Hashes { first, hashes } => {
-                    for (no, hash) in (first..).zip(hashes) {
-                        self.record(&mut ids, no, Id::from_bytes(hash), path)?;
-                    }
-                }
-                Frame::End {
-                    chunks: reported, ..
-                } => {
-                    let ids: Option<Vec<Id>> = ids.into_iter().collect();
-                    return match ids {
-                        Some(ids) if u64::try_from(ids.len()).ok() == Some(reported) => Ok(ids),
-                        _ => Err(anyhow!(
-                            "the hashblocks helper on {} ended {path} without reporting every chunk",
+        let reported = self.chunk_reports(path, chunks)?;
+        reported
+            .chunks
+            .into_iter()
+            .map(|c| match c {
+                ChunkReport::Id(id) => Ok(id),
+                ChunkReport::Unchanged => Err(anyhow!(
+                    "the hashblocks helper on {} reported unchanged chunks of {path}, which was not read with a bitmap",
+                    self.host
+                )),
+            })
+            .collect()
+    }
+
+    /// Every chunk of the disk exported over NBD at `socket` on the host (spec §19.6): its id,
+    /// or, with a `bitmap`, [`ChunkReport::Unchanged`] where the bitmap saw no write. The export
+    /// stays open for [`RemoteHelper::read_nbd`] (number [`NbdChunks::export`]). `Ok(Err(NoBitmap))` when the export has no
+    /// such bitmap (the caller hashes the whole disk instead).
+    pub fn hash_nbd(
+        &mut self,
+        socket: &str,
+        export: &str,
+        bitmap: Option<&str>,
+        chunk_size: u32,
+    ) -> Result<Result<NbdChunks, NoBitmap>> {
+        let request = Frame::NbdHashRequest {
+            chunk_size,
+            socket: socket.as_bytes().to_vec(),
+            export: export.as_bytes().to_vec(),
+            bitmap: bitmap.unwrap_or_default().as_bytes().to_vec(),
+        };
+        self.send(&request, "a request")?;
+        let what = format!("export {export:?} at {socket}");
+        let size = match self.next_frame(&format!("hashing {what}"))? {
+            Frame::DiskInfo {
+                size,
+                first_chunk: 0,
+                end_chunk,
+            } if end_chunk == size.div_ceil(u64::from(chunk_size)) => size,
+            Frame::Error {
+                code: ErrorCode::NoBitmap,
+                message,
+            } => return Ok(Err(NoBitmap(message))),
+            Frame::Error { message, .. } => bail!(
+                "the hashblocks helper on {} cannot read {what}: {message}",
+                self.host
+            ),
+            other => return Err(self.unexpected(&what, &other)),
+        };
+        let reported = self.chunk_reports(&what, size.div_ceil(u64::from(chunk_size)))?;
+        let export = self.exports_opened;
+        self.exports_opened += 1;
+        Ok(Ok(NbdChunks {
+            size,
+            chunks: reported.chunks,
+            bytes_read: reported.bytes_read,
+            export,
+        }))
+    }
+
+    /// Fills `buf` with the bytes at `offset` of export number `export` (of
+    /// [`NbdChunks::export`]).
+    pub fn read_nbd(&mut self, export: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let length = u32::try_from(buf.len())
+            .ok()
+            .filter(|n| (1..=protocol::MAX_READ_LEN).contains(n))
+            .ok_or_else(|| anyhow!("an NBD read of {} bytes is out of range", buf.len()))?;
+        let read = Frame::NbdRead {
+            export,
+            offset,
+            length,
+        };
+        self.send(&read, "a read")?;
+        let doing = format!("reading {length} bytes at offset {offset} through NBD");
+        let mut done = 0;
+        while done < buf.len() {
+            match self.next_frame(&doing)? {
+                Frame::Data { data } => {
+                    let dst = buf.get_mut(done..done + data.len()).ok_or_else(|| {
+                        anyhow!(
+                            "the hashblocks helper on {} sent more bytes than asked while {doing}",
                             self.host
-                        )),
-                    };
+                        )
+                    })?;
+                    dst.copy_from_slice(&data);
+                    done += data.len();
+                }
+                Frame::Error { message, .. } => bail!(
+                    "the hashblocks helper on {} failed {doing}: {message}",
+                    self.host
+                ),
+                other => return Err(self.unexpected(&doing, &other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves `commands` with the helper, to run if this client vanishes (killed, connection
+    /// lost) before it calls this again; an empty list clears them (spec §19.7).
+    pub fn on_exit(&mut self, commands: &[Vec<String>]) -> Result<()> {
+        let commands = commands
+            .iter()
+            .map(|argv| argv.iter().map(|a| a.as_bytes().to_vec()).collect())
+            .collect();
+        self.send(&Frame::OnExit { commands }, "the commands to run on exit")?;
+        match self.next_frame("taking the commands to run on exit")? {
+            Frame::Exit { status: 0, .. } => Ok(()),
+            other => Err(self.unexpected("the commands to run on exit", &other)),
+        }
+    }
+
+    /// Sends `request` (`what`, for the message if it cannot be sent).
+    fn send(&mut self, request: &Frame, what: &str) -> Result<()> {
+        let mut wire = Vec::new();
+        request.encode(&mut wire)?;
+        self.process
+            .write_all(&wire)
+            .with_context(|| format!("sending {what} to the hashblocks helper on {}", self.host))
+    }
+
+    /// Reads the frames after DISK_INFO up to END: one report per chunk of `chunks`, each
+    /// exactly once.
+    fn chunk_reports(&mut self, what: &str, chunks: u64) -> Result<ChunkReports> {
+        let mut collector = ChunkCollector::new(chunks)?;
+        let doing = format!("hashing {what}");
+        loop {
+            let frame = self.next_frame(&doing)?;
+            if collector
+                .accept(&frame)
+                .map_err(|e| anyhow!("the hashblocks helper on {} {e} of {what}", self.host))?
+            {
+                continue;
+            }
+            match frame {
+                Frame::End {
+                    chunks: reported,
+                    bytes_read,
+                } => {
+                    let chunks = collector.finish(reported).ok_or_else(|| {
+                        anyhow!(
+                            "the hashblocks helper on {} ended {what} without reporting every chunk",
+                            self.host
+                        )
+                    })?;
+                    return Ok(ChunkReports { chunks, bytes_read });
                 }
                 Frame::Error { message, .. } => {
                     bail!(
-                        "the hashblocks helper on {} failed on {path}: {message}",
+                        "the hashblocks helper on {} failed on {what}: {message}",
                         self.host
                     )
                 }
-                other => return Err(self.unexpected(path, &other)),
+                other => return Err(self.unexpected(what, &other)),
             }
         }
     }
@@ -265,15 +466,8 @@ impl RemoteHelper {
         let request = Frame::Run {
             argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         };
-        let mut wire = Vec::new();
-        request.encode(&mut wire)?;
         let what = argv.first().copied().unwrap_or_default();
-        self.process.write_all(&wire).with_context(|| {
-            format!(
-                "sending a command to the hashblocks helper on {}",
-                self.host
-            )
-        })?;
+        self.send(&request, "a command")?;
         let mut out = RunOutput::default();
         loop {
             match self.next_frame(&format!("running {what}"))? {
@@ -336,25 +530,6 @@ impl RemoteHelper {
                 }
             )
         })
-    }
-
-    /// Stores chunk `no`'s id, refusing chunks outside the disk or reported twice.
-    fn record(&self, ids: &mut [Option<Id>], no: u64, id: Id, path: &str) -> Result<()> {
-        let slot = usize::try_from(no).ok().and_then(|i| ids.get_mut(i));
-        match slot {
-            Some(slot @ None) => {
-                *slot = Some(id);
-                Ok(())
-            }
-            Some(Some(_)) => bail!(
-                "the hashblocks helper on {} reported chunk {no} of {path} twice",
-                self.host
-            ),
-            None => bail!(
-                "the hashblocks helper on {} reported chunk {no}, beyond the end of {path}",
-                self.host
-            ),
-        }
     }
 
     fn unexpected(&self, path: &str, frame: &Frame) -> anyhow::Error {

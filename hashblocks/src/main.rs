@@ -1,7 +1,9 @@
 //! `vmstash-hashblocks`: the helper the vmstash CLI runs on a hypervisor over SSH.
 //!
 //! It speaks the protocol of spec/FORMAT.md §19 on stdin/stdout: says hello, then answers hash
-//! requests and runs commands, one after another, until its input ends. Diagnostics go to stderr. It is built
+//! requests, NBD reads and commands, one after another, until its input ends; then it runs the
+//! commands the client left for that moment (ON_EXIT), so that a killed client still gets its
+//! VM's backup job ended. Diagnostics go to stderr. It is built
 //! statically (see `scripts/build-helper.sh`) so that it runs on any x86-64 Linux host without
 //! installing anything.
 
@@ -12,7 +14,8 @@ use std::process::ExitCode;
 
 use vmstash_hashblocks::hasher::{hash_changed, HashError};
 use vmstash_hashblocks::protocol::{
-    read_frame, write_frame, ErrorCode, Frame, ImageFormat, ProtocolError, VERSION,
+    read_frame, write_frame, ErrorCode, Frame, ImageFormat, ProtocolError, MAX_DATA_CHUNK,
+    MAX_OPEN_EXPORTS, VERSION,
 };
 use vmstash_hashblocks::run::run_command;
 use vmstash_hashblocks::source::nbd::{NbdSource, NbdSourceError};
@@ -45,8 +48,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Answers requests on stdin until it ends.
+/// Answers requests on stdin until it ends, then runs the commands the client left with
+/// ON_EXIT (also when the session breaks: the client was killed or lost its connection).
 fn serve() -> Result<(), ProtocolError> {
+    let mut on_exit = Vec::new();
+    let served = serve_requests(&mut on_exit);
+    for argv in &on_exit {
+        let _ = run_command(argv, &mut |_| Ok(()));
+    }
+    served
+}
+
+/// The request loop of [`serve`]; `on_exit` holds the latest ON_EXIT list.
+fn serve_requests(on_exit: &mut Vec<Vec<Vec<u8>>>) -> Result<(), ProtocolError> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut input = BufReader::new(io::stdin().lock());
     let mut output = BufWriter::with_capacity(256 << 10, io::stdout().lock());
@@ -56,6 +70,8 @@ fn serve() -> Result<(), ProtocolError> {
     };
     write_frame(&mut output, &hello)?;
     output.flush()?;
+    // The exports NBD hash requests opened, in order, for the NBD reads that follow.
+    let mut exports: Vec<NbdSource> = Vec::new();
     loop {
         let request = match read_frame(&mut input) {
             Ok(frame) => frame,
@@ -77,12 +93,34 @@ fn serve() -> Result<(), ProtocolError> {
                 first_chunk..end_chunk,
                 threads,
             ),
+            Frame::NbdHashRequest { .. } if exports.len() >= MAX_OPEN_EXPORTS => {
+                let message = format!("more than {MAX_OPEN_EXPORTS} NBD exports in one session");
+                Err(Frame::error(ErrorCode::BadRequest, message))
+            }
             Frame::NbdHashRequest {
                 chunk_size,
                 socket,
-                export,
+                export: name,
                 bitmap,
-            } => answer_nbd(&mut output, chunk_size, &socket, &export, &bitmap, threads),
+            } => answer_nbd(&mut output, chunk_size, &socket, &name, &bitmap, threads)
+                .map(|src| exports.push(src)),
+            Frame::NbdRead {
+                export,
+                offset,
+                length,
+            } => {
+                let export = usize::try_from(export).ok().and_then(|i| exports.get(i));
+                answer_read(&mut output, export, offset, length)
+            }
+            Frame::OnExit { commands } => {
+                *on_exit = commands;
+                let done = Frame::Exit {
+                    status: 0,
+                    truncated: false,
+                };
+                write_frame(&mut output, &done)?;
+                Ok(())
+            }
             Frame::Run { argv } => {
                 run_command(&argv, &mut |frame| {
                     write_frame(&mut output, &frame).map_err(io::Error::other)
@@ -90,7 +128,7 @@ fn serve() -> Result<(), ProtocolError> {
                 Ok(())
             }
             _ => {
-                let message = "expected a hash request or a command".to_owned();
+                let message = "expected a request or a command".to_owned();
                 Err(Frame::error(ErrorCode::BadRequest, message))
             }
         };
@@ -99,6 +137,33 @@ fn serve() -> Result<(), ProtocolError> {
         }
         output.flush()?;
     }
+}
+
+/// Answers an NBD_READ: `length` bytes at `offset` of `export` as DATA frames, or the error
+/// frame that says why not (no export open, out of range, the read failed).
+fn answer_read(
+    output: &mut impl Write,
+    export: Option<&NbdSource>,
+    offset: u64,
+    length: u32,
+) -> Result<(), Frame> {
+    let export = export.ok_or_else(|| {
+        let message =
+            "no such NBD export: an NBD read names an export an NBD hash request opened".to_owned();
+        Frame::error(ErrorCode::BadRequest, message)
+    })?;
+    let mut buf = vec![0u8; usize::try_from(length).unwrap_or(usize::MAX)];
+    export
+        .read_at(&mut buf, offset)
+        .map_err(|e| source_error(&e))?;
+    for piece in buf.chunks(MAX_DATA_CHUNK) {
+        let data = Frame::Data {
+            data: piece.to_vec(),
+        };
+        write_frame(output, &data)
+            .map_err(|e| Frame::error(ErrorCode::Read, format!("writing results: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The request's path as the OS names files (bytes, not necessarily UTF-8).
@@ -139,7 +204,8 @@ fn answer_file(
 }
 
 /// Answers an NBD_HASH_REQUEST (spec §19.6): every chunk of the export at `socket`, those the
-/// bitmap (when named) did not see written reported as unchanged.
+/// bitmap (when named) did not see written reported as unchanged. Returns the export, kept open
+/// for the NBD reads that follow.
 fn answer_nbd(
     output: &mut impl Write,
     chunk_size: u32,
@@ -147,7 +213,7 @@ fn answer_nbd(
     export: &[u8],
     bitmap: &[u8],
     threads: usize,
-) -> Result<(), Frame> {
+) -> Result<NbdSource, Frame> {
     let (export, bitmap) = (utf8(export, "export name")?, utf8(bitmap, "bitmap name")?);
     let socket = path_of(socket.to_vec());
     let bitmap = Some(bitmap).filter(|b| !b.is_empty());
@@ -163,7 +229,8 @@ fn answer_nbd(
         0..u64::MAX,
         threads,
         changed.as_deref(),
-    )
+    )?;
+    Ok(src)
 }
 
 /// `bytes` as text, or the error frame that says which name (`what`) is not UTF-8.

@@ -1,4 +1,4 @@
-//! The hashblocks wire protocol, version 2 (spec/FORMAT.md §19).
+//! The hashblocks wire protocol, version 3 (spec/FORMAT.md §19).
 //!
 //! Both directions are a stream of frames: a 4-byte big-endian length, then that many bytes, the
 //! first of which is the frame type. The helper speaks first ([`Frame::Hello`]); then the client
@@ -9,7 +9,9 @@
 //! with [`Frame::UnchangedRun`] for chunks the bitmap saw no write to. To a
 //! [`Frame::Run`] (a command to run on the host, so that a backup needs one remote channel, not
 //! one per `virsh` call) it answers with [`Frame::Output`] frames and one [`Frame::Exit`] or
-//! [`Frame::Error`].
+//! [`Frame::Error`]. After an NBD hash request, [`Frame::NbdRead`] reads bytes of the same export
+//! ([`Frame::Data`] frames); [`Frame::OnExit`] leaves commands the helper runs if the client
+//! vanishes (the cleanup of a VM's backup job).
 //!
 //! Every frame read is bounded before anything is allocated: [`read_frame`] refuses a length
 //! above [`MAX_FRAME_LEN`], and every count and string length inside a frame is checked against
@@ -22,7 +24,7 @@ pub use crate::source::ImageFormat;
 /// The magic at the start of the helper's hello.
 pub const MAGIC: &[u8; 18] = b"vmstash-hashblocks";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest frame body (type byte included) either side accepts.
 pub const MAX_FRAME_LEN: u32 = 64 << 10;
 /// Most hashes in one [`Frame::Hashes`].
@@ -42,6 +44,14 @@ pub const MAX_ARG_LEN: usize = 16 << 10;
 pub const MAX_RUN_OUTPUT: usize = 16 << 20;
 /// Most bytes in one [`Frame::Output`].
 pub const MAX_OUTPUT_CHUNK: usize = 60 << 10;
+/// Most NBD exports a helper keeps open in one session.
+pub const MAX_OPEN_EXPORTS: usize = 256;
+/// Most bytes one [`Frame::NbdRead`] may ask for (the largest chunk size).
+pub const MAX_READ_LEN: u32 = 8 << 20;
+/// Most bytes in one [`Frame::Data`].
+pub const MAX_DATA_CHUNK: usize = 60 << 10;
+/// Most commands in one [`Frame::OnExit`].
+pub const MAX_ON_EXIT_COMMANDS: usize = 8;
 /// Smallest and largest chunk size a request may ask for.
 pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = (4 << 10)..=(8 << 20);
 
@@ -51,12 +61,15 @@ mod kind {
     pub(super) const HASH_REQUEST: u8 = 0x02;
     pub(super) const RUN: u8 = 0x03;
     pub(super) const NBD_HASH_REQUEST: u8 = 0x04;
+    pub(super) const NBD_READ: u8 = 0x05;
+    pub(super) const ON_EXIT: u8 = 0x06;
     pub(super) const DISK_INFO: u8 = 0x10;
     pub(super) const ZERO_RUN: u8 = 0x11;
     pub(super) const HASHES: u8 = 0x12;
     pub(super) const OUTPUT: u8 = 0x13;
     pub(super) const EXIT: u8 = 0x14;
     pub(super) const UNCHANGED_RUN: u8 = 0x15;
+    pub(super) const DATA: u8 = 0x16;
     pub(super) const ERROR: u8 = 0x1e;
     pub(super) const END: u8 = 0x1f;
 }
@@ -150,6 +163,29 @@ pub enum Frame {
         export: Vec<u8>,
         /// The dirty bitmap's name (empty: none, every chunk with data is hashed).
         bitmap: Vec<u8>,
+    },
+    /// Client → helper: read `length` bytes at `offset` of an export an earlier
+    /// [`Frame::NbdHashRequest`] hashed (spec §19.6), answered by [`Frame::Data`] frames.
+    NbdRead {
+        /// Which export: the number of NBD hash requests answered with END before the one that
+        /// opened it, in this session.
+        export: u32,
+        /// Byte offset in the export.
+        offset: u64,
+        /// Bytes to read: 1 to [`MAX_READ_LEN`].
+        length: u32,
+    },
+    /// Helper → client: the next bytes of an [`Frame::NbdRead`]'s answer, in order.
+    Data {
+        /// 1 to [`MAX_DATA_CHUNK`] bytes.
+        data: Vec<u8>,
+    },
+    /// Client → helper: the commands to run, in order, if the helper's input ends or breaks
+    /// before another ON_EXIT replaces them (spec §19.7): what puts a VM back as it was when
+    /// the client is killed. Answered by [`Frame::Exit`] with status 0.
+    OnExit {
+        /// 0 (clears the list) to [`MAX_ON_EXIT_COMMANDS`] commands, each as [`Frame::Run`]'s.
+        commands: Vec<Vec<Vec<u8>>>,
     },
     /// Client → helper: run a program on the helper's host, stdin from `/dev/null`, and send back
     /// what it prints and how it ends.
@@ -337,6 +373,9 @@ impl Frame {
             kind::HELLO => decode_hello(rest)?,
             kind::HASH_REQUEST => decode_hash_request(rest)?,
             kind::RUN => decode_run(rest)?,
+            kind::NBD_READ => decode_nbd_read(rest)?,
+            kind::DATA => decode_data(rest)?,
+            kind::ON_EXIT => decode_on_exit(rest)?,
             kind::NBD_HASH_REQUEST => decode_nbd_hash_request(rest)?,
             kind::UNCHANGED_RUN => decode_unchanged_run(rest)?,
             kind::OUTPUT => decode_output(rest)?,
@@ -401,16 +440,37 @@ impl Frame {
             }
             Frame::Run { argv } => {
                 out.push(kind::RUN);
-                let count = u16::try_from(argv.len())
+                put_argv(out, argv, "run")?;
+            }
+            Frame::NbdRead {
+                export,
+                offset,
+                length,
+            } => {
+                if !(1..=MAX_READ_LEN).contains(length) {
+                    return Err(malformed("nbd read", format!("{length} bytes")));
+                }
+                out.push(kind::NBD_READ);
+                out.extend_from_slice(&export.to_be_bytes());
+                out.extend_from_slice(&offset.to_be_bytes());
+                out.extend_from_slice(&length.to_be_bytes());
+            }
+            Frame::Data { data } => {
+                if data.is_empty() || data.len() > MAX_DATA_CHUNK {
+                    return Err(malformed("data", format!("{} bytes", data.len())));
+                }
+                out.push(kind::DATA);
+                put_bytes16(out, data, MAX_DATA_CHUNK, "data", "data")?;
+            }
+            Frame::OnExit { commands } => {
+                out.push(kind::ON_EXIT);
+                let count = u16::try_from(commands.len())
                     .ok()
-                    .filter(|_| (1..=MAX_RUN_ARGS).contains(&argv.len()))
-                    .ok_or_else(|| malformed("run", format!("{} arguments", argv.len())))?;
+                    .filter(|_| commands.len() <= MAX_ON_EXIT_COMMANDS)
+                    .ok_or_else(|| malformed("on exit", format!("{} commands", commands.len())))?;
                 out.extend_from_slice(&count.to_be_bytes());
-                for arg in argv {
-                    if arg.contains(&0) {
-                        return Err(malformed("run", "NUL in an argument"));
-                    }
-                    put_bytes16(out, arg, MAX_ARG_LEN, "run", "argument")?;
+                for argv in commands {
+                    put_argv(out, argv, "on exit")?;
                 }
             }
             Frame::Output { stream, data } => {
@@ -474,6 +534,25 @@ impl Frame {
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
         Ok(())
     }
+}
+
+/// A command as RUN and ON_EXIT encode it: the argument count, then each argument.
+fn put_argv(out: &mut Vec<u8>, argv: &[Vec<u8>], frame: &'static str) -> Result<(), ProtocolError> {
+    let count = u16::try_from(argv.len())
+        .ok()
+        .filter(|_| (1..=MAX_RUN_ARGS).contains(&argv.len()))
+        .ok_or_else(|| malformed(frame, format!("{} arguments", argv.len())))?;
+    if argv.first().is_some_and(Vec::is_empty) {
+        return Err(malformed(frame, "empty program name"));
+    }
+    out.extend_from_slice(&count.to_be_bytes());
+    for arg in argv {
+        if arg.contains(&0) {
+            return Err(malformed(frame, "NUL in an argument"));
+        }
+        put_bytes16(out, arg, MAX_ARG_LEN, frame, "argument")?;
+    }
+    Ok(())
 }
 
 fn put_bytes16(
@@ -608,23 +687,82 @@ fn decode_run(rest: &[u8]) -> Result<Frame, ProtocolError> {
         bytes: rest,
         frame: "run",
     };
+    let argv = decode_argv(&mut b)?;
+    b.finish()?;
+    Ok(Frame::Run { argv })
+}
+
+/// One command as RUN and ON_EXIT carry it: 1 to [`MAX_RUN_ARGS`] arguments, none with a NUL,
+/// the program's name not empty.
+fn decode_argv(b: &mut Body<'_>) -> Result<Vec<Vec<u8>>, ProtocolError> {
     let count = usize::from(b.u16()?);
     if !(1..=MAX_RUN_ARGS).contains(&count) {
-        return Err(malformed("run", format!("{count} arguments")));
+        return Err(malformed(b.frame, format!("{count} arguments")));
     }
     let mut argv = Vec::new();
     for _ in 0..count {
         let arg = b.bytes16(MAX_ARG_LEN, "argument")?;
         if arg.contains(&0) {
-            return Err(malformed("run", "NUL in an argument"));
+            return Err(malformed(b.frame, "NUL in an argument"));
         }
         argv.push(arg.to_vec());
     }
-    b.finish()?;
     if argv.first().is_some_and(Vec::is_empty) {
-        return Err(malformed("run", "empty program name"));
+        return Err(malformed(b.frame, "empty program name"));
     }
-    Ok(Frame::Run { argv })
+    Ok(argv)
+}
+
+fn decode_on_exit(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "on exit",
+    };
+    let count = usize::from(b.u16()?);
+    if count > MAX_ON_EXIT_COMMANDS {
+        return Err(malformed("on exit", format!("{count} commands")));
+    }
+    let mut commands = Vec::new();
+    for _ in 0..count {
+        commands.push(decode_argv(&mut b)?);
+    }
+    b.finish()?;
+    Ok(Frame::OnExit { commands })
+}
+
+fn decode_nbd_read(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "nbd read",
+    };
+    let (export, offset, length) = (b.u32()?, b.u64()?, b.u32()?);
+    b.finish()?;
+    if !(1..=MAX_READ_LEN).contains(&length) || offset.checked_add(u64::from(length)).is_none() {
+        return Err(malformed(
+            "nbd read",
+            format!("{length} bytes at offset {offset}"),
+        ));
+    }
+    Ok(Frame::NbdRead {
+        export,
+        offset,
+        length,
+    })
+}
+
+fn decode_data(rest: &[u8]) -> Result<Frame, ProtocolError> {
+    let mut b = Body {
+        bytes: rest,
+        frame: "data",
+    };
+    let data = b.bytes16(MAX_DATA_CHUNK, "data")?;
+    b.finish()?;
+    if data.is_empty() {
+        return Err(malformed("data", "no bytes"));
+    }
+    Ok(Frame::Data {
+        data: data.to_vec(),
+    })
 }
 
 fn decode_output(rest: &[u8]) -> Result<Frame, ProtocolError> {
@@ -843,6 +981,23 @@ mod tests {
                 code: ErrorCode::Spawn,
                 message: "cannot run virsh: No such file or directory".to_owned(),
             },
+            Frame::NbdRead {
+                export: 1,
+                offset: 3 << 20,
+                length: 1 << 20,
+            },
+            Frame::Data {
+                data: vec![0x5a; MAX_DATA_CHUNK],
+            },
+            Frame::OnExit {
+                commands: vec![
+                    vec![b"virsh".to_vec(), b"domjobabort".to_vec(), b"web1".to_vec()],
+                    vec![b"true".to_vec()],
+                ],
+            },
+            Frame::OnExit {
+                commands: Vec::new(),
+            },
         ]
     }
 
@@ -971,6 +1126,31 @@ mod tests {
             Frame::decode(&[kind::EXIT, 0, 0, 0, 0, 2]).is_err(),
             "flag 2"
         );
+        let too_many = Frame::OnExit {
+            commands: vec![vec![b"true".to_vec()]; MAX_ON_EXIT_COMMANDS + 1],
+        };
+        assert!(too_many.encode(&mut Vec::new()).is_err(), "9 commands");
+        assert!(
+            Frame::decode(&[kind::ON_EXIT, 0, 9]).is_err(),
+            "9 commands on the wire"
+        );
+        assert!(Frame::decode(&[kind::DATA, 0, 0]).is_err(), "no data");
+    }
+
+    #[test]
+    fn reads_out_of_range_are_refused() {
+        for length in [0, MAX_READ_LEN + 1] {
+            let read = Frame::NbdRead {
+                export: 0,
+                offset: 0,
+                length,
+            };
+            assert!(read.encode(&mut Vec::new()).is_err(), "{length} bytes");
+        }
+        let mut body = vec![kind::NBD_READ, 0, 0, 0, 0];
+        body.extend_from_slice(&u64::MAX.to_be_bytes());
+        body.extend_from_slice(&2u32.to_be_bytes());
+        assert!(Frame::decode(&body).is_err(), "offset + length overflows");
     }
 
     #[test]
