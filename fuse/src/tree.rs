@@ -329,6 +329,7 @@ mod tests {
             domain_xml: xml.then(|| "<domain/>".to_owned()),
             summary: Summary::default(),
             original: None,
+            checkpoint: None,
         }
     }
 

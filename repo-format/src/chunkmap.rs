@@ -20,7 +20,8 @@ use crate::{Error, Result};
 
 /// Chunk ids per map segment: 32 KiB of ids; 512 MiB of disk at 512 KiB chunks.
 pub const SEGMENT_ENTRIES: usize = 1024;
-const SEGMENT_ENTRIES_U64: u64 = 1024;
+/// [`SEGMENT_ENTRIES`] as a chunk number.
+pub const SEGMENT_ENTRIES_U64: u64 = 1024;
 
 /// The plaintext of one map blob.
 pub fn encode_segment(ids: &[Id]) -> Vec<u8> {

@@ -39,6 +39,22 @@ pub struct Manifest {
     /// The snapshot this one was rewritten from (`tag`, `repair snapshots`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<Id>,
+    /// The hypervisor checkpoint made at this snapshot's instant (changed-block tracking), if
+    /// any: the next backup of the VM reads only what its bitmap says was written since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A libvirt checkpoint made with a snapshot (spec §13 `checkpoint`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Its name on the hypervisor.
+    pub name: String,
+    /// Its XML as `virsh checkpoint-dumpxml --no-domain` printed it, to redefine it
+    /// (`checkpoint-create --redefine`) if libvirt lost its metadata.
+    pub xml: String,
+    /// Backups of this VM since the last one that hashed every chunk (0: this one did).
+    pub since_full_hash: u32,
 }
 
 /// One disk of a snapshot.
@@ -205,6 +221,7 @@ pub(crate) mod tests {
             domain_xml: None,
             summary: Summary::default(),
             original: None,
+            checkpoint: None,
         }
     }
 

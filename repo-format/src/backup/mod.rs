@@ -12,18 +12,22 @@
 mod pipeline;
 mod queue;
 
+use std::ops::Range;
 use std::time::Instant;
 
 pub use pipeline::{DiskCounts, MAX_READERS};
 
 use crate::adopt::{adopt_unindexed_packs, Adopted};
 use crate::cancel::CancelToken;
+use crate::chunkmap::{chunk_count, SEGMENT_ENTRIES_U64};
 use crate::commit::Committer;
+use crate::disk_reader::map_segment;
 use crate::id::Id;
+use crate::index::MasterIndex;
 use crate::marks::recover_needed_packs;
 use crate::progress::Progress;
 use crate::repository::{now_rfc3339, Repository};
-use crate::snapshot::{is_safe_name, Disk, Manifest, Summary};
+use crate::snapshot::{is_safe_name, Checkpoint, Disk, Manifest, Summary};
 use crate::source::DiskSource;
 use crate::{threads, Error, Result, FORMAT_VERSION};
 use pipeline::DiskJob;
@@ -39,6 +43,14 @@ pub struct BackupDisk {
     /// Each chunk's id as the hashblocks helper computed it next to the disk, if it ran:
     /// chunks the repository has, and zero chunks, are then not read.
     pub known_ids: Option<Vec<Id>>,
+    /// Chunks (by number) that changed-block tracking says were not written since the parent
+    /// snapshot ([`BackupPlan::cbt_parent`]) was taken: their ids are taken from its disk of the
+    /// same name, whatever `known_ids` holds for them (spec §19.6 step 3).
+    pub unchanged: Vec<Range<u64>>,
+    /// `known_ids` hold every chunk's id from a full hash: compare those of the `unchanged`
+    /// chunks with the parent's and count the differences ([`DiskCounts::cbt_mismatches`])
+    /// instead of taking the parent's ids.
+    pub verify_unchanged: bool,
 }
 
 impl BackupDisk {
@@ -53,6 +65,8 @@ impl BackupDisk {
             source: source.into(),
             reader,
             known_ids: None,
+            unchanged: Vec::new(),
+            verify_unchanged: false,
         }
     }
 }
@@ -76,6 +90,11 @@ pub struct BackupPlan {
     pub made_by: Option<(String, String)>,
     /// The snapshot this one is a copy of (the manifest's `original`), if any.
     pub original: Option<Id>,
+    /// The hypervisor checkpoint made at the snapshot's instant, to record in it.
+    pub checkpoint: Option<Checkpoint>,
+    /// The snapshot the disks' `unchanged` chunks come from: it must be the latest snapshot of
+    /// the plan's name (the new snapshot's parent), or the backup fails before reading.
+    pub cbt_parent: Option<Id>,
 }
 
 impl BackupPlan {
@@ -90,6 +109,8 @@ impl BackupPlan {
             time: None,
             made_by: None,
             original: None,
+            checkpoint: None,
+            cbt_parent: None,
         }
     }
 }
@@ -143,8 +164,10 @@ pub fn back_up(
         .snapshots()?
         .into_iter()
         .rev()
-        .find(|(_, m)| m.name == plan.name)
-        .map(|(id, _)| id);
+        .find(|(_, m)| m.name == plan.name);
+    let mut plan = plan;
+    let mismatches = take_unchanged_from_parent(repo, &index, &mut plan, parent.as_ref())?;
+    let parent = parent.map(|(id, _)| id);
     let workers = threads::workers();
     let committer = Committer::new(repo, &index, workers);
     let jobs: Vec<DiskJob<'_>> = plan
@@ -180,8 +203,9 @@ pub fn back_up(
     let mut disks = Vec::new();
     let mut counts = Vec::new();
     let mut total = DiskCounts::default();
-    for (input, result) in plan.disks.iter().zip(results) {
-        let c = result.counts;
+    for ((input, result), mismatches) in plan.disks.iter().zip(results).zip(mismatches) {
+        let mut c = result.counts;
+        c.cbt_mismatches = mismatches;
         disks.push(Disk {
             name: input.name.clone(),
             source: input.source.clone(),
@@ -221,6 +245,7 @@ pub fn back_up(
             duration_seconds: started.elapsed().as_secs_f64(),
         },
         original: plan.original,
+        checkpoint: plan.checkpoint,
     };
     // The snapshot's own size is part of what was added; estimate it by its plaintext (it
     // compresses well), then store the real one.
@@ -236,6 +261,82 @@ pub fn back_up(
         recovered,
         disks: counts,
     })
+}
+
+/// Fills the known ids of every disk's `unchanged` chunks with the ids they have in `parent`
+/// (the latest snapshot of the plan's name), which must be the plan's `cbt_parent` and hold a
+/// disk of the same name, size and chunk size; or, for a disk to verify, counts the chunks
+/// whose ids differ. Returns the counts, one per disk.
+fn take_unchanged_from_parent(
+    repo: &Repository,
+    index: &MasterIndex,
+    plan: &mut BackupPlan,
+    parent: Option<&(Id, Manifest)>,
+) -> Result<Vec<u64>> {
+    let chunk_size = repo.config().chunk_size;
+    let mut mismatches = vec![0u64; plan.disks.len()];
+    for (disk, mismatched) in plan.disks.iter_mut().zip(&mut mismatches) {
+        if disk.unchanged.is_empty() {
+            continue;
+        }
+        let theirs = match (parent, plan.cbt_parent) {
+            (Some((id, m)), Some(want)) if *id == want => {
+                m.disks.iter().find(|d| d.name == disk.name)
+            }
+            _ => {
+                return Err(Error::InvalidParameter(format!(
+                    "disk {} has chunks to take from snapshot {}, which is not the latest snapshot of {} (another backup of it ran meanwhile?); back it up again",
+                    disk.name,
+                    plan.cbt_parent.map_or_else(|| "(none)".to_owned(), |id| id.short()),
+                    plan.name
+                )))
+            }
+        };
+        let chunks = chunk_count(disk.reader.size(), chunk_size);
+        let theirs = theirs
+            .filter(|d| d.size == disk.reader.size() && d.chunk_size == chunk_size)
+            .ok_or_else(|| {
+                Error::InvalidParameter(format!(
+                    "the parent snapshot has no disk {} of {} bytes to take unchanged chunks from",
+                    disk.name,
+                    disk.reader.size()
+                ))
+            })?;
+        let ids = disk
+            .known_ids
+            .as_mut()
+            .filter(|ids| u64::try_from(ids.len()).ok() == Some(chunks))
+            .ok_or_else(|| {
+                Error::InvalidParameter(format!(
+                    "disk {} has unchanged chunks but not an id for each chunk",
+                    disk.name
+                ))
+            })?;
+        let mut segment: Option<(usize, Vec<Id>)> = None;
+        for no in disk.unchanged.iter().flat_map(Clone::clone) {
+            let (seg, at) = (
+                usize::try_from(no / SEGMENT_ENTRIES_U64).unwrap_or(usize::MAX),
+                usize::try_from(no % SEGMENT_ENTRIES_U64).unwrap_or(usize::MAX),
+            );
+            if segment.as_ref().is_none_or(|(s, _)| *s != seg) {
+                segment = Some((seg, map_segment(repo, index, theirs, seg)?));
+            }
+            let id = segment.as_ref().and_then(|(_, ids)| ids.get(at));
+            match (id, usize::try_from(no).ok().and_then(|i| ids.get_mut(i))) {
+                (Some(id), Some(slot)) if disk.verify_unchanged => {
+                    *mismatched += u64::from(slot != id);
+                }
+                (Some(id), Some(slot)) => *slot = *id,
+                _ => {
+                    return Err(Error::InvalidParameter(format!(
+                        "unchanged chunk {no} is beyond the end of disk {}",
+                        disk.name
+                    )))
+                }
+            }
+        }
+    }
+    Ok(mismatches)
 }
 
 /// Refuses a plan whose snapshot or disk names could not be file names in a restore or the

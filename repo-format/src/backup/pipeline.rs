@@ -53,6 +53,9 @@ pub struct DiskCounts {
     pub zero: u64,
     /// Chunks the repository did not have.
     pub new: u64,
+    /// With [`super::BackupDisk::verify_unchanged`]: chunks changed-block tracking called
+    /// unchanged whose id differs from the parent snapshot's (0 when the tracking was right).
+    pub cbt_mismatches: u64,
 }
 
 /// One disk's result: its chunk map segment ids and its counters.

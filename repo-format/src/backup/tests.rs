@@ -400,3 +400,70 @@ fn buffers_stay_within_the_budget_but_never_below_one_per_thread() {
     assert_eq!(buffer_count(16, 0, 8 << 20), 16);
     assert!(buffer_count(16, 4, 1 << 20) <= 64);
 }
+
+#[test]
+fn unchanged_chunks_take_the_parents_ids_without_being_read() {
+    let (_, repo) = memory_repository();
+    // More than one map segment (1024 chunks), so that ids come from two of them.
+    let before = disk_bytes(3, 1030);
+    let first = back_up(
+        &repo,
+        plan_of(vec![("vda", FakeDisk::new(before.clone(), 2))]),
+        &NoProgress,
+        &CancelToken::new(),
+    )
+    .expect("first backup");
+    let mut after = before;
+    for chunk in [5usize, 1027] {
+        let at = chunk * CHUNK_USIZE;
+        after[at..at + CHUNK_USIZE]
+            .copy_from_slice(&noise(99 + u64::try_from(chunk).expect("n"), CHUNK_USIZE));
+    }
+    let plan_with = |parent: Option<Id>| {
+        // What the helper reports: the written chunks' ids; the others are placeholders
+        // (zero ids) that the parent's ids must replace.
+        let mut ids = vec![Id::ZERO; 1030];
+        for chunk in [5usize, 1027] {
+            ids[chunk] = Id::of(&after[chunk * CHUNK_USIZE..(chunk + 1) * CHUNK_USIZE]);
+        }
+        let mut plan = plan_of(vec![("vda", FakeDisk::new(after.clone(), 2))]);
+        plan.disks[0].known_ids = Some(ids);
+        plan.disks[0].unchanged = vec![0..5, 6..1027, 1028..1030];
+        plan.cbt_parent = parent;
+        plan
+    };
+    let wrong = back_up(&repo, plan_with(None), &NoProgress, &CancelToken::new());
+    assert!(
+        matches!(&wrong, Err(Error::InvalidParameter(m)) if m.contains("not the latest")),
+        "{wrong:?}"
+    );
+    let second = back_up(
+        &repo,
+        plan_with(Some(first.id)),
+        &NoProgress,
+        &CancelToken::new(),
+    )
+    .expect("incremental backup");
+    assert_eq!(second.disks[0].read, 2 * CHUNK, "only the written chunks");
+    assert_eq!(second.disks[0].new, 2);
+    let reader = DiskReader::new(
+        repo.clone(),
+        Arc::new(repo.load_index().expect("index")),
+        Arc::new(second.manifest.disks[0].clone()),
+    );
+    let mut back = vec![0u8; after.len()];
+    reader.read_at(&mut back, 0).expect("read");
+    assert!(back == after, "the incremental reads back as the disk was");
+    // A verifying backup: every id from a full hash, one of them (chunk 7) different from the
+    // parent's although tracking called it unchanged: counted, and the full hash is stored.
+    let mut lied = after.clone();
+    lied[7 * CHUNK_USIZE] ^= 1;
+    let mut plan = plan_of(vec![("vda", FakeDisk::new(lied.clone(), 2))]);
+    plan.disks[0].known_ids = Some(ids_of(&lied));
+    plan.disks[0].unchanged = vec![0..5, 6..1027, 1028..1030];
+    plan.disks[0].verify_unchanged = true;
+    plan.cbt_parent = Some(second.id);
+    let verified = back_up(&repo, plan, &NoProgress, &CancelToken::new()).expect("verify");
+    assert_eq!(verified.disks[0].cbt_mismatches, 1);
+    assert_eq!(verified.disks[0].new, 1, "chunk 7 as it really is");
+}

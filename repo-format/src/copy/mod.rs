@@ -135,12 +135,9 @@ fn copy_one(
         let reader = DiskReader::new(src.clone(), Arc::clone(index), Arc::new(disk.clone()));
         let ids = chunk_ids(&reader)?;
         let source = SnapshotDisk::new(reader, ids.clone(), src.backend().requests_in_flight());
-        disks.push(BackupDisk {
-            name: disk.name.clone(),
-            source: disk.source.clone(),
-            reader: Box::new(source),
-            known_ids: same_chunks(disk).then_some(ids),
-        });
+        let mut copied = BackupDisk::new(disk.name.clone(), disk.source.clone(), Box::new(source));
+        copied.known_ids = same_chunks(disk).then_some(ids);
+        disks.push(copied);
     }
     let mut plan = BackupPlan::new(manifest.name.clone(), disks);
     plan.tags = manifest.tags.clone();
