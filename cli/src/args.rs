@@ -287,6 +287,27 @@ pub struct BackupArgs {
     /// helper (with --connect qemu+ssh://…).
     #[arg(long)]
     pub no_helper: bool,
+    /// Changed-block tracking of running VMs (libvirt checkpoints): auto uses it where it can
+    /// and says why not where it cannot; always fails where it cannot; never reads through an
+    /// external snapshot instead, as before.
+    #[arg(long, value_enum, default_value_t = CbtMode::Auto, requires = "connect")]
+    pub cbt: CbtMode,
+    /// Hash every chunk of every disk even where changed-block tracking could skip it, and
+    /// compare: a chunk it would have skipped but that changed is reported (exit code 3). Done
+    /// by default every 7th backup of a VM.
+    #[arg(long, requires = "connect")]
+    pub verify_cbt: bool,
+}
+
+/// `backup --cbt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CbtMode {
+    /// Use changed-block tracking where it can be trusted; say why not elsewhere.
+    Auto,
+    /// Fail a running VM's backup that cannot use it.
+    Always,
+    /// Never use it.
+    Never,
 }
 
 /// Which snapshots a command considers, as restic's `--host`/`--tag` filters.

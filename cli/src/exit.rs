@@ -10,6 +10,10 @@ pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
 /// A bad command line: an unknown option, or a value of the wrong form (clap's errors too).
 pub const USAGE: u8 = 2;
+/// The snapshot was saved, but changed-block tracking had missed writes that a full hash
+/// found (`backup --verify-cbt`, and every 7th backup): earlier incremental snapshots of that
+/// VM may hold stale chunks.
+pub const CBT_MISSED: u8 = 3;
 /// The location holds no repository.
 pub const NO_REPOSITORY: u8 = 10;
 /// The repository is locked by another process.
@@ -35,10 +39,19 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
+/// Changed-block tracking missed writes that a full hash found; the snapshot is saved: exit
+/// [`CBT_MISSED`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CbtMissed(pub String);
+
 /// The exit code for an error: a usage error, or the first repository error in its chain.
 pub fn code_for(err: &anyhow::Error) -> ExitCode {
     if err.chain().any(|e| e.is::<UsageError>()) {
         return ExitCode::from(USAGE);
+    }
+    if err.chain().any(|e| e.is::<CbtMissed>()) {
+        return ExitCode::from(CBT_MISSED);
     }
     let repo_err = err.chain().find_map(|e| e.downcast_ref::<RepoError>());
     ExitCode::from(match repo_err {

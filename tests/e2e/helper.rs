@@ -16,7 +16,7 @@ const REMOTE_CACHE: &str = "/root/.cache/vmstash";
 
 /// The static helper `scripts/build-helper.sh` installs beside the vmstash binary; `None`
 /// (skip) when it is missing, except under CI where that fails the test.
-fn helper_binary() -> Option<PathBuf> {
+pub fn helper_binary() -> Option<PathBuf> {
     let p = crate::util::bin().with_file_name("vmstash-hashblocks");
     if p.exists() {
         return Some(p);
@@ -44,16 +44,29 @@ fn backup(sshd: &Sshd, repo: &Repo, vm: &TestVm, helper: &Path) -> std::process:
 }
 
 /// [`backup`] with more backup options.
-fn backup_with(
+pub fn backup_with(
     sshd: &Sshd,
     repo: &Repo,
     vm: &TestVm,
     helper: &Path,
     extra: &[&str],
 ) -> std::process::Output {
+    backup_command(sshd, repo, vm, helper, extra)
+        .output()
+        .expect("run vmstash")
+}
+
+/// The command [`backup_with`] runs.
+pub fn backup_command(
+    sshd: &Sshd,
+    repo: &Repo,
+    vm: &TestVm,
+    helper: &Path,
+    extra: &[&str],
+) -> std::process::Command {
     let uri = format!("qemu+ssh://root@127.0.0.1:{}/system", sshd.port);
-    std::process::Command::new(crate::util::bin())
-        .args(["--identity", &sshd.client_key.display().to_string()])
+    let mut cmd = std::process::Command::new(crate::util::bin());
+    cmd.args(["--identity", &sshd.client_key.display().to_string()])
         .args(["--known-hosts", &sshd.known_hosts.display().to_string()])
         .args(["-r", &repo.path.display().to_string(), "--json", "backup"])
         .args(["--connect", &uri, "--vm", &vm.name])
@@ -66,12 +79,11 @@ fn backup_with(
         .env("XDG_CACHE_HOME", repo.dir.path().join("cache"))
         .env_remove("SSH_AUTH_SOCK")
         .env_remove("VMSTASH_REPOSITORY")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run vmstash")
+        .stdin(std::process::Stdio::null());
+    cmd
 }
 
-fn summary(out: &std::process::Output) -> serde_json::Value {
+pub fn summary(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", describe(out));
     let last = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -81,7 +93,7 @@ fn summary(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {}", describe(out)))
 }
 
-fn stderr(out: &std::process::Output) -> String {
+pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -97,20 +109,23 @@ fn snapshot_count(repo: &Repo) -> usize {
     repo.json(&["snapshots"]).as_array().expect("array").len()
 }
 
-/// A helper (spec §19, protocol 2) that runs commands like the real one, then sends half a
-/// frame in answer to the first hash request and exits.
+/// A helper (spec §19, protocol 3) that runs commands and takes commands on exit like the real
+/// one, then sends half a frame in answer to the first hash request and exits.
 const DYING_HELPER: &str = r#"#!/usr/bin/env python3
 import struct, subprocess, sys
 out, inp = sys.stdout.buffer, sys.stdin.buffer
 def send(kind, body):
     out.write(struct.pack(">IB", len(body) + 1, kind) + body)
     out.flush()
-send(0x01, b"vmstash-hashblocks" + struct.pack(">HH", 2, 1))
+send(0x01, b"vmstash-hashblocks" + struct.pack(">HH", 3, 1))
 while True:
     head = inp.read(4)
     if len(head) < 4:
         sys.exit(0)
     body = inp.read(struct.unpack(">I", head)[0])
+    if body[0] == 0x06:
+        send(0x14, struct.pack(">iB", 0, 0))
+        continue
     if body[0] != 0x03:
         out.write(b"\x00\x00\x00\x19\x11\x00")
         out.flush()
@@ -195,19 +210,7 @@ fn hashblocks_helper_ships_once_and_moves_only_changed_chunks() {
     );
     let restored = repo.restore("latest");
     assert_eq!(sha256_file(&restored.join("vdb.raw")), sha256_file(&vm.vdb));
-    crate::util::sh(
-        "qemu-img",
-        &[
-            "compare",
-            "-q",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &restored.join("vda.raw").display().to_string(),
-            &vm.vda_source.display().to_string(),
-        ],
-    );
+    crate::util::assert_raw_images_equal(&restored.join("vda.raw"), &vm.vda_source);
 
     // A host copy that differs from this vmstash's helper is replaced: one of another size
     // (found by its size), and one of the same size (found by its SHA-256, on the host).

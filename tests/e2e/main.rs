@@ -5,6 +5,7 @@
 // Test helpers are shared between modules of one binary, not a public API.
 #![allow(unreachable_pub)]
 
+mod cbt;
 mod cli;
 mod concurrency;
 mod damage;

@@ -256,6 +256,15 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Asserts two raw images hold the same guest bytes (`qemu-img compare`: a hole equals zeros).
+pub fn assert_raw_images_equal(a: &Path, b: &Path) {
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    sh(
+        "qemu-img",
+        &["compare", "-q", "-f", "raw", "-F", "raw", &a, &b],
+    );
+}
+
 /// Writes `data` at `offset` of an existing file.
 pub fn write_at(p: &Path, offset: u64, data: &[u8]) {
     use std::os::unix::fs::FileExt;

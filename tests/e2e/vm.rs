@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::fixtures::libvirt::{TestVm, VmOptions, URI};
-use crate::util::{describe, sh, sha256_file, Repo};
+use crate::util::{assert_raw_images_equal, describe, sh, sha256_file, Repo};
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -25,19 +25,7 @@ fn backup_vm(repo: &Repo, vm: &TestVm) -> (serde_json::Value, String) {
 /// Restores the latest snapshot and compares both disks with the VM's.
 fn assert_restores_identical(repo: &Repo, vm: &TestVm) {
     let out = repo.restore("latest");
-    sh(
-        "qemu-img",
-        &[
-            "compare",
-            "-q",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            &s(&out.join("vda.raw")),
-            &s(&vm.vda_source),
-        ],
-    );
+    assert_raw_images_equal(&out.join("vda.raw"), &vm.vda_source);
     assert_eq!(sha256_file(&out.join("vdb.raw")), sha256_file(&vm.vdb));
     let xml = std::fs::read_to_string(out.join("domain.xml")).expect("domain.xml restored");
     assert!(xml.contains(&vm.name), "domain XML of another VM: {xml}");
@@ -185,7 +173,15 @@ fn wait_for_orphaned_virsh(vm: &TestVm, timeout: Duration) {
 fn signal_mid_backup(repo: &Repo, vm: &TestVm, signal: &str) -> std::process::Output {
     for _ in 0..5 {
         let child = repo
-            .cmd(&["backup", "--connect", URI, "--vm", &vm.name])
+            .cmd(&[
+                "backup",
+                "--connect",
+                URI,
+                "--vm",
+                &vm.name,
+                "--cbt",
+                "never",
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -1,5 +1,6 @@
 //! libvirt domain XML, and nothing else: what a backup reads from it and how
-//! a restore rewrites it to define a VM.
+//! a restore rewrites it to define a VM; and the XML of libvirt's backup API
+//! that changed-block tracking uses ([`backup`]).
 //!
 //! - [`parse_domain`] reads what `virsh dumpxml` printed: the domain's name,
 //!   UUID and disks, and [`DiskDef::plan`] says which disks a backup reads.
@@ -27,6 +28,7 @@
 //! lists each one removed in [`Defined::removed`] for the caller to show;
 //! [`DefineOptions::keep_qemu_passthrough`] keeps them. Why: [`define`].
 
+pub mod backup;
 pub mod define;
 pub mod domain;
 pub mod edit;

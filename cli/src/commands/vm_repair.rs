@@ -1,4 +1,5 @@
-//! `vmstash vm-repair`: commit overlays a killed backup left on a VM, and delete orphaned ones.
+//! `vmstash vm-repair`: end a backup job a killed backup left on a VM (and its checkpoint),
+//! commit overlays it left, and delete orphaned ones.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use serde_json::json;
 
 use crate::args::{Global, VmRepairArgs};
 use crate::exit;
+use crate::libvirt::backup_job::end_leftover_job;
 use crate::libvirt::hypervisor::Hypervisor;
 use crate::libvirt::overlay::repair_domain;
 use crate::output::{line, print_json};
@@ -19,12 +21,27 @@ pub fn run(g: &Global, a: &VmRepairArgs) -> Result<ExitCode> {
             eprintln!("{m}");
         }
     };
+    let running = matches!(hv.virsh.state(&a.vm)?.as_str(), "running" | "paused");
+    let job = if running {
+        end_leftover_job(&hv.virsh, &a.vm)?
+    } else {
+        None
+    };
+    if let Some(checkpoint) = &job {
+        say(&format!(
+            "{}: ended the backup job an interrupted backup had left, and deleted its checkpoint {checkpoint}",
+            a.vm
+        ));
+    }
     let done = repair_domain(&say, &hv.virsh, &a.vm)?.done;
     if g.json {
-        print_json(&json!({"message_type": "repaired", "vm": a.vm, "overlays_committed": done}));
-    } else if done.is_empty() && !g.quiet {
+        print_json(&json!({
+            "message_type": "repaired", "vm": a.vm, "overlays_committed": done,
+            "backup_job_ended": job,
+        }));
+    } else if done.is_empty() && job.is_none() && !g.quiet {
         line(format_args!(
-            "{}: no leftover overlays; nothing to repair",
+            "{}: no leftover overlays or backup job; nothing to repair",
             a.vm
         ));
     }

@@ -11,7 +11,8 @@ use vmstash_repo::Id;
 use vmstash_ssh::{SshOptions, SshSession, SshTarget};
 
 use crate::exit::usage;
-use crate::helper::RemoteHelper;
+use crate::helper::{NoBitmap, RemoteHelper};
+use crate::libvirt::nbd_disk::{self, NbdDisk, NbdExport};
 use crate::libvirt::shell::{LocalShell, SharedHelper, Shell, SshShell};
 use crate::libvirt::uri::ConnectUri;
 use crate::libvirt::virsh::Virsh;
@@ -98,6 +99,45 @@ impl Hypervisor {
     }
 
     /// Opens a disk image on the hypervisor as the format libvirt declares.
+    /// True when the hashblocks helper runs on a remote hypervisor (or the hypervisor is this
+    /// host, where vmstash reads NBD exports itself): what changed-block tracking needs.
+    pub fn can_read_nbd(&self) -> bool {
+        self.ssh.is_none() || self.helper_running()
+    }
+
+    fn helper_running(&self) -> bool {
+        self.helper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Hashes a disk through its NBD export on the hypervisor (spec §19.6), by the helper there
+    /// or, on this host, in this process; `format` is the image's, for the snapshot.
+    pub fn hash_nbd(
+        &self,
+        export: &NbdExport,
+        chunk_size: u32,
+        format: ImageFormat,
+    ) -> Result<Result<NbdDisk, NoBitmap>> {
+        if self.ssh.is_none() {
+            nbd_disk::hash_local(export, chunk_size, format)
+        } else {
+            nbd_disk::hash_remote(&self.helper, export, chunk_size, format)
+        }
+    }
+
+    /// Leaves `commands` with the helper to run if vmstash vanishes (spec §19.7); an empty
+    /// list clears them. Does nothing without a helper (a local hypervisor: a killed backup's
+    /// job is ended by the next backup or `vm-repair`).
+    pub fn on_exit(&self, commands: &[Vec<String>]) -> Result<()> {
+        let mut helper = self.helper.lock().unwrap_or_else(PoisonError::into_inner);
+        match helper.as_mut() {
+            Some(h) => h.on_exit(commands),
+            None => Ok(()),
+        }
+    }
+
     pub fn open_disk(&self, path: &str, format: ImageFormat) -> Result<Box<dyn DiskSource>> {
         let Some(ssh) = &self.ssh else {
             return Ok(source::open_as(Path::new(path), format)?);

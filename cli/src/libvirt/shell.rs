@@ -22,6 +22,9 @@ pub struct CmdOutput {
 pub trait Shell: Send + Sync {
     /// Runs `argv` (no shell interpretation on this side).
     fn run(&self, argv: &[&str]) -> Result<CmdOutput>;
+    /// Writes `bytes` to the file at `path` (replacing it), for the commands that read their
+    /// input from a file (`virsh backup-begin --backupxml FILE`).
+    fn write_file(&self, path: &str, bytes: &[u8]) -> Result<()>;
     /// Deletes a file on the hypervisor; a missing file is not an error.
     fn remove_file(&self, path: &str) -> Result<()>;
     /// Names of the entries of a directory on the hypervisor.
@@ -46,6 +49,10 @@ impl Shell for LocalShell {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+
+    fn write_file(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        std::fs::write(path, bytes).with_context(|| format!("writing {path}"))
     }
 
     fn remove_file(&self, path: &str) -> Result<()> {
@@ -145,6 +152,12 @@ impl Shell for SshShell {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+
+    fn write_file(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        let mut file = self.sftp()?.create(path)?;
+        file.write_all(bytes)?;
+        Ok(file.close()?)
     }
 
     fn remove_file(&self, path: &str) -> Result<()> {

@@ -38,9 +38,19 @@ impl Virsh {
     }
 
     fn call(&self, args: &[&str]) -> Result<CmdOutput> {
-        let mut argv = vec!["virsh", "-q", "-c", &self.uri];
-        argv.extend_from_slice(args);
+        let argv = self.argv(args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         self.shell.run(&argv)
+    }
+
+    /// The whole command line of `virsh ARGS` as this runs it, for a caller that leaves it to
+    /// be run later (the helper's commands on exit).
+    pub fn argv(&self, args: &[&str]) -> Vec<String> {
+        ["virsh", "-q", "-c", &self.uri]
+            .iter()
+            .chain(args)
+            .map(|a| (*a).to_owned())
+            .collect()
     }
 
     /// Runs virsh and fails with its message unless it succeeds.
@@ -166,5 +176,87 @@ impl Virsh {
             );
         }
         Ok(())
+    }
+
+    /// Starts a backup job (`backup-begin`) from the XML files on the hypervisor, making the
+    /// checkpoint described in `checkpoint_xml` at the same instant.
+    pub fn backup_begin(
+        &self,
+        domain: &str,
+        backup_xml: &str,
+        checkpoint_xml: &str,
+        quiesce: bool,
+    ) -> Result<()> {
+        let mut args = vec![
+            "backup-begin",
+            domain,
+            "--backupxml",
+            backup_xml,
+            "--checkpointxml",
+            checkpoint_xml,
+        ];
+        if quiesce {
+            args.push("--quiesce");
+        }
+        self.ok(&args).map(|_| ())
+    }
+
+    /// The XML of the domain's running backup job, or `None` when it has none.
+    pub fn backup_job_xml(&self, domain: &str) -> Result<Option<String>> {
+        let out = self.call(&["backup-dumpxml", domain])?;
+        if out.status == 0 {
+            return Ok(Some(out.stdout));
+        }
+        if out.stderr.contains("no domain backup job") {
+            return Ok(None);
+        }
+        bail!(
+            "virsh backup-dumpxml {domain} on {} failed: {}",
+            self.shell.describe(),
+            out.stderr.trim()
+        )
+    }
+
+    /// Ends the domain's backup job (`domjobabort`: how a pull-mode job ends; libvirt deletes
+    /// its scratch files and socket); succeeds when there is none.
+    pub fn end_backup_job(&self, domain: &str) -> Result<()> {
+        let out = self.call(&["domjobabort", domain])?;
+        let none = out.stderr.contains("no job is active") || out.stderr.contains("no domain job");
+        if out.status != 0 && !none {
+            bail!(
+                "virsh domjobabort {domain} on {} failed: {}",
+                self.shell.describe(),
+                out.stderr.trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Names of the domain's checkpoints.
+    pub fn checkpoints(&self, domain: &str) -> Result<Vec<String>> {
+        Ok(self
+            .ok(&["checkpoint-list", domain, "--name"])?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The checkpoint's XML without the domain's.
+    pub fn checkpoint_xml(&self, domain: &str, name: &str) -> Result<String> {
+        self.ok(&["checkpoint-dumpxml", domain, name, "--no-domain"])
+    }
+
+    /// Deletes a checkpoint (libvirt merges its bitmaps into its parent's); one whose bitmap
+    /// is already gone from the image (libvirt then refuses) loses its metadata only.
+    pub fn delete_checkpoint(&self, domain: &str, name: &str) -> Result<()> {
+        match self.ok(&["checkpoint-delete", domain, name]) {
+            Ok(_) => Ok(()),
+            Err(e) => self
+                .ok(&["checkpoint-delete", domain, name, "--metadata"])
+                .map(|_| ())
+                .map_err(|_| e),
+        }
     }
 }

@@ -2,6 +2,9 @@
 //! [`vm`]); and what both share: running the engine (`vmstash_repo::backup`) with a progress
 //! bar, and printing what it did.
 
+mod cbt;
+mod cbt_summary;
+mod domain;
 mod vm;
 
 use std::path::Path;
@@ -65,7 +68,7 @@ fn run_disks(g: &Global, a: &BackupArgs) -> Result<ExitCode> {
     plan.started = Some(started);
     plan.time.clone_from(&a.time);
     let report = store(g, &repo, plan, &cancel)?;
-    print_summary(g, &report);
+    print_summary(g, &report, None);
     Ok(exit::ok())
 }
 
@@ -145,18 +148,22 @@ pub fn store(
     Ok(report)
 }
 
-/// Prints what a backup did: one line, or the JSON summary.
-pub fn print_summary(g: &Global, report: &BackupReport) {
+/// Prints what a backup did: one line (two with changed-block tracking), or the JSON summary.
+pub fn print_summary(g: &Global, report: &BackupReport, cbt: Option<&cbt_summary::CbtSummary>) {
     let (id, m) = (&report.id, &report.manifest);
     let s = &m.summary;
     if g.json {
-        print_json(&json!({
+        let mut summary = json!({
             "message_type": "summary", "snapshot_id": id.to_hex(), "short_id": id.short(),
             "name": m.name, "disks": m.disks.len(), "disk_bytes": s.disk_bytes,
             "bytes_read": s.bytes_read, "bytes_added": s.bytes_added, "chunks": s.chunks,
             "zero_chunks": s.zero_chunks, "new_chunks": s.new_chunks,
             "duration_seconds": s.duration_seconds, "adopted_packs": report.adopted.packs,
-        }));
+        });
+        if let Some(cbt) = cbt {
+            summary["cbt"] = cbt.json();
+        }
+        print_json(&summary);
     } else if !g.quiet {
         if report.adopted.packs > 0 {
             output::line(format_args!(
@@ -176,6 +183,9 @@ pub fn print_summary(g: &Global, report: &BackupReport) {
             s.chunks,
             s.zero_chunks
         ));
+        if let Some(cbt) = cbt {
+            output::line(format_args!("{}", cbt.line()));
+        }
     }
 }
 

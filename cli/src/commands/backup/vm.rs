@@ -1,19 +1,22 @@
 //! `vmstash backup --connect URI (--vm NAME … | --all)`: each VM's disks read at one instant
-//! (through an external snapshot while it runs, see [`crate::libvirt::overlay`]), hashed on the
-//! hypervisor by the helper where it runs, and stored as one snapshot per VM.
+//! (a running VM's through a backup job with changed-block tracking, see [`super::cbt`], or
+//! through an external snapshot, see [`crate::libvirt::overlay`]), hashed on the hypervisor by
+//! the helper where it runs, and stored as one snapshot per VM.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use vmstash_libvirt_xml::{parse_domain, DiskDef, DiskPlan, DomainDef};
-use vmstash_repo::backup::{BackupDisk, BackupPlan, BackupReport};
 use vmstash_repo::{CancelToken, Repository};
 
-use super::{print_summary, store};
-use crate::args::{BackupArgs, Global};
+use super::cbt;
+use super::cbt_summary::CbtSummary;
+use super::domain::VmBackup;
+use crate::args::{BackupArgs, CbtMode, Global};
 use crate::exit;
-use crate::libvirt::hypervisor::{declared_format, Hypervisor};
+use crate::libvirt::backup_job::end_leftover_job;
+use crate::libvirt::hypervisor::Hypervisor;
 use crate::libvirt::overlay::{commit_overlays, repair_domain, snapshot_live};
 use crate::{interrupt, repo};
 
@@ -81,8 +84,9 @@ pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode>
     Ok(exit::ok())
 }
 
-/// Backs up one domain, snapshotting it first when it runs; its summary, printed once the
-/// domain is back on its disks, counts the time from `since`.
+/// Backs up one domain: a running one with changed-block tracking where it can (see
+/// [`cbt`]), else through an external snapshot; its summary, printed once the domain is back
+/// on its disks, counts the time from `since`.
 #[allow(clippy::too_many_arguments)]
 fn back_up_domain(
     g: &Global,
@@ -94,53 +98,58 @@ fn back_up_domain(
     since: Instant,
     cancel: &CancelToken,
 ) -> Result<()> {
+    let state = hv.virsh.state(name)?;
+    let live = matches!(state.as_str(), "running" | "paused" | "pmsuspended");
+    if live {
+        if let Some(checkpoint) = end_leftover_job(&hv.virsh, name)? {
+            say(&format!(
+                "{name}: ended the backup job an interrupted backup had left (checkpoint {checkpoint})"
+            ));
+        }
+    }
     let xml = repair_domain(say, &hv.virsh, name)?.xml;
     let dom = parse_domain(&xml)?;
     let disks = included_disks(say, &dom, &a.exclude_disks);
     if disks.is_empty() {
         bail!("{name} has no disk vmstash can back up");
     }
-    let state = hv.virsh.state(name)?;
-    let live = matches!(state.as_str(), "running" | "paused" | "pmsuspended");
-    let mut tags = a.tags.clone();
-    tags.push(format!("host:{}", hv.host_label()));
-    tags.push(format!("vm:{name}"));
-    let read = |hv: &Hypervisor| -> Result<BackupReport> {
-        let mut inputs = Vec::new();
-        for d in &disks {
-            let disk = disk_input(hv, d, repo.config().chunk_size)?;
-            if disk.reader.size() == 0 {
-                say(&format!(
-                    "{name}: skipping disk {} (it is empty: 0 bytes)",
-                    d.target
-                ));
-            } else {
-                inputs.push(disk);
-            }
-        }
-        if inputs.is_empty() {
-            bail!("{name} has no disk with data to back up");
-        }
-        let mut plan = BackupPlan::new(name, inputs);
-        plan.tags.clone_from(&tags);
-        plan.domain_xml = Some(xml.clone());
-        plan.started = Some(since);
-        plan.time.clone_from(&a.time);
-        store(g, repo, plan, cancel)
-    };
-    let summarise = |mut report: BackupReport| {
-        report.manifest.summary.duration_seconds = since.elapsed().as_secs_f64();
-        print_summary(g, &report);
+    let v = VmBackup {
+        g,
+        say,
+        repo,
+        hv,
+        name,
+        a,
+        since,
+        cancel,
+        xml,
+        dom,
+        disks,
     };
     if !live {
-        return read(hv).map(summarise);
+        return v.read_images().map(|r| v.summarise(&r, None));
     }
-    let overlays = snapshot_live(say, &hv.virsh, name, &dom, &disks)?;
-    let result = read(hv);
+    if a.cbt != CbtMode::Never {
+        match cbt::back_up(&v)? {
+            cbt::Outcome::Done(done) => {
+                let (report, summary) = *done;
+                v.summarise(&report, Some(&summary));
+                return cbt_verdict(name, &summary);
+            }
+            cbt::Outcome::NotUsed(why) if a.cbt == CbtMode::Always => {
+                bail!("cannot back up {name} with changed-block tracking (--cbt always): {why}")
+            }
+            cbt::Outcome::NotUsed(why) => say(&format!(
+                "{name}: not using changed-block tracking: {why}; reading through an external snapshot"
+            )),
+        }
+    }
+    let overlays = snapshot_live(say, &hv.virsh, name, &v.dom, &v.disks)?;
+    let result = v.read_images();
     let cleanup = commit_overlays(&hv.virsh, name, &overlays);
     match (result, cleanup) {
         (Ok(report), Ok(())) => {
-            summarise(report);
+            v.summarise(&report, None);
             Ok(())
         }
         (Err(e), Ok(())) => Err(e),
@@ -151,13 +160,26 @@ fn back_up_domain(
             ));
             match result {
                 Ok(report) => {
-                    summarise(report);
+                    v.summarise(&report, None);
                     Err(c)
                 }
                 Err(e) => Err(e.context(crate::output::describe(&c))),
             }
         }
     }
+}
+
+/// The loud warning when the bitmaps missed writes, as an error that exits with
+/// [`exit::CBT_MISSED`]; the snapshot (hashed whole) is saved either way.
+fn cbt_verdict(name: &str, summary: &CbtSummary) -> Result<()> {
+    if summary.missed_chunks == 0 {
+        return Ok(());
+    }
+    Err(anyhow::Error::new(exit::CbtMissed(format!(
+        "changed-block tracking of {name} missed writes: {} chunks changed that the dirty bitmaps since checkpoint {} did not mark. This snapshot hashed every chunk and is right; the incremental snapshots of {name} since its last full hash may hold stale data in such chunks: restore-check them, or keep this one",
+        summary.missed_chunks,
+        summary.since.as_deref().unwrap_or("?")
+    ))))
 }
 
 /// The disks to back up; says which are skipped and why.
@@ -172,19 +194,4 @@ fn included_disks(say: &dyn Fn(&str), dom: &DomainDef, excluded: &[String]) -> V
         }
     }
     out
-}
-
-/// Opens one disk of the domain on the hypervisor, with its chunk ids when the helper runs.
-fn disk_input(hv: &Hypervisor, d: &DiskDef, chunk_size: u32) -> Result<BackupDisk> {
-    let path = d.source.as_deref().context("disk without a source")?;
-    let format = declared_format(d);
-    let src = hv
-        .open_disk(path, format)
-        .with_context(|| format!("opening disk {} ({path})", d.target))?;
-    let ids = hv
-        .chunk_ids(path, format, chunk_size, src.size())
-        .with_context(|| format!("hashing disk {} ({path}) on the host", d.target))?;
-    let mut disk = BackupDisk::new(d.target.clone(), path, src);
-    disk.known_ids = ids;
-    Ok(disk)
 }

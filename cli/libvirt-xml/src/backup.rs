@@ -1,0 +1,224 @@
+//! The XML of libvirt's backup API, for changed-block tracking: the `<domainbackup>` that starts
+//! a pull-mode backup job (an NBD export of each disk as of that instant, with the dirty bitmap
+//! since a checkpoint), the `<domaincheckpoint>` made with it, and reading back which socket a
+//! running job exports on (`virsh backup-dumpxml`).
+//!
+//! libvirt 9.0 needs every disk listed: a disk left out of the checkpoint XML gets a bitmap
+//! (and fails for raw images), and `checkpoint='no'` on one disk must not turn the others off.
+//! Without a `<scratch>` per disk, 9.0's pull mode fails ("argument key 'filename' must not
+//! have null value").
+
+use crate::edit::escape;
+use crate::error::Result;
+use crate::parse::parse;
+
+/// How one disk of the domain takes part in a backup job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobDisk {
+    /// Left out of the backup (and of the checkpoint).
+    Skip {
+        /// Guest device name.
+        target: String,
+    },
+    /// Exported over NBD, every byte of it.
+    Full {
+        /// Guest device name (also the export's name).
+        target: String,
+        /// The scratch file libvirt creates for the job's point-in-time view.
+        scratch: String,
+        /// Whether the new checkpoint gets a bitmap of this disk (qcow2 disks only).
+        bitmap: bool,
+    },
+    /// Exported over NBD with the bitmap `backup-<target>` of what changed since `since`.
+    Incremental {
+        /// Guest device name (also the export's name).
+        target: String,
+        /// The scratch file libvirt creates for the job's point-in-time view.
+        scratch: String,
+        /// The checkpoint the bitmap counts from.
+        since: String,
+    },
+}
+
+impl JobDisk {
+    fn target(&self) -> &str {
+        match self {
+            JobDisk::Skip { target }
+            | JobDisk::Full { target, .. }
+            | JobDisk::Incremental { target, .. } => target,
+        }
+    }
+}
+
+/// The name of the dirty bitmap a pull-mode export of disk `target` offers.
+pub fn export_bitmap(target: &str) -> String {
+    format!("backup-{target}")
+}
+
+/// The `<domainbackup mode='pull'>` that exports `disks` on the Unix socket `socket`.
+pub fn backup_xml(socket: &str, disks: &[JobDisk]) -> String {
+    let mut out = String::from("<domainbackup mode='pull'>\n");
+    let since = disks.iter().find_map(|d| match d {
+        JobDisk::Incremental { since, .. } => Some(since),
+        _ => None,
+    });
+    if let Some(since) = since {
+        out.push_str(&format!("  <incremental>{}</incremental>\n", escape(since)));
+    }
+    out.push_str(&format!(
+        "  <server transport='unix' socket='{}'/>\n  <disks>\n",
+        escape(socket)
+    ));
+    for d in disks {
+        let target = escape(d.target());
+        match d {
+            JobDisk::Skip { .. } => {
+                out.push_str(&format!("    <disk name='{target}' backup='no'/>\n"));
+            }
+            JobDisk::Full { scratch, .. } => out.push_str(&format!(
+                "    <disk name='{target}' backup='yes' type='file' backupmode='full' exportname='{target}'>\n      <scratch file='{}'/>\n    </disk>\n",
+                escape(scratch)
+            )),
+            JobDisk::Incremental {
+                scratch, since, ..
+            } => out.push_str(&format!(
+                "    <disk name='{target}' backup='yes' type='file' backupmode='incremental' incremental='{}' exportname='{target}' exportbitmap='{}'>\n      <scratch file='{}'/>\n    </disk>\n",
+                escape(since),
+                escape(&export_bitmap(d.target())),
+                escape(scratch)
+            )),
+        }
+    }
+    out.push_str("  </disks>\n</domainbackup>\n");
+    out
+}
+
+/// The `<domaincheckpoint>` named `name` made with the job: a bitmap for each disk that gets
+/// one, `checkpoint='no'` for every other.
+pub fn checkpoint_xml(name: &str, disks: &[JobDisk]) -> String {
+    let mut out = format!(
+        "<domaincheckpoint>\n  <name>{}</name>\n  <disks>\n",
+        escape(name)
+    );
+    for d in disks {
+        let bitmap = matches!(
+            d,
+            JobDisk::Full { bitmap: true, .. } | JobDisk::Incremental { .. }
+        );
+        out.push_str(&format!(
+            "    <disk name='{}' checkpoint='{}'/>\n",
+            escape(d.target()),
+            if bitmap { "bitmap" } else { "no" }
+        ));
+    }
+    out.push_str("  </disks>\n</domaincheckpoint>\n");
+    out
+}
+
+/// What `virsh backup-dumpxml` says of a running job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningJob {
+    /// The Unix socket a pull-mode job exports on; `None` for a push-mode job or one exporting
+    /// over TCP.
+    pub socket: Option<String>,
+    /// The scratch files of its disks.
+    pub scratch: Vec<String>,
+}
+
+/// Reads the XML of a running backup job.
+pub fn running_job(xml: &str) -> Result<RunningJob> {
+    let doc = parse(xml, "parsing the backup job XML")?;
+    let root = doc.root_element();
+    let socket = root
+        .children()
+        .find(|n| n.has_tag_name("server"))
+        .filter(|n| n.attribute("transport") == Some("unix"))
+        .and_then(|n| n.attribute("socket"))
+        .map(str::to_owned);
+    let scratch = root
+        .descendants()
+        .filter(|n| n.has_tag_name("scratch"))
+        .filter_map(|n| n.attribute("file"))
+        .map(str::to_owned)
+        .collect();
+    Ok(RunningJob { socket, scratch })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disks() -> Vec<JobDisk> {
+        vec![
+            JobDisk::Incremental {
+                target: "vda".into(),
+                scratch: "/img/vda.qcow2.scratch".into(),
+                since: "vmstash-1".into(),
+            },
+            JobDisk::Full {
+                target: "vdb".into(),
+                scratch: "/img/vdb.raw.scratch".into(),
+                bitmap: false,
+            },
+            JobDisk::Skip {
+                target: "vdc".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn backup_xml_lists_every_disk_with_its_mode() {
+        let xml = backup_xml("/var/lib/libvirt/qemu/vmstash-2.sock", &disks());
+        let doc = roxmltree::Document::parse(&xml).expect("well-formed");
+        let root = doc.root_element();
+        assert_eq!(root.attribute("mode"), Some("pull"));
+        let modes: Vec<_> = root
+            .descendants()
+            .filter(|n| n.has_tag_name("disk"))
+            .map(|n| {
+                (
+                    n.attribute("name").unwrap_or_default(),
+                    n.attribute("backupmode").unwrap_or("-"),
+                    n.attribute("exportbitmap").unwrap_or("-"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ("vda", "incremental", "backup-vda"),
+                ("vdb", "full", "-"),
+                ("vdc", "-", "-")
+            ]
+        );
+        let job = running_job(&xml).expect("parse");
+        assert_eq!(
+            job.socket.as_deref(),
+            Some("/var/lib/libvirt/qemu/vmstash-2.sock")
+        );
+        assert_eq!(
+            job.scratch,
+            ["/img/vda.qcow2.scratch", "/img/vdb.raw.scratch"]
+        );
+    }
+
+    #[test]
+    fn checkpoint_xml_turns_bitmaps_on_only_where_asked() {
+        let xml = checkpoint_xml("vmstash-2", &disks());
+        assert!(
+            xml.contains("<disk name='vda' checkpoint='bitmap'/>"),
+            "{xml}"
+        );
+        assert!(xml.contains("<disk name='vdb' checkpoint='no'/>"), "{xml}");
+        assert!(xml.contains("<disk name='vdc' checkpoint='no'/>"), "{xml}");
+    }
+
+    #[test]
+    fn names_are_escaped_and_damaged_job_xml_is_an_error() {
+        let xml = checkpoint_xml("a'<b", &[]);
+        assert!(xml.contains("<name>a&apos;&lt;b</name>"), "{xml}");
+        assert!(running_job("<domainbackup").is_err());
+        let push = running_job("<domainbackup mode='push'><disks/></domainbackup>").expect("parse");
+        assert_eq!(push.socket, None);
+    }
+}
