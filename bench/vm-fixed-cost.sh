@@ -57,7 +57,7 @@ virsh_() { virsh -c "$URI_LOCAL" "$@"; }
 cleanup() {
   set +e
   virsh_ destroy "$DOM" >/dev/null 2>&1
-  virsh_ undefine "$DOM" >/dev/null 2>&1
+  virsh_ undefine "$DOM" --checkpoints-metadata >/dev/null 2>&1
   [ -z "$SSHD_PID" ] || kill "$SSHD_PID" 2>/dev/null
   rm -rf -- "$IMGDIR"
   if [ "$KEEP" = 1 ]; then note "kept $W"; else rm -rf -- "$W"; fi
@@ -69,39 +69,17 @@ trap_cleanup
 start_private_sshd "$W/sshd"
 note "sshd on 127.0.0.1:$PORT"
 
-# The VM: a multiboot "kernel" that halts the CPU at once (the same bytes as
-# HALT_KERNEL in tests/e2e/fixtures/libvirt.rs), so the guest costs no CPU.
-printf '\x02\xb0\xad\x1b\x00\x00\x01\x00\xfe\x4f\x51\xe4\x00\x00\x10\x00\x00\x00\x10\x00\x00\x00\x00\x00\x00\x00\x00\x00\x20\x00\x10\x00\xfa\xf4\xeb\xfd' >"$IMGDIR/halt.bin"
+# The VM (bench/lib/vm.sh): a guest that halts at once, two disks with 256 MiB of
+# random data each.
 head -c 256M /dev/urandom >"$W/data"
 truncate -s 512M "$IMGDIR/vdb.raw"
 dd if="$W/data" of="$IMGDIR/vdb.raw" conv=notrunc status=none
 quiet qcow2 qemu-img convert -f raw -O qcow2 "$IMGDIR/vdb.raw" "$IMGDIR/vda.qcow2"
 head -c 256M /dev/urandom | dd of="$IMGDIR/vdb.raw" conv=notrunc status=none
 rm -f "$W/data"
-cat >"$W/$DOM.xml" <<EOF
-<domain type='qemu'>
-  <name>$DOM</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>$IMGDIR/halt.bin</kernel></os>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='$IMGDIR/vda.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source file='$IMGDIR/vdb.raw'/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-EOF
-quiet define virsh_ define "$W/$DOM.xml"
-quiet start virsh_ start "$DOM"
+# shellcheck source=bench/lib/vm.sh
+. "$ROOT/bench/lib/vm.sh"
+start_halting_vm "$DOM" "$IMGDIR" "qcow2:$IMGDIR/vda.qcow2" "raw:$IMGDIR/vdb.raw"
 
 # backup LABEL BIN REPO: one backup; sets B_MS, B_EXECS (exec channels), B_WIRE (bytes on lo).
 backup() {

@@ -13,6 +13,7 @@ PACKAGES=(
   e2fsprogs    # mkfs.ext4
   util-linux   # losetup, mount
   restic       # the benchmark's point of comparison
+  virtnbdbackup  # bench/cbt.sh's point of comparison for changed-block tracking
   time         # /usr/bin/time -v for peak RSS in bench/
   jq           # reads vmstash --json output in scripts/demo.sh and bench/
   # The end-to-end hypervisor: a private sshd per test run, libvirtd +

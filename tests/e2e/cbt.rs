@@ -36,8 +36,14 @@ fn guest_write(vm: &TestVm, alias: &str, offset: u64, data: &[u8]) {
     std::fs::remove_file(&file).expect("remove the data file");
 }
 
-/// vda as the guest sees it now, as a raw file in `dir`.
+/// vda as the guest sees it now, as a raw file in `dir`. A running QEMU is flushed first: it
+/// may hold the qcow2 metadata of new clusters in its cache, and `qemu-img -U` would read
+/// zeros there.
 fn live_vda(vm: &TestVm, dir: &Path) -> PathBuf {
+    if vm.state() == "running" {
+        let flush = "qemu-io -d virtio-disk0/virtio-backend flush";
+        virsh(&["qemu-monitor-command", &vm.name, "--hmp", flush]);
+    }
     let out = dir.join("vda-live.raw");
     sh(
         "qemu-img",
@@ -430,4 +436,143 @@ fn cbt_always_fails_where_it_cannot_be_used_and_never_keeps_the_overlay_flow() {
     assert!(never["cbt"].is_null(), "{never}");
     assert!(checkpoints(&vm).is_empty());
     assert_clean(&vm);
+}
+
+/// The names of the persistent bitmaps in a qcow2 image.
+fn image_bitmaps(image: &Path) -> Vec<String> {
+    let info = sh("qemu-img", &["info", "-U", "--output=json", &s(image)]);
+    let v: serde_json::Value = serde_json::from_str(&info).expect("qemu-img info JSON");
+    v["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter_map(|b| b["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes `data` at `offset` of a shut-off VM's qcow2 image with qemu-io, which keeps the
+/// image's enabled persistent bitmaps up to date as QEMU would.
+fn offline_write(image: &Path, offset: u64, data: &[u8], dir: &Path) {
+    let file = dir.join("offline-write.bin");
+    std::fs::write(&file, data).expect("write the data file");
+    let command = format!("write -s {} {offset} {}", s(&file), data.len());
+    sh("qemu-io", &["-f", "qcow2", "-c", &command, &s(image)]);
+}
+
+/// No `qemu-nbd` serving anything of `vm` is left, nor its sockets and pid files.
+fn assert_no_servers(vm: &TestVm) {
+    let key = virsh(&["domuuid", &vm.name]).trim().to_owned();
+    let running = std::process::Command::new("pgrep")
+        .args(["-f", &format!("qemu-nbd.*{key}")])
+        .output()
+        .expect("pgrep");
+    assert!(
+        !running.status.success(),
+        "a qemu-nbd of {} runs on",
+        vm.name
+    );
+    let left: Vec<_> = std::fs::read_dir("/tmp")
+        .expect("list /tmp")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&key))
+        .collect();
+    assert!(left.is_empty(), "left in /tmp: {left:?}");
+}
+
+#[test]
+fn shut_off_vm_incremental_reads_only_what_changed_through_qemu_nbd() {
+    if !TestVm::available() || !crate::util::have(&["qemu-io", "qemu-nbd"], true) {
+        return;
+    }
+    let vm = TestVm::create_with(
+        "cbtoff",
+        crate::fixtures::libvirt::VmOptions {
+            start: false,
+            ..Default::default()
+        },
+    );
+    let repo = Repo::init();
+    let work = tempfile::tempdir().expect("tempdir");
+    let only_vda = ["--exclude-disk", "vdb"];
+
+    let first = summary(&local_backup(&repo, &vm, &only_vda));
+    let c1 = cbt_of(&first)["checkpoint"].as_str().expect("c").to_owned();
+    assert!(cbt_of(&first)["since"].is_null(), "{first}");
+    assert_eq!(checkpoints(&vm), std::slice::from_ref(&c1));
+    assert_eq!(image_bitmaps(&vm.vda), std::slice::from_ref(&c1));
+    assert_no_servers(&vm);
+
+    offline_write(&vm.vda, 8 * MIB, &random_bytes(81, MIB_USIZE), work.path());
+    let second = summary(&local_backup(&repo, &vm, &only_vda));
+    let inc = cbt_of(&second);
+    assert_eq!(inc["since"].as_str(), Some(c1.as_str()), "{second}");
+    assert_eq!(inc["bytes_hashed"].as_u64(), Some(MIB), "{second}");
+    let c2 = inc["checkpoint"].as_str().expect("c").to_owned();
+    assert_eq!(checkpoints(&vm), std::slice::from_ref(&c2));
+    assert_eq!(image_bitmaps(&vm.vda), std::slice::from_ref(&c2));
+    assert_no_servers(&vm);
+    assert_latest_vda_is(&repo, &live_vda(&vm, work.path()));
+
+    // The VM starts; a live incremental counts from the checkpoint made while it was off.
+    vm.start();
+    guest_write(&vm, "virtio-disk0", 24 * MIB, &random_bytes(82, MIB_USIZE));
+    let third = summary(&local_backup(&repo, &vm, &only_vda));
+    assert_eq!(
+        cbt_of(&third)["since"].as_str(),
+        Some(c2.as_str()),
+        "{third}"
+    );
+    assert_eq!(
+        cbt_of(&third)["bytes_hashed"].as_u64(),
+        Some(MIB),
+        "{third}"
+    );
+    assert_clean(&vm);
+    assert_latest_vda_is(&repo, &live_vda(&vm, work.path()));
+
+    // Off again, with the bitmap gone from the image: hashed whole, one line says why.
+    virsh(&["destroy", &vm.name, "--graceful"]);
+    let c3 = checkpoints(&vm).pop().expect("a checkpoint");
+    sh("qemu-img", &["bitmap", "--remove", &s(&vm.vda), &c3]);
+    offline_write(&vm.vda, 30 * MIB, &random_bytes(83, MIB_USIZE), work.path());
+    let fourth = local_backup(&repo, &vm, &only_vda);
+    let fell = summary(&fourth);
+    assert!(
+        stderr(&fourth).contains("has no usable bitmap"),
+        "{}",
+        describe(&fourth)
+    );
+    assert!(
+        cbt_of(&fell)["bytes_hashed"].as_u64() > Some(MIB),
+        "hashed whole: {fell}"
+    );
+    assert_latest_vda_is(&repo, &live_vda(&vm, work.path()));
+    assert_no_servers(&vm);
+
+    // Killed mid-backup (no helper on this host): its qemu-nbd and its new bitmap are left;
+    // vm-repair removes both, and the next backup is incremental again.
+    let before = image_bitmaps(&vm.vda);
+    offline_write(&vm.vda, 40 * MIB, &random_bytes(84, MIB_USIZE), work.path());
+    let killed = local_backup_command(&repo, &vm)
+        .args(only_vda)
+        .env("VMSTASH_TEST_KILL_AFTER_WRITES", "2")
+        .output()
+        .expect("run vmstash");
+    assert!(!killed.status.success(), "{}", describe(&killed));
+    let repair = repo.run(&["vm-repair", "--connect", URI, "--vm", &vm.name]);
+    assert!(repair.status.success(), "{}", describe(&repair));
+    assert!(
+        stderr(&repair).contains("left by an interrupted backup"),
+        "{}",
+        describe(&repair)
+    );
+    assert_no_servers(&vm);
+    assert_eq!(image_bitmaps(&vm.vda), before);
+    let next = summary(&local_backup(&repo, &vm, &only_vda));
+    assert!(cbt_of(&next)["since"].is_string(), "{next}");
+    assert_latest_vda_is(&repo, &live_vda(&vm, work.path()));
+    repo.ok(&["check", "--read-data"]);
 }

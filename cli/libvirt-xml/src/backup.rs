@@ -41,7 +41,16 @@ pub enum JobDisk {
 }
 
 impl JobDisk {
-    fn target(&self) -> &str {
+    /// Whether the new checkpoint has a bitmap of this disk.
+    pub fn gets_bitmap(&self) -> bool {
+        matches!(
+            self,
+            JobDisk::Full { bitmap: true, .. } | JobDisk::Incremental { .. }
+        )
+    }
+
+    /// The disk's guest device name.
+    pub fn target(&self) -> &str {
         match self {
             JobDisk::Skip { target }
             | JobDisk::Full { target, .. }
@@ -96,20 +105,45 @@ pub fn backup_xml(socket: &str, disks: &[JobDisk]) -> String {
 /// The `<domaincheckpoint>` named `name` made with the job: a bitmap for each disk that gets
 /// one, `checkpoint='no'` for every other.
 pub fn checkpoint_xml(name: &str, disks: &[JobDisk]) -> String {
-    let mut out = format!(
-        "<domaincheckpoint>\n  <name>{}</name>\n  <disks>\n",
-        escape(name)
-    );
-    for d in disks {
-        let bitmap = matches!(
-            d,
-            JobDisk::Full { bitmap: true, .. } | JobDisk::Incremental { .. }
-        );
-        out.push_str(&format!(
-            "    <disk name='{}' checkpoint='{}'/>\n",
-            escape(d.target()),
-            if bitmap { "bitmap" } else { "no" }
+    checkpoint_element(name, None, disks)
+}
+
+/// The complete `<domaincheckpoint>` that `virsh checkpoint-create --redefine` takes for a
+/// checkpoint made outside libvirt (a shut-off domain's bitmaps added with `qemu-img bitmap`):
+/// its parent, its creation time (seconds since the epoch), and each bitmap named as the
+/// checkpoint.
+pub fn redefine_xml(name: &str, parent: Option<&str>, created: u64, disks: &[JobDisk]) -> String {
+    let mut head = String::new();
+    if let Some(parent) = parent {
+        head.push_str(&format!(
+            "  <parent>\n    <name>{}</name>\n  </parent>\n",
+            escape(parent)
         ));
+    }
+    head.push_str(&format!("  <creationTime>{created}</creationTime>\n"));
+    checkpoint_element(name, Some(&head), disks)
+}
+
+/// A `<domaincheckpoint>`; with `head` (redefining), `head` follows the name and each bitmap
+/// is named after the checkpoint.
+fn checkpoint_element(name: &str, head: Option<&str>, disks: &[JobDisk]) -> String {
+    let name = escape(name);
+    let mut out = format!("<domaincheckpoint>\n  <name>{name}</name>\n");
+    out.push_str(head.unwrap_or_default());
+    out.push_str("  <disks>\n");
+    for d in disks {
+        let target = escape(d.target());
+        if !d.gets_bitmap() {
+            out.push_str(&format!("    <disk name='{target}' checkpoint='no'/>\n"));
+        } else if head.is_some() {
+            out.push_str(&format!(
+                "    <disk name='{target}' checkpoint='bitmap' bitmap='{name}'/>\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "    <disk name='{target}' checkpoint='bitmap'/>\n"
+            ));
+        }
     }
     out.push_str("  </disks>\n</domaincheckpoint>\n");
     out
@@ -211,6 +245,30 @@ mod tests {
         );
         assert!(xml.contains("<disk name='vdb' checkpoint='no'/>"), "{xml}");
         assert!(xml.contains("<disk name='vdc' checkpoint='no'/>"), "{xml}");
+    }
+
+    #[test]
+    fn redefined_checkpoints_name_their_bitmaps_and_parent() {
+        let xml = redefine_xml("vmstash-2", Some("vmstash-1"), 1_796_345_847, &disks());
+        let doc = roxmltree::Document::parse(&xml).expect("well-formed");
+        let root = doc.root_element();
+        let parent = root.children().find(|n| n.has_tag_name("parent"));
+        assert_eq!(
+            parent
+                .and_then(|p| p.first_element_child())
+                .and_then(|n| n.text()),
+            Some("vmstash-1")
+        );
+        assert!(
+            xml.contains("<creationTime>1796345847</creationTime>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<disk name='vda' checkpoint='bitmap' bitmap='vmstash-2'/>"),
+            "{xml}"
+        );
+        assert!(xml.contains("<disk name='vdb' checkpoint='no'/>"), "{xml}");
+        assert!(!redefine_xml("c", None, 0, &[]).contains("<parent>"));
     }
 
     #[test]

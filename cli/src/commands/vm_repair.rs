@@ -5,11 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use serde_json::json;
+use vmstash_libvirt_xml::parse_domain;
 
 use crate::args::{Global, VmRepairArgs};
 use crate::exit;
 use crate::libvirt::backup_job::end_leftover_job;
 use crate::libvirt::hypervisor::Hypervisor;
+use crate::libvirt::offline_job::end_leftovers;
 use crate::libvirt::overlay::repair_domain;
 use crate::output::{line, print_json};
 
@@ -33,13 +35,26 @@ pub fn run(g: &Global, a: &VmRepairArgs) -> Result<ExitCode> {
             a.vm
         ));
     }
-    let done = repair_domain(&say, &hv.virsh, &a.vm)?.done;
+    let repaired = repair_domain(&say, &hv.virsh, &a.vm)?;
+    let done = repaired.done;
+    let mut removed = Vec::new();
+    if !running {
+        let dom = parse_domain(&repaired.xml)?;
+        let key = dom.uuid.as_deref().unwrap_or(&a.vm);
+        for what in end_leftovers(&hv.virsh, &a.vm, key, &dom.disks)? {
+            say(&format!(
+                "{}: removed {what}, left by an interrupted backup",
+                a.vm
+            ));
+            removed.push(what);
+        }
+    }
     if g.json {
         print_json(&json!({
             "message_type": "repaired", "vm": a.vm, "overlays_committed": done,
-            "backup_job_ended": job,
+            "backup_job_ended": job, "leftovers_removed": removed,
         }));
-    } else if done.is_empty() && job.is_none() && !g.quiet {
+    } else if done.is_empty() && job.is_none() && removed.is_empty() && !g.quiet {
         line(format_args!(
             "{}: no leftover overlays or backup job; nothing to repair",
             a.vm

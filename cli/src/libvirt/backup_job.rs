@@ -24,16 +24,36 @@ const SOCKET_DIR: &str = "/var/lib/libvirt/qemu";
 /// Marks the scratch files of a job (beside each disk image).
 const SCRATCH_MARK: &str = ".vmstash-scratch-";
 
-/// A running pull-mode backup job.
+/// The NBD exports of one backup's disks, as of one instant, and the checkpoint made then: a
+/// running domain's pull-mode backup job, or `qemu-nbd` servers of a shut-off domain's images
+/// ([`crate::libvirt::offline_job`]).
 pub struct BackupJob {
     /// The checkpoint it made.
     pub checkpoint: String,
     /// The included disks' exports, by target.
     pub exports: Vec<(String, NbdExport)>,
-    /// Its scratch files.
-    pub scratch: Vec<String>,
     /// The checkpoint its bitmaps count from, when some disk is incremental.
     pub since: Option<String>,
+    /// Who serves the exports.
+    pub kind: JobKind,
+}
+
+/// Who serves a [`BackupJob`]'s exports.
+pub enum JobKind {
+    /// libvirt's backup job; its scratch files.
+    Libvirt {
+        /// The scratch files libvirt made.
+        scratch: Vec<String>,
+    },
+    /// `qemu-nbd` servers on the images of a shut-off domain.
+    QemuNbd {
+        /// Their pid files.
+        pid_files: Vec<String>,
+        /// The qcow2 images that got the new checkpoint's bitmap.
+        images: Vec<String>,
+        /// The checkpoint's XML, for `checkpoint-create --redefine` once the snapshot is saved.
+        xml: String,
+    },
 }
 
 /// The name of the checkpoint made with a snapshot whose time is `time` (RFC 3339): its
@@ -113,6 +133,7 @@ pub fn begin(
             Some((target.clone(), export))
         })
         .collect();
+    let since = since_of(disks);
     let scratch = disks
         .iter()
         .filter_map(|d| match d {
@@ -122,30 +143,41 @@ pub fn begin(
             }
         })
         .collect();
-    let since = disks.iter().find_map(|d| match d {
-        JobDisk::Incremental { since, .. } => Some(since.clone()),
-        _ => None,
-    });
     Ok(BackupJob {
         checkpoint: checkpoint.to_owned(),
         exports,
-        scratch,
         since,
+        kind: JobKind::Libvirt { scratch },
     })
 }
 
-/// Ends a job whose disks were read and whose snapshot is saved, then deletes every vmstash
-/// checkpoint of the domain but the job's own: the next backup counts from it.
-pub fn end_saved(virsh: &Virsh, domain: &str, job: &BackupJob) -> Result<()> {
-    end_job(virsh, domain, &job.scratch)?;
-    for old in virsh.checkpoints(domain)? {
-        if old.starts_with(CHECKPOINT_PREFIX) && old != job.checkpoint {
-            virsh
-                .delete_checkpoint(domain, &old)
-                .with_context(|| format!("deleting the old checkpoint {old} of {domain}"))?;
-        }
+/// The checkpoint the incremental disks count from, if any.
+pub fn since_of(disks: &[JobDisk]) -> Option<String> {
+    disks.iter().find_map(|d| match d {
+        JobDisk::Incremental { since, .. } => Some(since.clone()),
+        _ => None,
+    })
+}
+
+/// Ends a libvirt job whose disks were read and whose snapshot is saved, then deletes every
+/// vmstash checkpoint of the domain but the job's own: the next backup counts from it.
+pub fn end_saved(virsh: &Virsh, domain: &str, job: &BackupJob, scratch: &[String]) -> Result<()> {
+    end_job(virsh, domain, scratch)?;
+    for old in older_checkpoints(virsh, domain, &job.checkpoint)? {
+        virsh
+            .delete_checkpoint(domain, &old)
+            .with_context(|| format!("deleting the old checkpoint {old} of {domain}"))?;
     }
     Ok(())
+}
+
+/// The domain's vmstash checkpoints other than `keep`.
+pub fn older_checkpoints(virsh: &Virsh, domain: &str, keep: &str) -> Result<Vec<String>> {
+    Ok(virsh
+        .checkpoints(domain)?
+        .into_iter()
+        .filter(|c| c.starts_with(CHECKPOINT_PREFIX) && c != keep)
+        .collect())
 }
 
 /// Ends the domain's job and deletes its `scratch` files if libvirt has not yet (it deletes

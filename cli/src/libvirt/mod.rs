@@ -6,6 +6,7 @@
 pub mod backup_job;
 pub mod hypervisor;
 pub mod nbd_disk;
+pub mod offline_job;
 pub mod overlay;
 pub mod shell;
 pub mod uri;

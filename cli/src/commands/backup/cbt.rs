@@ -1,6 +1,7 @@
-//! A running VM's backup with changed-block tracking (spec/FORMAT.md §19.6): a pull-mode
-//! backup job exports every included disk over NBD as of one instant and makes a checkpoint
-//! then; the disks are hashed on the hypervisor through those exports, reading only the chunks
+//! A VM's backup with changed-block tracking (spec/FORMAT.md §19.6): a pull-mode backup job
+//! of a running VM (or `qemu-nbd` on a shut-off VM's images, see
+//! [`crate::libvirt::offline_job`]) exports every included disk over NBD as of one instant and
+//! makes a checkpoint then; the disks are hashed on the hypervisor through those exports, reading only the chunks
 //! the dirty bitmap since the parent snapshot's checkpoint marks (all chunks when there is no
 //! usable parent); every other chunk keeps its id from the parent snapshot.
 //!
@@ -20,9 +21,10 @@ use vmstash_repo::Id;
 use super::cbt_summary::CbtSummary;
 use super::domain::VmBackup;
 use crate::helper::ChunkReport;
-use crate::libvirt::backup_job::{self, checkpoint_name, scratch_path, BackupJob};
+use crate::libvirt::backup_job::{self, checkpoint_name, scratch_path, BackupJob, JobKind};
 use crate::libvirt::hypervisor::declared_format;
 use crate::libvirt::nbd_disk::{NbdDisk, NbdExport};
+use crate::libvirt::offline_job::{self, OfflineDisk};
 use crate::source::ImageFormat;
 
 /// Every how many backups of a VM one hashes every chunk and checks the dirty bitmaps against
@@ -46,8 +48,9 @@ struct Since {
     checkpoint: Checkpoint,
 }
 
-/// Backs up the running VM of `v` with changed-block tracking, if it can be used.
-pub fn back_up(v: &VmBackup<'_>) -> Result<Outcome> {
+/// Backs up the VM of `v` with changed-block tracking, if it can be used: a running one
+/// (`live`) through a libvirt backup job, a shut-off one through `qemu-nbd` on its images.
+pub fn back_up(v: &VmBackup<'_>, live: bool) -> Result<Outcome> {
     if !v.hv.can_read_nbd() {
         let why = if v.a.no_helper {
             "--no-helper was given, and the helper is what reads a backup job's exports on the host"
@@ -73,21 +76,45 @@ pub fn back_up(v: &VmBackup<'_>) -> Result<Outcome> {
             .as_ref()
             .is_some_and(|s| s.checkpoint.since_full_hash + 1 >= VERIFY_EVERY);
     let virsh = &v.hv.virsh;
-    v.hv.on_exit(&backup_job::cleanup_commands(virsh, v.name, &checkpoint))?;
-    let job = match start_job(v, &checkpoint, since.as_ref()) {
+    let disks = job_disks(v, &checkpoint, since.as_ref());
+    let offline = offline_disks(v, &disks);
+    let cleanup = if live {
+        backup_job::cleanup_commands(virsh, v.name, &checkpoint)
+    } else {
+        offline_job::cleanup_commands(v.key(), &checkpoint, &offline)
+    };
+    v.hv.on_exit(&cleanup)?;
+    let started = if live {
+        start_job(v, &checkpoint, since.as_ref(), disks)
+    } else {
+        offline_job::begin(v.say, virsh, (v.name, v.key()), &checkpoint, &offline)
+    };
+    let job = match started {
         Ok(job) => job,
         Err(e) => {
             v.hv.on_exit(&[])?;
             return Ok(Outcome::NotUsed(format!(
-                "libvirt could not start a backup job: {}",
+                "{}: {}",
+                if live {
+                    "libvirt could not start a backup job"
+                } else {
+                    "its disks could not be exported"
+                },
                 crate::output::describe(&e)
             )));
         }
     };
     let done = read_and_store(v, &job, since.as_ref(), verify, &time);
-    let ended = match &done {
-        Ok(_) => backup_job::end_saved(virsh, v.name, &job),
-        Err(_) => backup_job::end_failed(virsh, v.name, &checkpoint, &job.scratch),
+    let ended = match &job.kind {
+        JobKind::Libvirt { scratch } if done.is_ok() => {
+            backup_job::end_saved(virsh, v.name, &job, scratch)
+        }
+        JobKind::Libvirt { scratch } => backup_job::end_failed(virsh, v.name, &checkpoint, scratch),
+        JobKind::QemuNbd {
+            pid_files,
+            images,
+            xml,
+        } => offline_job::end(virsh, v.name, &job, pid_files, images, xml, done.is_ok()),
     };
     let cleared = v.hv.on_exit(&[]);
     let ended = ended.and(cleared).with_context(|| {
@@ -107,6 +134,22 @@ pub fn back_up(v: &VmBackup<'_>) -> Result<Outcome> {
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(c)) => Err(e.context(crate::output::describe(&c))),
     }
+}
+
+/// The included disks of a shut-off domain as `offline_job` takes them.
+fn offline_disks<'a>(v: &'a VmBackup<'_>, disks: &[JobDisk]) -> Vec<OfflineDisk<'a>> {
+    disks
+        .iter()
+        .filter(|d| !matches!(d, JobDisk::Skip { .. }))
+        .filter_map(|d| {
+            let def = v.disks.iter().find(|x| x.target == d.target())?;
+            Some(OfflineDisk {
+                def,
+                format: declared_format(def).name(),
+                job: d.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The latest snapshot of the VM, if its checkpoint is still on the hypervisor; otherwise
@@ -147,7 +190,12 @@ fn find_since(v: &VmBackup<'_>) -> Result<Option<Since>> {
 
 /// Starts the backup job: incremental where `since` allows, and if libvirt refuses that (a
 /// bitmap missing or inconsistent in the image), full, after one line saying why.
-fn start_job(v: &VmBackup<'_>, checkpoint: &str, since: Option<&Since>) -> Result<BackupJob> {
+fn start_job(
+    v: &VmBackup<'_>,
+    checkpoint: &str,
+    since: Option<&Since>,
+    disks: Vec<JobDisk>,
+) -> Result<BackupJob> {
     let quiesce = v.hv.virsh.agent_responds(v.name);
     if !quiesce {
         (v.say)(&format!(
@@ -155,7 +203,6 @@ fn start_job(v: &VmBackup<'_>, checkpoint: &str, since: Option<&Since>) -> Resul
             v.name
         ));
     }
-    let disks = job_disks(v, checkpoint, since);
     let incremental = disks
         .iter()
         .any(|d| matches!(d, JobDisk::Incremental { .. }));
@@ -240,9 +287,13 @@ fn read_and_store(
         tracked |= !read.disk.unchanged.is_empty() && !read.disk.verify_unchanged;
         inputs.push(read.disk);
     }
+    let xml = match &job.kind {
+        JobKind::QemuNbd { xml, .. } => xml.clone(),
+        JobKind::Libvirt { .. } => v.hv.virsh.checkpoint_xml(v.name, &job.checkpoint)?,
+    };
     let checkpoint = Checkpoint {
         name: job.checkpoint.clone(),
-        xml: v.hv.virsh.checkpoint_xml(v.name, &job.checkpoint)?,
+        xml,
         since_full_hash: match since {
             Some(s) if tracked => s.checkpoint.since_full_hash + 1,
             _ => 0,

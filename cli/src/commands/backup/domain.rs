@@ -34,6 +34,11 @@ pub(super) struct VmBackup<'a> {
 }
 
 impl VmBackup<'_> {
+    /// What names the domain in files on the hypervisor: its UUID, else its name.
+    pub fn key(&self) -> &str {
+        self.dom.uuid.as_deref().unwrap_or(self.name)
+    }
+
     /// Stores the snapshot of `inputs`, taken at `time` (RFC 3339; `None`: now or `--time`),
     /// after `adjust` has had its say on the plan.
     pub fn store(

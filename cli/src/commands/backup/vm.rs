@@ -17,6 +17,7 @@ use crate::args::{BackupArgs, CbtMode, Global};
 use crate::exit;
 use crate::libvirt::backup_job::end_leftover_job;
 use crate::libvirt::hypervisor::Hypervisor;
+use crate::libvirt::offline_job::end_leftovers;
 use crate::libvirt::overlay::{commit_overlays, repair_domain, snapshot_live};
 use crate::{interrupt, repo};
 
@@ -109,6 +110,14 @@ fn back_up_domain(
     }
     let xml = repair_domain(say, &hv.virsh, name)?.xml;
     let dom = parse_domain(&xml)?;
+    if !live {
+        let key = dom.uuid.as_deref().unwrap_or(name);
+        for what in end_leftovers(&hv.virsh, name, key, &dom.disks)? {
+            say(&format!(
+                "{name}: removed {what}, left by an interrupted backup"
+            ));
+        }
+    }
     let disks = included_disks(say, &dom, &a.exclude_disks);
     if disks.is_empty() {
         bail!("{name} has no disk vmstash can back up");
@@ -126,11 +135,8 @@ fn back_up_domain(
         dom,
         disks,
     };
-    if !live {
-        return v.read_images().map(|r| v.summarise(&r, None));
-    }
     if a.cbt != CbtMode::Never {
-        match cbt::back_up(&v)? {
+        match cbt::back_up(&v, live)? {
             cbt::Outcome::Done(done) => {
                 let (report, summary) = *done;
                 v.summarise(&report, Some(&summary));
@@ -140,9 +146,17 @@ fn back_up_domain(
                 bail!("cannot back up {name} with changed-block tracking (--cbt always): {why}")
             }
             cbt::Outcome::NotUsed(why) => say(&format!(
-                "{name}: not using changed-block tracking: {why}; reading through an external snapshot"
+                "{name}: not using changed-block tracking: {why}; {}",
+                if live {
+                    "reading through an external snapshot"
+                } else {
+                    "reading its disk images"
+                }
             )),
         }
+    }
+    if !live {
+        return v.read_images().map(|r| v.summarise(&r, None));
     }
     let overlays = snapshot_live(say, &hv.virsh, name, &v.dom, &v.disks)?;
     let result = v.read_images();

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Changed-block tracking (issue 14): a running VM with one qcow2 disk of
+# SIZE_GIB GiB, FILL_PCT % of it random data; then CHANGE_PCT % of it
+# rewritten through QEMU in scattered 1 MiB extents (HMP qemu-io, so the dirty
+# bitmaps see it). On the same VM and data, in one run:
+#
+#   vmstash      full and incremental with changed-block tracking (the default),
+#                over SSH to 127.0.0.1 with the hashblocks helper
+#   vmstash old  full and incremental with --cbt never: today's path before CBT
+#                (external snapshot, every allocated byte hashed on the host)
+#   virtnbdbackup 1.9.15 (Debian): -l full, then -l inc, on this host; on a
+#                second VM with a copy of the same image and the same changes
+#                (it refuses to run beside another tool's checkpoints)
+#
+# Bars: CBT incremental <= 10 % of its full; >= 3x faster than the --cbt never
+# incremental; no slower than virtnbdbackup's incremental while storing fewer
+# bytes; bytes read on the host <= 1.2 x the changed extents rounded to chunks.
+#
+# Usage: sudo bench/cbt.sh
+#   VMSTASH_BIN=PATH (the helper must be beside it; else built)
+#   SIZE_GIB=8  FILL_PCT=80  CHANGE_PCT=1  BENCH_DIR=/var/tmp/vmstash-bench  KEEP=0
+#   CHANGE_DATA=mixed   what the extents hold: mixed (1/4 random, 1/4 base64 text, 1/2 log
+#                       lines; every 10th a copy of the one before) or random (nothing to
+#                       compress or share: every tool must store all of it)
+# Exit status: 0 every bar passed, 2 one failed, 1 the benchmark failed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib/common.sh
+. "$ROOT/bench/lib/common.sh"
+BENCH_DIR="${BENCH_DIR:-/var/tmp/vmstash-bench}"
+SIZE_GIB="${SIZE_GIB:-8}"
+FILL_PCT="${FILL_PCT:-80}"
+CHANGE_PCT="${CHANGE_PCT:-1}"
+CHANGE_DATA="${CHANGE_DATA:-mixed}"
+case "$CHANGE_DATA" in mixed | random) ;; *) die "CHANGE_DATA must be mixed or random" ;; esac
+KEEP="${KEEP:-0}"
+URI_LOCAL="qemu:///system"
+IMAGES_DIR="/var/lib/libvirt/images"
+need_positive_int SIZE_GIB
+need_positive_int FILL_PCT
+need_positive_int CHANGE_PCT
+use_passwords vmstash
+need_root "private sshd with root login, libvirt, dropping the page cache"
+
+sample_load
+install_deps
+command -v virtnbdbackup >/dev/null || die "virtnbdbackup is not installed (scripts/install-deps.sh installs it)"
+VNB_VERSION="$(virtnbdbackup -V 2>&1 | tail -n 1)"
+bash "$ROOT/scripts/test-services.sh" start
+if [ -n "${VMSTASH_BIN:-}" ]; then
+  VMSTASH="$VMSTASH_BIN"
+else
+  (cd "$ROOT" && cargo build --release -p vmstash && bash scripts/build-helper.sh)
+  VMSTASH="$ROOT/target/release/vmstash"
+fi
+[ -x "$(dirname "$VMSTASH")/vmstash-hashblocks" ] || die "no helper beside $VMSTASH (run scripts/build-helper.sh)"
+# Two images, two vmstash repositories and virtnbdbackup's copy: about 5x the data.
+check_bench_dir $((SIZE_GIB * FILL_PCT * 5 / 100 + 2)) "(two images, two repositories, virtnbdbackup's copy)"
+setup_drop_caches
+
+make_run_dir cbt
+DOM="vmstash-cbt-bench-$$"
+DOM_VNB="vmstash-cbt-bench-vnb-$$"
+IMGDIR="$IMAGES_DIR/$DOM"
+mkdir -p "$IMGDIR" "$W/home" "$W/changes"
+SSHD_PID=""
+virsh_() { virsh -c "$URI_LOCAL" "$@"; }
+cleanup() {
+  set +e
+  for d in "$DOM" "$DOM_VNB"; do
+    virsh_ destroy "$d" >/dev/null 2>&1
+    virsh_ undefine "$d" --checkpoints-metadata >/dev/null 2>&1
+  done
+  [ -z "$SSHD_PID" ] || kill "$SSHD_PID" 2>/dev/null
+  rm -rf -- "$IMGDIR"
+  if [ "$KEEP" = 1 ]; then note "kept $W"; else rm -rf -- "$W"; fi
+}
+trap_cleanup
+
+# shellcheck source=bench/lib/sshd.sh
+. "$ROOT/bench/lib/sshd.sh"
+start_private_sshd "$W/sshd"
+
+# The VMs (bench/lib/vm.sh): guests that halt at once, one qcow2 disk each.
+FILL_MIB=$((SIZE_GIB * 1024 * FILL_PCT / 100))
+note "writing $FILL_MIB MiB of random data into a $SIZE_GIB GiB qcow2 image"
+truncate -s "${SIZE_GIB}G" "$W/vda.raw"
+head -c "${FILL_MIB}M" /dev/urandom | dd of="$W/vda.raw" conv=notrunc bs=1M status=none
+quiet qcow2 qemu-img convert -f raw -O qcow2 "$W/vda.raw" "$IMGDIR/vda.qcow2"
+rm -f "$W/vda.raw"
+cp --sparse=always "$IMGDIR/vda.qcow2" "$IMGDIR/vda-vnb.qcow2"
+# shellcheck source=bench/lib/vm.sh
+. "$ROOT/bench/lib/vm.sh"
+start_halting_vm "$DOM" "$IMGDIR" "qcow2:$IMGDIR/vda.qcow2"
+start_halting_vm "$DOM_VNB" "$IMGDIR" "qcow2:$IMGDIR/vda-vnb.qcow2"
+
+# vmstash_backup LABEL REPO ARGS...: one backup over SSH with the helper, timed from a
+# cold page cache; sets T_MS and SUMMARY.
+vmstash_backup() {
+  local label="$1" repo="$2"
+  shift 2
+  timed "$label" env -u SSH_AUTH_SOCK HOME="$W/home" "$VMSTASH" -r "$repo" --identity "$KEY" \
+    --known-hosts "$KH" --json backup --connect "$CONNECT" --vm "$DOM" "$@"
+  ! grep -q "not using the hashblocks helper" "$LOGS/$label.err" ||
+    die "$label did not use the helper: $(cat "$LOGS/$label.err")"
+  SUMMARY="$(summary_of "$label")"
+}
+# vnb_backup LABEL LEVEL: virtnbdbackup at LEVEL into $W/vnb, timed from a cold page cache;
+# sets T_MS and VNB_ADDED (bytes its output directory grew by).
+vnb_backup() {
+  local before
+  before="$(du -sb "$W/vnb" 2>/dev/null | cut -f1 || echo 0)"
+  timed "$1" virtnbdbackup -d "$DOM_VNB" -l "$2" -o "$W/vnb" -n
+  VNB_ADDED=$(($(du -sb "$W/vnb" | cut -f1) - before))
+}
+
+quiet init-cbt "$VMSTASH" -r "$W/repo-cbt" init
+quiet init-old "$VMSTASH" -r "$W/repo-old" init
+note "full backups"
+vmstash_backup full-cbt "$W/repo-cbt"
+FULL_CBT_MS="$T_MS"
+jq -e '.cbt.since == null' <<<"$SUMMARY" >/dev/null || die "the first CBT backup was not a full one: $SUMMARY"
+vmstash_backup full-old "$W/repo-old" --cbt never
+FULL_OLD_MS="$T_MS"
+vnb_backup full-vnb full
+FULL_VNB_MS="$T_MS"
+
+# change_data OFFSET N PREVIOUS: the 1 MiB written at OFFSET MiB, the N-th extent. random:
+# its own random bytes. mixed (what servers write: pages of data, text, logs, copies): 256 KiB
+# random, 256 KiB base64 text, 512 KiB of log lines; every 10th extent a copy of the one
+# before it (a file copied).
+change_data() {
+  if [ "$CHANGE_DATA" = random ]; then
+    head -c 1M /dev/urandom
+  elif [ -n "$3" ] && [ $(($2 % 10)) = 9 ]; then
+    cat -- "$3"
+  else
+    head -c 256K /dev/urandom
+    # The writers die of SIGPIPE when head has enough: not a failure.
+    (base64 -w 76 /dev/urandom || :) | head -c 256K
+    (yes "$(date -u +%FT%T) web1 nginx[812]: 10.0.$(($2 % 256)).7 GET /shop/item/$1 HTTP/1.1 200 5123" || :) | head -c 512K
+  fi
+}
+
+# The change: distinct random 1 MiB-aligned extents.
+EXTENTS=$((SIZE_GIB * 1024 * CHANGE_PCT / 100))
+note "rewriting $EXTENTS scattered 1 MiB extents through QEMU"
+chmod 0755 "$W" "$W/changes"
+n=0
+prev=""
+for off in $(shuf -i 0-$((SIZE_GIB * 1024 - 1)) -n "$EXTENTS"); do
+  change_data "$off" "$n" "$prev" >"$W/changes/$off"
+  chmod 0644 "$W/changes/$off"
+  prev="$W/changes/$off"
+  n=$((n + 1))
+  for d in "$DOM" "$DOM_VNB"; do
+    virsh_ qemu-monitor-command "$d" --hmp \
+      "qemu-io -d virtio-disk0/virtio-backend \"write -s $W/changes/$off ${off}M 1M\"" >/dev/null
+  done
+done
+CHANGED=$((EXTENTS * 1048576)) # 1 MiB-aligned: exactly this many bytes of chunks
+
+note "incremental backups"
+vmstash_backup inc-cbt "$W/repo-cbt"
+INC_CBT_MS="$T_MS"
+jq -e '.cbt.since != null' <<<"$SUMMARY" >/dev/null || die "the CBT incremental fell back: $(cat "$LOGS/inc-cbt.err")"
+HASHED="$(jq -r '.cbt.bytes_hashed' <<<"$SUMMARY")"
+ADDED_CBT="$(jq -r '.bytes_added' <<<"$SUMMARY")"
+vmstash_backup inc-old "$W/repo-old" --cbt never
+INC_OLD_MS="$T_MS"
+ADDED_OLD="$(jq -r '.bytes_added' <<<"$SUMMARY")"
+vnb_backup inc-vnb inc
+INC_VNB_MS="$T_MS"
+ADDED_VNB="$VNB_ADDED"
+
+echo
+echo "Changed-block tracking: running TCG VM, one ${SIZE_GIB} GiB qcow2 disk ${FILL_PCT} % random data;"
+echo "$EXTENTS scattered 1 MiB extents ($(mib "$CHANGED") MiB, ${CHANGE_PCT} %, $CHANGE_DATA data) rewritten through QEMU. Cold page cache before each run."
+echo "vmstash over SSH to 127.0.0.1 with the helper; virtnbdbackup $VNB_VERSION on this host. 1-minute load at the start: $LOAD_START ($(nproc) CPUs)."
+fmt='%-34s %12s %16s\n'
+# shellcheck disable=SC2059  # $fmt is this script's own format string
+printf "$fmt" run "time (s)" "stored (MiB)"
+# shellcheck disable=SC2059
+{
+  printf "$fmt" "vmstash full (CBT)" "$(secs "$FULL_CBT_MS")" -
+  printf "$fmt" "vmstash full (--cbt never)" "$(secs "$FULL_OLD_MS")" -
+  printf "$fmt" "virtnbdbackup full" "$(secs "$FULL_VNB_MS")" -
+  printf "$fmt" "vmstash incremental (CBT)" "$(secs "$INC_CBT_MS")" "$(mib "$ADDED_CBT")"
+  printf "$fmt" "vmstash incremental (--cbt never)" "$(secs "$INC_OLD_MS")" "$(mib "$ADDED_OLD")"
+  printf "$fmt" "virtnbdbackup incremental" "$(secs "$INC_VNB_MS")" "$(mib "$ADDED_VNB")"
+}
+echo "read on the host by the CBT incremental: $(mib "$HASHED") MiB (changed, rounded to chunks: $(mib "$CHANGED") MiB)"
+echo "ratios: CBT inc / CBT full $(calc 3 "$INC_CBT_MS / $FULL_CBT_MS"), --cbt never inc / CBT inc $(calc 2 "$INC_OLD_MS / $INC_CBT_MS")x, virtnbdbackup inc / CBT inc $(calc 2 "$INC_VNB_MS / $INC_CBT_MS")x"
+failed=0
+bar() { # description, awk expression
+  local res
+  res="$(verdict "$2")"
+  echo "bar: $1: $res"
+  [ "$res" = PASS ] || failed=1
+}
+bar "CBT incremental <= 10 % of the CBT full" "$INC_CBT_MS <= 0.10 * $FULL_CBT_MS"
+bar "CBT incremental >= 3x faster than --cbt never" "$INC_OLD_MS >= 3 * $INC_CBT_MS"
+bar "CBT incremental no slower than virtnbdbackup's" "$INC_CBT_MS <= $INC_VNB_MS"
+bar "CBT incremental stores fewer bytes than virtnbdbackup's" "$ADDED_CBT < $ADDED_VNB"
+bar "bytes read on the host <= 1.2 x changed chunks" "$HASHED <= 1.2 * $CHANGED"
+[ "$failed" = 0 ] || exit 2
