@@ -166,6 +166,10 @@ fn answer_read(
     Ok(())
 }
 
+/// Most NBD connections one export is read over: a thread each, up to the point where the
+/// server (QEMU answers each connection's commands in turn) stops getting faster.
+const MAX_NBD_CONNECTIONS: usize = 4;
+
 /// The request's path as the OS names files (bytes, not necessarily UTF-8).
 fn path_of(bytes: Vec<u8>) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
@@ -217,10 +221,12 @@ fn answer_nbd(
     let (export, bitmap) = (utf8(export, "export name")?, utf8(bitmap, "bitmap name")?);
     let socket = path_of(socket.to_vec());
     let bitmap = Some(bitmap).filter(|b| !b.is_empty());
-    let src = NbdSource::connect(&socket, export, bitmap).map_err(|e| match e {
-        NbdSourceError::NoBitmap { .. } => Frame::error(ErrorCode::NoBitmap, e.to_string()),
-        NbdSourceError::Source(e) => Frame::error(ErrorCode::Open, e.to_string()),
-    })?;
+    let src = NbdSource::connect(&socket, export, bitmap)
+        .map_err(|e| match e {
+            NbdSourceError::NoBitmap { .. } => Frame::error(ErrorCode::NoBitmap, e.to_string()),
+            NbdSourceError::Source(e) => Frame::error(ErrorCode::Open, e.to_string()),
+        })?
+        .with_connections(threads.min(MAX_NBD_CONNECTIONS));
     let changed = src.changed_ranges().map_err(|e| source_error(&e))?;
     report(
         output,

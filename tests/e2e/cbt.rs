@@ -225,8 +225,30 @@ fn cbt_falls_back_when_it_cannot_be_trusted_and_verify_finds_missed_writes() {
     let first = summary(&local_backup(&repo, &vm, &[]));
     let c1 = cbt_of(&first)["checkpoint"].as_str().expect("c").to_owned();
 
-    // The checkpoint's metadata is gone from libvirt (a VM redefined, a transient VM).
+    // The checkpoint's metadata is gone from libvirt (a VM redefined, a transient VM), its
+    // bitmap still in the image: redefined from the snapshot, and the backup stays incremental.
     virsh(&["checkpoint-delete", &vm.name, &c1, "--metadata"]);
+    guest_write(&vm, "virtio-disk0", 2 * MIB, &random_bytes(2, MIB_USIZE));
+    let out = local_backup(&repo, &vm, &[]);
+    let redefined = summary(&out);
+    assert!(
+        stderr(&out).contains("redefined it from the snapshot"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(cbt_of(&redefined)["since"].as_str(), Some(c1.as_str()));
+    assert_clean(&vm);
+    assert_latest_vda_is(&repo, &live_vda(&vm, work.path()));
+
+    // Metadata and bitmap both gone (the images were replaced): hashed whole.
+    let c = checkpoints(&vm).pop().expect("a checkpoint");
+    virsh(&["checkpoint-delete", &vm.name, &c, "--metadata"]);
+    qmp_bitmap(
+        &vm,
+        "block-dirty-bitmap-remove",
+        &node_name(&vm, "virtio-disk0"),
+        &c,
+    );
     falls_back(&repo, &vm, work.path(), 3, "is gone from libvirt");
 
     // The bitmap is gone from the image (removed by hand, lost in a crash).

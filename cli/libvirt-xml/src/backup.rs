@@ -8,7 +8,7 @@
 //! Without a `<scratch>` per disk, 9.0's pull mode fails ("argument key 'filename' must not
 //! have null value").
 
-use crate::edit::escape;
+use crate::edit::{escape, XmlEdits};
 use crate::error::Result;
 use crate::parse::parse;
 
@@ -149,6 +149,25 @@ fn checkpoint_element(name: &str, head: Option<&str>, disks: &[JobDisk]) -> Stri
     out
 }
 
+/// A checkpoint's XML as recorded in a snapshot (`checkpoint-dumpxml --no-domain`), made fit
+/// for `checkpoint-create --redefine` after libvirt lost the checkpoint: its `<parent>` (long
+/// deleted, as vmstash keeps one checkpoint) is dropped, so that it is redefined as a root.
+/// Fails on XML that is no `<domaincheckpoint>`.
+pub fn checkpoint_for_redefine(xml: &str) -> Result<String> {
+    let doc = parse(xml, "parsing the checkpoint XML")?;
+    let root = doc.root_element();
+    if !root.has_tag_name("domaincheckpoint") {
+        return Err(crate::Error::Malformed {
+            what: format!("<{}> is not a <domaincheckpoint>", root.tag_name().name()),
+        });
+    }
+    let mut edits = XmlEdits::new(xml);
+    for parent in root.children().filter(|n| n.has_tag_name("parent")) {
+        edits.remove_element(parent)?;
+    }
+    edits.apply()
+}
+
 /// What `virsh backup-dumpxml` says of a running job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningJob {
@@ -269,6 +288,22 @@ mod tests {
         );
         assert!(xml.contains("<disk name='vdb' checkpoint='no'/>"), "{xml}");
         assert!(!redefine_xml("c", None, 0, &[]).contains("<parent>"));
+    }
+
+    #[test]
+    fn a_recorded_checkpoint_is_redefined_without_its_parent() {
+        let recorded = "<domaincheckpoint>\n  <name>vmstash-2</name>\n  <parent>\n    <name>vmstash-1</name>\n  </parent>\n  <creationTime>1796345847</creationTime>\n  <disks>\n    <disk name='vda' checkpoint='bitmap' bitmap='vmstash-2'/>\n  </disks>\n</domaincheckpoint>\n";
+        let xml = checkpoint_for_redefine(recorded).expect("redefinable");
+        assert!(
+            !xml.contains("parent") && !xml.contains("vmstash-1"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("bitmap='vmstash-2'") && xml.contains("<creationTime>"),
+            "{xml}"
+        );
+        assert!(checkpoint_for_redefine("<domain/>").is_err());
+        assert!(checkpoint_for_redefine("<domaincheckpoint>").is_err());
     }
 
     #[test]

@@ -88,10 +88,11 @@ pub fn hash_local(
         Err(e @ NbdSourceError::NoBitmap { .. }) => return Ok(Err(NoBitmap(e.to_string()))),
         Err(NbdSourceError::Source(e)) => return Err(e.into()),
     };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let src = src.with_connections(threads.min(4));
     let changed = src.changed_ranges()?;
     let chunks = src.size().div_ceil(u64::from(chunk_size));
     let mut collector = ChunkCollector::new(chunks)?;
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut emit = |frame| match collector.accept(&frame) {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!("unexpected {frame:?}")),
@@ -175,6 +176,10 @@ impl DiskSource for LocalNbdReader {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
         self.src.read_at(buf, offset)
+    }
+
+    fn concurrent_reads(&self) -> usize {
+        self.src.concurrent_reads()
     }
 
     /// Every chunk's id is known already; the engine reads only those the repository lacks.

@@ -183,7 +183,8 @@ fn serve(
         "qemu-nbd",
         "--read-only",
         "--persistent",
-        "--shared=8",
+        // Two hash requests of up to 4 connections each (with --verify-cbt), and room.
+        "--shared=16",
         "--fork",
         "--pid-file",
         pid_file,
@@ -240,7 +241,7 @@ pub fn end(
         std::process::id()
     );
     shell.write_file(&file, xml.as_bytes())?;
-    let defined = virsh.redefine_checkpoint(domain, &file);
+    let defined = virsh.redefine_checkpoint(domain, &file, false);
     let _ = shell.remove_file(&file);
     defined.with_context(|| format!("registering checkpoint {} of {domain}", job.checkpoint))?;
     for old in older_checkpoints(virsh, domain, &job.checkpoint)? {

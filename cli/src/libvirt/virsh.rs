@@ -260,10 +260,15 @@ impl Virsh {
         }
     }
 
-    /// Registers a checkpoint made outside libvirt from its XML file on the hypervisor.
-    pub fn redefine_checkpoint(&self, domain: &str, xml_file: &str) -> Result<()> {
-        self.ok(&["checkpoint-create", domain, xml_file, "--redefine"])
-            .map(|_| ())
+    /// Registers a checkpoint made outside libvirt, or lost by it, from its XML file on the
+    /// hypervisor; with `validate`, libvirt first checks that the domain's images hold its
+    /// bitmaps (a running domain only).
+    pub fn redefine_checkpoint(&self, domain: &str, xml_file: &str, validate: bool) -> Result<()> {
+        let mut args = vec!["checkpoint-create", domain, xml_file, "--redefine"];
+        if validate {
+            args.push("--redefine-validate");
+        }
+        self.ok(&args).map(|_| ())
     }
 
     /// Drops a checkpoint's metadata only (its bitmaps stay in the images): how a checkpoint of

@@ -4,12 +4,15 @@
 //! `base:allocation` and, when a bitmap is named, what the guest wrote since its checkpoint from
 //! `qemu:dirty-bitmap:NAME`.
 //!
-//! One NBD connection serves every read, one command at a time (behind a mutex): the export is
-//! a local socket, and the hashing threads spend their time hashing, not waiting for it.
+//! One NBD connection asks for the block status; reads go over it and over as many more as
+//! [`NbdSource::with_connections`] opens, one command at a time on each (behind a mutex per
+//! connection), so that several hashing threads read at once: a server such as QEMU answers
+//! the commands of one connection in turn.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::nbd::wire::{BASE_ALLOCATION, NBD_STATE_DIRTY, NBD_STATE_ZERO, QEMU_DIRTY_BITMAP};
 use crate::nbd::{Extent, NbdClient, NbdError};
@@ -38,8 +41,12 @@ pub enum NbdSourceError {
 /// A disk exported over NBD; see the module documentation.
 #[derive(Debug)]
 pub struct NbdSource {
-    client: Mutex<NbdClient>,
+    /// The connections; the first negotiated the meta contexts.
+    clients: Vec<Mutex<NbdClient>>,
+    /// Where the next read starts looking for a free connection.
+    next: AtomicUsize,
     socket: PathBuf,
+    export: String,
     size: u64,
     bitmap: Option<String>,
 }
@@ -67,10 +74,40 @@ impl NbdSource {
         }
         Ok(NbdSource {
             size: client.size(),
-            client: Mutex::new(client),
+            clients: vec![Mutex::new(client)],
+            next: AtomicUsize::new(0),
             socket: socket.to_owned(),
+            export: export.to_owned(),
             bitmap: bitmap.map(str::to_owned),
         })
+    }
+
+    /// Opens more connections for reads, up to `total` in all; a server that refuses one (its
+    /// connection limit) leaves fewer, never an error.
+    pub fn with_connections(mut self, total: usize) -> NbdSource {
+        while self.clients.len() < total {
+            match NbdClient::connect_unix(&self.socket, &self.export, &[]) {
+                Ok(client) if client.size() == self.size => self.clients.push(Mutex::new(client)),
+                _ => break,
+            }
+        }
+        self
+    }
+
+    /// A connection for one command: a free one if there is, else the next in turn.
+    fn connection(&self) -> MutexGuard<'_, NbdClient> {
+        let n = self.clients.len().max(1);
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Some(Ok(guard)) = self.clients.get((start + i) % n).map(Mutex::try_lock) {
+                return guard;
+            }
+        }
+        self.clients
+            .get(start)
+            .or(self.clients.first())
+            .map(|c| c.lock().unwrap_or_else(PoisonError::into_inner))
+            .unwrap_or_else(|| unreachable!("an NbdSource has at least one connection"))
     }
 
     /// The byte ranges the dirty bitmap marks as written since its checkpoint (sorted,
@@ -90,7 +127,12 @@ impl NbdSource {
         context: &str,
         keep: impl Fn(u32) -> bool,
     ) -> Result<Vec<Range<u64>>, SourceError> {
-        let mut client = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        // Block status goes over the connection that negotiated the contexts.
+        let mut client = self
+            .clients
+            .first()
+            .map(|c| c.lock().unwrap_or_else(PoisonError::into_inner))
+            .unwrap_or_else(|| unreachable!("an NbdSource has at least one connection"));
         let mut out: Vec<Range<u64>> = Vec::new();
         let mut at = 0;
         while at < self.size {
@@ -131,7 +173,7 @@ impl DiskSource for NbdSource {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
         check_read_range(&self.socket, offset, buf.len(), self.size)?;
-        let mut client = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut client = self.connection();
         client.read(offset, buf).map_err(|e| {
             nbd_error(
                 &self.socket,
@@ -142,6 +184,11 @@ impl DiskSource for NbdSource {
                 e,
             )
         })
+    }
+
+    /// One read per connection at a time.
+    fn concurrent_reads(&self) -> usize {
+        self.clients.len()
     }
 
     /// Everything `base:allocation` does not promise reads as zeros (`NBD_STATE_ZERO`).

@@ -11,7 +11,7 @@
 //! (and with `--verify-cbt`) hashes everything and compares with what the bitmap said.
 
 use anyhow::{Context, Result};
-use vmstash_libvirt_xml::backup::JobDisk;
+use vmstash_libvirt_xml::backup::{checkpoint_for_redefine, JobDisk};
 use vmstash_libvirt_xml::DiskDef;
 use vmstash_repo::backup::{BackupDisk, BackupReport};
 use vmstash_repo::repository::now_rfc3339;
@@ -70,7 +70,7 @@ pub fn back_up(v: &VmBackup<'_>, live: bool) -> Result<Outcome> {
     }
     let time = v.a.time.clone().unwrap_or_else(now_rfc3339);
     let checkpoint = checkpoint_name(&time);
-    let since = find_since(v)?;
+    let since = find_since(v, live)?;
     let verify = v.a.verify_cbt
         || since
             .as_ref()
@@ -152,9 +152,10 @@ fn offline_disks<'a>(v: &'a VmBackup<'_>, disks: &[JobDisk]) -> Vec<OfflineDisk<
         .collect()
 }
 
-/// The latest snapshot of the VM, if its checkpoint is still on the hypervisor; otherwise
+/// The latest snapshot of the VM, if its checkpoint is still on the hypervisor (or, lost by
+/// libvirt, can be redefined from the snapshot: its bitmaps are still in the images); otherwise
 /// says why the backup hashes everything.
-fn find_since(v: &VmBackup<'_>) -> Result<Option<Since>> {
+fn find_since(v: &VmBackup<'_>, live: bool) -> Result<Option<Since>> {
     let latest = v
         .repo
         .snapshots()?
@@ -173,19 +174,44 @@ fn find_since(v: &VmBackup<'_>) -> Result<Option<Since>> {
         return Ok(None);
     };
     if !v.hv.virsh.checkpoints(v.name)?.contains(&checkpoint.name) {
+        if let Err(e) = redefine(v, &checkpoint, live) {
+            (v.say)(&format!(
+                "{}: hashing every chunk: checkpoint {} of its last snapshot {} is gone from libvirt, and its images cannot take it back ({})",
+                v.name,
+                checkpoint.name,
+                id.short(),
+                crate::output::describe(&e)
+            ));
+            return Ok(None);
+        }
         (v.say)(&format!(
-            "{}: hashing every chunk: checkpoint {} of its last snapshot {} is gone from libvirt (deleted, or the VM was redefined or restored)",
+            "{}: checkpoint {} of its last snapshot {} was gone from libvirt (the VM was redefined?); redefined it from the snapshot",
             v.name,
             checkpoint.name,
             id.short()
         ));
-        return Ok(None);
     }
     Ok(Some(Since {
         id,
         manifest,
         checkpoint,
     }))
+}
+
+/// Redefines a checkpoint libvirt lost from the XML recorded in the snapshot; a running domain's
+/// images are checked to hold its bitmaps (a shut-off one's are when qemu-nbd exports them).
+fn redefine(v: &VmBackup<'_>, checkpoint: &Checkpoint, live: bool) -> Result<()> {
+    let xml = checkpoint_for_redefine(&checkpoint.xml)?;
+    let shell = v.hv.virsh.shell();
+    let file = format!(
+        "/tmp/{}-{}-redefine.xml",
+        checkpoint.name,
+        std::process::id()
+    );
+    shell.write_file(&file, xml.as_bytes())?;
+    let defined = v.hv.virsh.redefine_checkpoint(v.name, &file, live);
+    let _ = shell.remove_file(&file);
+    defined
 }
 
 /// Starts the backup job: incremental where `since` allows, and if libvirt refuses that (a
