@@ -23,10 +23,15 @@
 //!   it refuses overlapping edits, and otherwise its output is the input
 //!   with exactly the edited ranges replaced, still well-formed, with the
 //!   number of elements the edits imply.
+//! - The backup API's XML (`vmstash_libvirt_xml::backup`), from the same
+//!   input: a checkpoint's XML as recorded in a snapshot, made fit to be
+//!   redefined, is a `<domaincheckpoint>` without a `<parent>` that
+//!   redefines the same again; a running job's XML reads or is an error.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use roxmltree::{Document, Node};
+use vmstash_libvirt_xml::backup::{checkpoint_for_redefine, running_job};
 use vmstash_libvirt_xml::edit::XmlEdits;
 use vmstash_libvirt_xml::{
     parse_domain, rewrite_for_define, DefineOptions, Error, RestoredDisk, QEMU_NAMESPACE,
@@ -49,7 +54,25 @@ fuzz_target!(|data: &[u8]| {
     };
     check_rewrite(&xml, &disks, &options, own_disks);
     check_editor(&xml, *seed);
+    check_backup_xml(&xml);
 });
+
+/// The backup API's properties (see the module docs).
+fn check_backup_xml(xml: &str) {
+    let _ = running_job(xml);
+    let Ok(redefinable) = checkpoint_for_redefine(xml) else {
+        return;
+    };
+    let doc = Document::parse(&redefinable).expect("a redefinable checkpoint parses");
+    let root = doc.root_element();
+    assert!(root.has_tag_name("domaincheckpoint"));
+    assert!(
+        !root.children().any(|n| n.has_tag_name("parent")),
+        "a parent is left"
+    );
+    let again = checkpoint_for_redefine(&redefinable).expect("redefinable again");
+    assert_eq!(again, redefinable, "not a fixed point");
+}
 
 /// A restored disk `target`, the `i`-th: raw and qcow2 in turn, on a path
 /// that needs escaping.
