@@ -17,6 +17,7 @@
 //! dies mid-stream must not leave a snapshot with chunks nobody read.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -25,6 +26,8 @@ use vmstash_hashblocks::protocol::{
 };
 use vmstash_repo::Id;
 use vmstash_ssh::{RemoteProcess, Sftp, SftpFailure, SshError, SshSession};
+
+use crate::read_pipe::ReadPipe;
 
 /// Environment variable naming the helper binary to ship.
 pub const HELPER_ENV: &str = "VMSTASH_HASHBLOCKS";
@@ -124,7 +127,7 @@ pub struct NbdChunks {
     pub chunks: Vec<ChunkReport>,
     /// Bytes the helper read through NBD to hash them.
     pub bytes_read: u64,
-    /// The export's number, for [`RemoteHelper::read_nbd`].
+    /// The export's number, for NBD reads.
     pub export: u32,
 }
 
@@ -142,6 +145,8 @@ pub struct RemoteHelper {
     remote_path: String,
     /// NBD exports it has opened (and keeps open) in this session.
     exports_opened: u32,
+    /// The order of the NBD reads pipelined on it.
+    pipe: Arc<ReadPipe>,
 }
 
 /// The helper binary to ship, and its bytes.
@@ -263,7 +268,9 @@ impl RemoteHelper {
                 ));
             }
         }
+        let pipe = Arc::new(ReadPipe::new(process.writer()));
         Ok(RemoteHelper {
+            pipe,
             process,
             host: ssh.describe(),
             remote_path,
@@ -317,7 +324,7 @@ impl RemoteHelper {
 
     /// Every chunk of the disk exported over NBD at `socket` on the host (spec §19.6): its id,
     /// or, with a `bitmap`, [`ChunkReport::Unchanged`] where the bitmap saw no write. The export
-    /// stays open for [`RemoteHelper::read_nbd`] (number [`NbdChunks::export`]). `Ok(Err(NoBitmap))` when the export has no
+    /// stays open for NBD reads (number [`NbdChunks::export`]). `Ok(Err(NoBitmap))` when the export has no
     /// such bitmap (the caller hashes the whole disk instead).
     pub fn hash_nbd(
         &mut self,
@@ -361,38 +368,38 @@ impl RemoteHelper {
         }))
     }
 
-    /// Fills `buf` with the bytes at `offset` of export number `export` (of
-    /// [`NbdChunks::export`]).
-    pub fn read_nbd(&mut self, export: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let length = u32::try_from(buf.len())
-            .ok()
-            .filter(|n| (1..=protocol::MAX_READ_LEN).contains(n))
-            .ok_or_else(|| anyhow!("an NBD read of {} bytes is out of range", buf.len()))?;
-        let read = Frame::NbdRead {
-            export,
-            offset,
-            length,
-        };
-        self.send(&read, "a read")?;
-        let doing = format!("reading {length} bytes at offset {offset} through NBD");
+    /// The order of the NBD reads pipelined on this helper (see [`ReadPipe`]).
+    pub fn read_pipe(&self) -> Arc<ReadPipe> {
+        Arc::clone(&self.pipe)
+    }
+
+    /// Receives the answer to the oldest NBD read sent through [`RemoteHelper::read_pipe`] and
+    /// not yet answered, into `buf` (its length is the read's). `Err((e, true))` when the
+    /// stream is out of step afterwards (the helper can take no more requests).
+    pub fn receive_nbd_read(&mut self, buf: &mut [u8]) -> Result<(), (anyhow::Error, bool)> {
+        let doing = format!("reading {} bytes through NBD", buf.len());
         let mut done = 0;
         while done < buf.len() {
-            match self.next_frame(&doing)? {
+            match self.next_frame(&doing).map_err(|e| (e, true))? {
                 Frame::Data { data } => {
-                    let dst = buf.get_mut(done..done + data.len()).ok_or_else(|| {
-                        anyhow!(
+                    let Some(dst) = buf.get_mut(done..done + data.len()) else {
+                        let e = anyhow!(
                             "the hashblocks helper on {} sent more bytes than asked while {doing}",
                             self.host
-                        )
-                    })?;
+                        );
+                        return Err((e, true));
+                    };
                     dst.copy_from_slice(&data);
                     done += data.len();
                 }
-                Frame::Error { message, .. } => bail!(
-                    "the hashblocks helper on {} failed {doing}: {message}",
-                    self.host
-                ),
-                other => return Err(self.unexpected(&doing, &other)),
+                Frame::Error { message, .. } => {
+                    let e = anyhow!(
+                        "the hashblocks helper on {} failed {doing}: {message}",
+                        self.host
+                    );
+                    return Err((e, false));
+                }
+                other => return Err((self.unexpected(&doing, &other), true)),
             }
         }
         Ok(())

@@ -22,6 +22,7 @@ mod location;
 mod output;
 mod password;
 mod progress;
+mod read_pipe;
 mod repo;
 mod restore_target;
 mod sftp_repo;

@@ -7,7 +7,7 @@
 //! repository lacks. On this host vmstash does the same itself.
 
 use std::path::Path;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 use anyhow::{anyhow, Result};
 use vmstash_hashblocks::hasher::hash_changed;
@@ -16,6 +16,7 @@ use vmstash_hashblocks::source::{whole_disk, SourceError};
 
 use crate::helper::{ChunkCollector, ChunkReport, NoBitmap};
 use crate::libvirt::shell::SharedHelper;
+use crate::read_pipe::ReadPipe;
 use crate::source::{DiskSource, ImageFormat};
 
 /// Where a disk's export is: the Unix socket on the hypervisor, the export's name, and the
@@ -63,6 +64,7 @@ pub fn hash_remote(
     };
     let reader = HelperNbdReader {
         helper: SharedHelper::clone(helper),
+        pipe: running.read_pipe(),
         format,
         export: hashed.export,
         size: hashed.size,
@@ -117,10 +119,16 @@ pub fn hash_local(
     }))
 }
 
-/// The bytes of an export on the hypervisor, read through the helper (one read at a time: the
-/// helper answers requests in turn).
+/// Reads of one export the engine keeps in flight at once: enough that the helper reads the
+/// next chunk on the host while the last one crosses the network.
+const PIPELINED_READS: usize = 4;
+
+/// The bytes of an export on the hypervisor, read through the helper, pipelined: several
+/// requests in flight, answered in turn ([`ReadPipe`]).
 struct HelperNbdReader {
     helper: SharedHelper,
+    /// The order of the reads on the helper, shared by every reader of it.
+    pipe: Arc<ReadPipe>,
     /// The image's format, for the snapshot (the export itself is raw bytes).
     format: ImageFormat,
     /// The export's number in the helper's session.
@@ -141,16 +149,27 @@ impl DiskSource for HelperNbdReader {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), SourceError> {
         let len = buf.len();
-        let mut guard = self.helper.lock().unwrap_or_else(PoisonError::into_inner);
         let failed = |e: anyhow::Error| SourceError::Io {
             path: self.label.clone().into(),
             action: format!("read {len} bytes at offset {offset} of"),
             source: std::io::Error::other(format!("{e:#}")),
         };
-        let helper = guard
-            .as_mut()
-            .ok_or_else(|| failed(anyhow!("the hashblocks helper stopped")))?;
-        helper.read_nbd(self.export, offset, buf).map_err(failed)
+        let ticket = self.pipe.send(self.export, offset, len).map_err(failed)?;
+        self.pipe.wait_turn(ticket).map_err(failed)?;
+        let received = {
+            let mut guard = self.helper.lock().unwrap_or_else(PoisonError::into_inner);
+            match guard.as_mut() {
+                Some(helper) => helper.receive_nbd_read(buf),
+                None => Err((anyhow!("the hashblocks helper stopped"), true)),
+            }
+        };
+        self.pipe
+            .done(received.as_ref().is_err_and(|(_, broken)| *broken));
+        received.map_err(|(e, _)| failed(e))
+    }
+
+    fn concurrent_reads(&self) -> usize {
+        PIPELINED_READS
     }
 
     /// Every chunk's id is known already; the engine reads only those the repository lacks.

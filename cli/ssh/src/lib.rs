@@ -46,7 +46,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use error::{SftpFailure, SshError};
-pub use process::RemoteProcess;
+pub use process::{RemoteProcess, RemoteWriter};
 pub use sftp::{Sftp, SftpFile, SftpMetadata, SftpWriter};
 
 /// Where to connect: `[user@]host[:port]` as the user wrote it. `host` may be an alias from the

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 
 use russh::client::Msg;
-use russh::{Channel, ChannelMsg};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 
 use crate::error::SshError;
 use crate::runtime;
@@ -15,10 +15,14 @@ use crate::session::Connection;
 /// Most stderr kept from a streaming command (the rest is dropped; it is only for messages).
 const MAX_STDERR: usize = 64 << 10;
 
-/// A command running on the remote host. Its stdout is read through [`io::Read`].
+/// A command running on the remote host. Its stdout is read through [`io::Read`]; its stdin
+/// is written through [`RemoteProcess::write_all`], or through a [`RemoteWriter`] from another
+/// thread while one reads (requests pipelined ahead of their answers).
 pub struct RemoteProcess {
-    /// The command's channel.
-    channel: Channel<Msg>,
+    /// What the command sends.
+    reader: ChannelReadHalf,
+    /// Its stdin, shared with the [`RemoteWriter`]s.
+    writer: RemoteWriter,
     /// The connection, kept open while the command runs.
     _connection: Arc<Connection>,
     /// `user@host:port`, for messages.
@@ -49,10 +53,17 @@ pub(crate) async fn spawn(
         .exec(true, command)
         .await
         .map_err(|source| connection.channel_error("start a command", source))?;
+    let (reader, writer) = channel.split();
+    let host = connection.description.clone();
     Ok(RemoteProcess {
-        channel,
+        reader,
+        writer: RemoteWriter {
+            half: Arc::new(writer),
+            host: host.clone(),
+            command: command.to_owned(),
+        },
         _connection: Arc::clone(connection),
-        host: connection.description.clone(),
+        host,
         command: command.to_owned(),
         pending: Vec::new(),
         pending_pos: 0,
@@ -75,13 +86,17 @@ impl RemoteProcess {
 
     /// Writes `data` to the command's stdin.
     pub fn write_all(&mut self, data: &[u8]) -> Result<(), SshError> {
-        let sent = runtime::block_on(self.channel.data(data))?;
-        sent.map_err(|e| self.error(format!("cannot write to its input: {e}")))
+        self.writer.write_all(data)
+    }
+
+    /// A handle that writes to the command's stdin from any thread.
+    pub fn writer(&self) -> RemoteWriter {
+        self.writer.clone()
     }
 
     /// Closes the command's stdin (it sees end of input).
     pub fn close_stdin(&mut self) -> Result<(), SshError> {
-        let sent = runtime::block_on(self.channel.eof())?;
+        let sent = runtime::block_on(self.writer.half.eof())?;
         sent.map_err(|e| self.error(format!("cannot close its input: {e}")))
     }
 
@@ -90,7 +105,7 @@ impl RemoteProcess {
         if self.closed {
             return Ok(false);
         }
-        let message = runtime::block_on(self.channel.wait())?;
+        let message = runtime::block_on(self.reader.wait())?;
         match message {
             Some(ChannelMsg::Data { data }) => self.pending.extend_from_slice(&data),
             Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
@@ -160,7 +175,30 @@ impl io::Read for RemoteProcess {
 impl Drop for RemoteProcess {
     fn drop(&mut self) {
         if !self.closed {
-            let _ = runtime::block_on(self.channel.close());
+            let _ = runtime::block_on(self.writer.half.close());
         }
+    }
+}
+
+/// Writes to a [`RemoteProcess`]'s stdin; clones share it.
+#[derive(Clone)]
+pub struct RemoteWriter {
+    half: Arc<ChannelWriteHalf<Msg>>,
+    /// `user@host:port`, for messages.
+    host: String,
+    /// The command line, for messages.
+    command: String,
+}
+
+impl RemoteWriter {
+    /// Writes `data` to the command's stdin. Writes from several threads must be ordered by
+    /// the caller (each call sends its bytes as a whole).
+    pub fn write_all(&self, data: &[u8]) -> Result<(), SshError> {
+        let sent = runtime::block_on(self.half.data(data))?;
+        sent.map_err(|e| SshError::Exec {
+            host: self.host.clone(),
+            command: self.command.clone(),
+            what: format!("cannot write to its input: {e}"),
+        })
     }
 }
