@@ -141,7 +141,8 @@ pub enum Command {
     Stats,
     /// List the VMs of a hypervisor with their disks.
     Vms(VmsArgs),
-    /// Commit overlays left on a VM by a backup that was killed.
+    /// Clean what a killed backup left on a VM: its backup job and checkpoint, qemu-nbd servers
+    /// and bitmaps, overlays (committed back).
     VmRepair(VmRepairArgs),
     /// Mount the repository read-only: every backup's disks as raw images (runs until unmounted).
     Mount(MountArgs),
