@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::fixtures::libvirt::{virsh, TestVm, URI};
+use crate::fixtures::libvirt::{virsh, virsh_output, TestVm, URI};
 use crate::fixtures::sshd::Sshd;
 use crate::helper::{backup_command, backup_with, helper_binary, stderr, summary};
 use crate::util::{assert_raw_images_equal, describe, random_bytes, sh, Repo};
@@ -62,9 +62,14 @@ fn checkpoints(vm: &TestVm) -> Vec<String> {
         .collect()
 }
 
-/// "None" when the domain runs no job, else the job's type.
+/// "None" when the domain runs no job, else the job's type ("?" while libvirt cannot say:
+/// `domjobinfo` fails for a moment as a backup job starts or ends).
 fn job_type(vm: &TestVm) -> String {
-    virsh(&["domjobinfo", &vm.name])
+    let out = virsh_output(&["domjobinfo", &vm.name]);
+    if !out.status.success() {
+        return "?".to_owned();
+    }
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("Job type:"))
         .unwrap_or_default()
@@ -597,4 +602,78 @@ fn shut_off_vm_incremental_reads_only_what_changed_through_qemu_nbd() {
     assert!(cbt_of(&next)["since"].is_string(), "{next}");
     assert_latest_vda_is(&repo, &live_vda(&vm, work.path()));
     repo.ok(&["check", "--read-data"]);
+}
+
+/// The pid of the QEMU running `vm` (libvirt's pid file).
+fn qemu_pid(vm: &TestVm) -> String {
+    let file = format!("/run/libvirt/qemu/{}.pid", vm.name);
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn qemu_killed_mid_backup_fails_it_cleanly_and_the_next_backup_falls_back() {
+    if !TestVm::available() {
+        return;
+    }
+    let vm = TestVm::create("cbtcrash");
+    let repo = Repo::init();
+    let work = tempfile::tempdir().expect("tempdir");
+    summary(&local_backup(&repo, &vm, &[]));
+    let snapshots = || repo.json(&["snapshots"]).as_array().map_or(0, Vec::len);
+    let before = snapshots();
+    // Catch a backup with its job running (a few tries: a backup of this VM is short), and
+    // kill its QEMU with SIGKILL: the persistent bitmaps are never stored.
+    let mut caught = None;
+    for _ in 0..10 {
+        guest_write(&vm, "virtio-disk0", 12 * MIB, &random_bytes(12, MIB_USIZE));
+        let child = local_backup_command(&repo, &vm)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn backup");
+        let start = Instant::now();
+        while job_type(&vm) == "None" && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed = job_type(&vm) != "None";
+        if killed {
+            sh("kill", &["-9", &qemu_pid(&vm)]);
+        }
+        let out = child.wait_with_output().expect("wait");
+        if killed && !out.status.success() {
+            caught = Some(out);
+            break;
+        }
+        if vm.state() != "running" {
+            vm.start();
+        }
+    }
+    let out = caught.expect("no backup was caught with its job running");
+    assert!(
+        !stderr(&out).contains("vm-repair"),
+        "nothing should be left to repair: {}",
+        describe(&out)
+    );
+    assert_eq!(snapshots(), before, "a failed backup wrote a snapshot");
+    assert!(
+        vm.leftover_files().is_empty(),
+        "leftovers: {:?}",
+        vm.leftover_files()
+    );
+    vm.start();
+    guest_write(&vm, "virtio-disk0", 13 * MIB, &random_bytes(13, MIB_USIZE));
+    let next = local_backup(&repo, &vm, &[]);
+    let next_summary = summary(&next);
+    assert!(
+        stderr(&next).contains("hashing every chunk"),
+        "the bitmaps of a killed QEMU are not to be trusted: {}",
+        describe(&next)
+    );
+    assert!(cbt_of(&next_summary)["since"].is_null(), "{next_summary}");
+    assert_clean(&vm);
+    assert_latest_vda_is(&repo, &live_vda(&vm, work.path()));
+    repo.ok(&["check"]);
 }

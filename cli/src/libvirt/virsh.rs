@@ -218,10 +218,13 @@ impl Virsh {
     }
 
     /// Ends the domain's backup job (`domjobabort`: how a pull-mode job ends; libvirt deletes
-    /// its scratch files and socket); succeeds when there is none.
+    /// its scratch files and socket); succeeds when there is none, also when the domain stopped.
     pub fn end_backup_job(&self, domain: &str) -> Result<()> {
         let out = self.call(&["domjobabort", domain])?;
-        let none = out.stderr.contains("no job is active") || out.stderr.contains("no domain job");
+        // A domain that stopped (QEMU crashed or was killed) has no job either.
+        let none = ["no job is active", "no domain job", "domain is not running"]
+            .iter()
+            .any(|m| out.stderr.contains(m));
         if out.status != 0 && !none {
             bail!(
                 "virsh domjobabort {domain} on {} failed: {}",
