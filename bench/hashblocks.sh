@@ -112,26 +112,13 @@ random_extents() {
   done
 }
 
-# backup LABEL REPO DOMAIN: one timed backup; sets B_WIRE (bytes on lo),
-# B_SECS, B_READ (vmstash's bytes_read).
+# backup LABEL REPO DOMAIN: one timed backup (ssh_vm_backup in bench/lib/sshd.sh); sets
+# B_WIRE (bytes on lo), B_SECS, B_READ (vmstash's bytes_read).
 backup() {
-  local label="$1" repo="$2" dom="$3" before after t0 t1
   drop_caches
-  before="$(cat /sys/class/net/lo/statistics/tx_bytes)"
-  t0="$(date +%s%N)"
-  env -u SSH_AUTH_SOCK HOME="$W/home" "$VMSTASH" -r "$repo" --identity "$KEY" --known-hosts "$KH" \
-    --json backup --connect "$CONNECT" --vm "$dom" >"$LOGS/$label.out" 2>"$LOGS/$label.err" || {
-    tail -n 20 "$LOGS/$label.err" >&2
-    die "backup $label failed"
-  }
-  t1="$(date +%s%N)"
-  after="$(cat /sys/class/net/lo/statistics/tx_bytes)"
-  if grep -q "not using the hashblocks helper" "$LOGS/$label.err"; then
-    die "backup $label did not use the helper: $(cat "$LOGS/$label.err")"
-  fi
-  B_WIRE=$((after - before))
-  B_SECS="$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", (b - a) / 1e9}')"
-  B_READ="$(tail -n 1 "$LOGS/$label.out" | jq -r .bytes_read)"
+  ssh_vm_backup "$1" "$VMSTASH" "$2" "$3"
+  B_SECS="$(secs "$B_MS")"
+  B_READ="$(tail -n 1 "$LOGS/$1.out" | jq -r .bytes_read)"
 }
 
 verify() { # REPO DISK

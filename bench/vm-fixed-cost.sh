@@ -81,25 +81,9 @@ rm -f "$W/data"
 . "$ROOT/bench/lib/vm.sh"
 start_halting_vm "$DOM" "$IMGDIR" "qcow2:$IMGDIR/vda.qcow2" "raw:$IMGDIR/vdb.raw"
 
-# backup LABEL BIN REPO: one backup; sets B_MS, B_EXECS (exec channels), B_WIRE (bytes on lo).
-backup() {
-  local label="$1" bin="$2" repo="$3" log_before before after t0 t1
-  log_before="$(wc -c <"$SSHD_DIR/sshd.log")"
-  before="$(cat /sys/class/net/lo/statistics/tx_bytes)"
-  t0="$(date +%s%N)"
-  env -u SSH_AUTH_SOCK HOME="$W/home" "$bin" -r "$repo" --identity "$KEY" --known-hosts "$KH" \
-    --json backup --connect "$CONNECT" --vm "$DOM" >"$LOGS/$label.out" 2>"$LOGS/$label.err" || {
-    tail -n 20 "$LOGS/$label.err" >&2
-    die "backup $label failed"
-  }
-  t1="$(date +%s%N)"
-  after="$(cat /sys/class/net/lo/statistics/tx_bytes)"
-  grep -q "not using the hashblocks helper" "$LOGS/$label.err" &&
-    die "backup $label did not use the helper: $(cat "$LOGS/$label.err")"
-  B_MS=$(((t1 - t0) / 1000000))
-  B_EXECS="$(tail -c +"$((log_before + 1))" "$SSHD_DIR/sshd.log" | grep -c 'Starting session: command' || true)"
-  B_WIRE=$((after - before))
-}
+# backup LABEL BIN REPO: one backup (ssh_vm_backup in bench/lib/sshd.sh); sets B_MS,
+# B_EXECS (exec channels), B_WIRE (bytes on lo).
+backup() { ssh_vm_backup "$1" "$2" "$3" "$DOM"; }
 
 declare -A MEDIAN EXECS WIRE
 for i in "${!BINS[@]}"; do

@@ -71,3 +71,28 @@ EOF
   printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$HOST_KEY.pub")" >"$KH"
   CONNECT="qemu+ssh://root@127.0.0.1:$PORT/system"
 }
+
+# ssh_vm_backup LABEL BIN REPO DOMAIN [ARGS...]: one `BIN -r REPO --json backup --connect
+# $CONNECT --vm DOMAIN ARGS...` through the private sshd with the helper (dies if it fails or
+# did not use the helper); its output in $LOGS/LABEL.out and .err. Sets B_MS (wall time),
+# B_WIRE (bytes sent on lo meanwhile) and B_EXECS (SSH exec channels it opened).
+ssh_vm_backup() {
+  local label="$1" bin="$2" repo="$3" dom="$4" log_before before after t0 t1
+  shift 4
+  log_before="$(wc -c <"$SSHD_DIR/sshd.log")"
+  before="$(cat /sys/class/net/lo/statistics/tx_bytes)"
+  t0="$(date +%s%N)"
+  env -u SSH_AUTH_SOCK HOME="$W/home" "$bin" -r "$repo" --identity "$KEY" --known-hosts "$KH" \
+    --json backup --connect "$CONNECT" --vm "$dom" "$@" >"$LOGS/$label.out" 2>"$LOGS/$label.err" || {
+    tail -n 20 "$LOGS/$label.err" >&2
+    die "backup $label failed"
+  }
+  t1="$(date +%s%N)"
+  after="$(cat /sys/class/net/lo/statistics/tx_bytes)"
+  if grep -q "not using the hashblocks helper" "$LOGS/$label.err"; then
+    die "backup $label did not use the helper: $(cat "$LOGS/$label.err")"
+  fi
+  B_MS=$(((t1 - t0) / 1000000))
+  B_WIRE=$((after - before))
+  B_EXECS="$(tail -c +"$((log_before + 1))" "$SSHD_DIR/sshd.log" | grep -c 'Starting session: command' || true)"
+}
