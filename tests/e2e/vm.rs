@@ -22,6 +22,12 @@ fn backup_vm(repo: &Repo, vm: &TestVm) -> (serde_json::Value, String) {
     (summary, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// `backup --connect qemu:///system --vm NAME --cbt never`: the path without changed-block
+/// tracking (an external snapshot of a running VM, the images of a shut-off one).
+fn backup_without_cbt(name: &str) -> [&str; 7] {
+    ["backup", "--connect", URI, "--vm", name, "--cbt", "never"]
+}
+
 /// Restores the latest snapshot and compares both disks with the VM's.
 fn assert_restores_identical(repo: &Repo, vm: &TestVm) {
     let out = repo.restore("latest");
@@ -69,7 +75,7 @@ fn running_vm_is_backed_up_and_left_on_its_original_disks() {
 }
 
 #[test]
-fn shut_off_vm_is_read_directly() {
+fn shut_off_vm_is_backed_up_through_qemu_nbd_or_read_directly() {
     if !TestVm::available() {
         return;
     }
@@ -81,13 +87,20 @@ fn shut_off_vm_is_read_directly() {
         },
     );
     let repo = Repo::init();
-    backup_vm(&repo, &vm);
+    // With changed-block tracking (the default): through qemu-nbd on the images.
+    let (tracked, _) = backup_vm(&repo, &vm);
+    assert!(tracked["cbt"].is_object(), "{tracked}");
     assert_eq!(vm.state(), "shut off");
     assert!(
         vm.leftover_files().is_empty(),
         "leftovers: {:?}",
         vm.leftover_files()
     );
+    assert_restores_identical(&repo, &vm);
+    // Without it: the images read directly.
+    let direct = repo.json(&backup_without_cbt(&vm.name));
+    assert!(direct["cbt"].is_null(), "{direct}");
+    assert_eq!(direct["new_chunks"], 0, "{direct}");
     assert_restores_identical(&repo, &vm);
     let list = repo.json(&["vms", "--connect", URI]);
     let me = list
@@ -173,15 +186,7 @@ fn wait_for_orphaned_virsh(vm: &TestVm, timeout: Duration) {
 fn signal_mid_backup(repo: &Repo, vm: &TestVm, signal: &str) -> std::process::Output {
     for _ in 0..5 {
         let child = repo
-            .cmd(&[
-                "backup",
-                "--connect",
-                URI,
-                "--vm",
-                &vm.name,
-                "--cbt",
-                "never",
-            ])
+            .cmd(&backup_without_cbt(&vm.name))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
