@@ -295,8 +295,13 @@ impl Repository {
         let mut removed = Vec::new();
         for lock in self.lock_files()? {
             if lock.is_stale(&host) {
-                self.backend().remove(FileKind::Lock, &lock.name)?;
-                removed.push(lock.name);
+                match self.backend().remove(FileKind::Lock, &lock.name) {
+                    Ok(()) => removed.push(lock.name),
+                    // Its holder removed it meanwhile (it was ending as its lock was read).
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(removed)
