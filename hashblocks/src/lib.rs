@@ -14,9 +14,11 @@
 //!   SSH channel and not one per `virsh` call.
 //! - [`nbd`]: a small NBD client, for reading a running VM's disk as of a point in time and its
 //!   dirty bitmap from QEMU (spec/FORMAT.md §22).
+//! - [`qmp`]: a small QMP client, for backing up a QEMU that no libvirt manages (§19.8).
 
 pub mod hasher;
 pub mod nbd;
 pub mod protocol;
+pub mod qmp;
 pub mod run;
 pub mod source;

@@ -17,6 +17,7 @@ use vmstash_hashblocks::protocol::{
     read_frame, write_frame, ErrorCode, Frame, ImageFormat, ProtocolError, MAX_DATA_CHUNK,
     MAX_OPEN_EXPORTS, VERSION,
 };
+use vmstash_hashblocks::qmp::{run_script, Step};
 use vmstash_hashblocks::run::run_command;
 use vmstash_hashblocks::source::nbd::{NbdSource, NbdSourceError};
 use vmstash_hashblocks::source::{self, DiskSource, SourceError};
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("qmp") => qmp(&args[1..]),
         Some("--version") => {
             println!(
                 "vmstash-hashblocks {} (protocol {VERSION})",
@@ -41,9 +43,55 @@ fn main() -> ExitCode {
         Some(other) => {
             eprintln!(
                 "vmstash-hashblocks: unknown argument {other:?}; this helper is run by vmstash \
-                 (usage: vmstash-hashblocks [serve | --version])"
+                 (usage: vmstash-hashblocks [serve | qmp [--keep-going] SOCKET STEP… | --version])"
             );
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `qmp [--keep-going] SOCKET STEP…` (spec §19.8): runs the steps (JSON objects) over one
+/// connection to the QMP socket and prints what they answered as one JSON object. Exit status
+/// 0 when the script ran (a refused command is in its output), 1 when QEMU could not be
+/// reached or broke the protocol, 2 for bad arguments.
+fn qmp(args: &[String]) -> ExitCode {
+    let (keep_going, args) = match args.split_first() {
+        Some((flag, rest)) if flag == "--keep-going" => (true, rest),
+        _ => (false, args),
+    };
+    let Some((socket, steps)) = args.split_first() else {
+        eprintln!("vmstash-hashblocks qmp: usage: qmp [--keep-going] SOCKET STEP…");
+        return ExitCode::from(2);
+    };
+    let steps: Result<Vec<Step>, String> = steps
+        .iter()
+        .map(|s| {
+            serde_json::from_str(s)
+                .map_err(|e| format!("step {s:?} is not JSON: {e}"))
+                .and_then(Step::from_json)
+        })
+        .collect();
+    let steps = match steps {
+        Ok(steps) => steps,
+        Err(e) => {
+            eprintln!("vmstash-hashblocks qmp: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run_script(Path::new(socket), &steps, keep_going) {
+        Ok(output) => match serde_json::to_string(&output) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmstash-hashblocks qmp: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("vmstash-hashblocks qmp: {socket}: {e}");
+            ExitCode::FAILURE
         }
     }
 }
