@@ -223,6 +223,18 @@ impl Tree {
                 inodes,
             );
         }
+        if let Some(qemu) = &manifest.qemu {
+            let mut json = serde_json::to_string_pretty(qemu).unwrap_or_default();
+            json.push('\n');
+            self.file(
+                ino,
+                path,
+                "qemu.json",
+                Entry::Text(Arc::from(json.as_str())),
+                mtime,
+                inodes,
+            );
+        }
         for (disk, d) in manifest.disks.iter().enumerate() {
             if !usable(&d.name) {
                 continue;
@@ -330,6 +342,7 @@ mod tests {
             summary: Summary::default(),
             original: None,
             checkpoint: None,
+            qemu: None,
         }
     }
 

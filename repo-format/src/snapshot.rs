@@ -43,6 +43,28 @@ pub struct Manifest {
     /// any: the next backup of the VM reads only what its bitmap says was written since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
+    /// The configuration of a QEMU backed up through its QMP socket (no libvirt, so no
+    /// `domain_xml`), if this is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<QemuConfig>,
+}
+
+/// What says how a QEMU backed up through its QMP socket ran (spec §13 `qemu`): enough to start
+/// it again on the restored disks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QemuConfig {
+    /// The QMP socket it was backed up through, on the hypervisor.
+    pub qmp_socket: String,
+    /// QEMU's version, as its QMP greeting said.
+    pub version: String,
+    /// The QEMU process's command line (empty when the host could not say).
+    pub cmdline: Vec<String>,
+    /// Its working directory, which relative paths in `cmdline` are relative to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Proxmox VE's configuration of the VM (`qm config VMID`), on a Proxmox node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pve_config: Option<String>,
 }
 
 /// A libvirt checkpoint made with a snapshot (spec §13 `checkpoint`).
@@ -222,6 +244,7 @@ pub(crate) mod tests {
             summary: Summary::default(),
             original: None,
             checkpoint: None,
+            qemu: None,
         }
     }
 

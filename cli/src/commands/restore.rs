@@ -59,6 +59,10 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
         dest.write_file("domain.xml", xml.as_bytes())?;
         written.push(dest.display("domain.xml"));
     }
+    if let Some(qemu) = &m.qemu {
+        dest.write_file(QEMU_CONFIG_FILE, &qemu_config_json(qemu)?)?;
+        written.push(dest.display(QEMU_CONFIG_FILE));
+    }
     if a.define {
         let defined = define_vm(g, &m, a, &dest, &disks)?;
         written.push(defined);
@@ -216,4 +220,14 @@ fn restore_disk(
     });
     dest.remove(&tmp);
     result.map(|()| dest.display(&name))
+}
+
+/// The file a restore writes the configuration of a QEMU backed up through QMP to.
+const QEMU_CONFIG_FILE: &str = "qemu.json";
+
+/// The configuration of a QEMU backed up through QMP, as `qemu.json` holds it (pretty JSON).
+fn qemu_config_json(qemu: &vmstash_repo::snapshot::QemuConfig) -> Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(qemu)?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }

@@ -27,7 +27,7 @@ use crate::index::MasterIndex;
 use crate::marks::recover_needed_packs;
 use crate::progress::Progress;
 use crate::repository::{now_rfc3339, Repository};
-use crate::snapshot::{is_safe_name, Checkpoint, Disk, Manifest, Summary};
+use crate::snapshot::{is_safe_name, Checkpoint, Disk, Manifest, QemuConfig, Summary};
 use crate::source::DiskSource;
 use crate::{threads, Error, Result, FORMAT_VERSION};
 use pipeline::DiskJob;
@@ -92,6 +92,8 @@ pub struct BackupPlan {
     pub original: Option<Id>,
     /// The hypervisor checkpoint made at the snapshot's instant, to record in it.
     pub checkpoint: Option<Checkpoint>,
+    /// The configuration of a QEMU backed up through QMP, to record in the snapshot.
+    pub qemu: Option<QemuConfig>,
     /// The snapshot the disks' `unchanged` chunks come from: it must be the latest snapshot of
     /// the plan's name (the new snapshot's parent), or the backup fails before reading.
     pub cbt_parent: Option<Id>,
@@ -110,6 +112,7 @@ impl BackupPlan {
             made_by: None,
             original: None,
             checkpoint: None,
+            qemu: None,
             cbt_parent: None,
         }
     }
@@ -246,6 +249,7 @@ pub fn back_up(
         },
         original: plan.original,
         checkpoint: plan.checkpoint,
+        qemu: plan.qemu,
     };
     // The snapshot's own size is part of what was added; estimate it by its plaintext (it
     // compresses well), then store the real one.

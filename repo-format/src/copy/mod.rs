@@ -142,6 +142,7 @@ fn copy_one(
     let mut plan = BackupPlan::new(manifest.name.clone(), disks);
     plan.tags = manifest.tags.clone();
     plan.domain_xml = manifest.domain_xml.clone();
+    plan.qemu = manifest.qemu.clone();
     plan.time = Some(manifest.time.clone());
     plan.made_by = Some((manifest.hostname.clone(), manifest.username.clone()));
     plan.original = Some(manifest.original.unwrap_or(id));
