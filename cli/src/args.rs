@@ -176,11 +176,12 @@ pub struct VmsArgs {
 /// `vmstash vm-repair`
 #[derive(Debug, Args)]
 pub struct VmRepairArgs {
-    /// libvirt URI: qemu:///system, or qemu+ssh://user@host[:port]/system.
+    /// libvirt URI: qemu:///system, or qemu+ssh://user@host[:port]/system; or a QEMU's QMP
+    /// socket: qmp:///path/to/qmp.sock, qmp+ssh://user@host/path/to/qmp.sock.
     #[arg(long, value_name = "URI")]
     pub connect: String,
-    /// The VM to repair.
-    #[arg(long)]
+    /// The VM to repair (a libvirt domain; not with a QMP socket, which names its QEMU).
+    #[arg(long, required = false, default_value = "")]
     pub vm: String,
 }
 
@@ -257,7 +258,8 @@ pub struct BackupArgs {
         conflicts_with = "connect"
     )]
     pub disks: Vec<PathBuf>,
-    /// Back up VMs of this libvirt hypervisor: qemu:///system or qemu+ssh://user@host[:port]/system.
+    /// Back up VMs of this libvirt hypervisor: qemu:///system or qemu+ssh://user@host[:port]/system;
+    /// or the QEMU behind a QMP socket: qmp:///path/to/qmp.sock, qmp+ssh://user@host/path/to/qmp.sock.
     #[arg(long, value_name = "URI")]
     pub connect: Option<String>,
     /// A VM to back up (repeatable); with --connect.

@@ -368,6 +368,12 @@ impl RemoteHelper {
         }))
     }
 
+    /// The helper's path as commands it runs (RUN, ON_EXIT) name it: relative to the home
+    /// directory it was started in (spec §19.5), for `qmp` (§19.8).
+    pub fn command_path(&self) -> String {
+        format!("./{}", self.remote_path)
+    }
+
     /// The order of the NBD reads pipelined on this helper (see [`ReadPipe`]).
     pub fn read_pipe(&self) -> Arc<ReadPipe> {
         Arc::clone(&self.pipe)

@@ -22,6 +22,7 @@ mod location;
 mod output;
 mod password;
 mod progress;
+mod qemu;
 mod read_pipe;
 mod repo;
 mod restore_target;

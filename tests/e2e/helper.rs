@@ -65,12 +65,19 @@ pub fn backup_command(
     extra: &[&str],
 ) -> std::process::Command {
     let uri = format!("qemu+ssh://root@127.0.0.1:{}/system", sshd.port);
+    let mut cmd = vmstash_over_ssh(sshd, repo, helper);
+    cmd.args(["--json", "backup", "--connect", &uri, "--vm", &vm.name])
+        .args(extra);
+    cmd
+}
+
+/// vmstash with the test sshd's key and known hosts, on `repo`, shipping `helper`; the caller
+/// adds the command and its arguments.
+pub fn vmstash_over_ssh(sshd: &Sshd, repo: &Repo, helper: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(crate::util::bin());
     cmd.args(["--identity", &sshd.client_key.display().to_string()])
         .args(["--known-hosts", &sshd.known_hosts.display().to_string()])
-        .args(["-r", &repo.path.display().to_string(), "--json", "backup"])
-        .args(["--connect", &uri, "--vm", &vm.name])
-        .args(extra)
+        .args(["-r", &repo.path.display().to_string()])
         .env("VMSTASH_PASSWORD", crate::util::PASSWORD)
         .env("VMSTASH_HASHBLOCKS", helper)
         // For a repository of the shared moto server (s3.rs); unused by a local one.

@@ -18,6 +18,7 @@ mod helper;
 mod keys;
 mod mount;
 mod prune;
+mod qmp;
 mod repair;
 mod roundtrip;
 mod s3;

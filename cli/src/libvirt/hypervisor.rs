@@ -14,30 +14,30 @@ use crate::exit::usage;
 use crate::helper::{NoBitmap, RemoteHelper};
 use crate::libvirt::nbd_disk::{self, NbdDisk, NbdExport};
 use crate::libvirt::shell::{LocalShell, SharedHelper, Shell, SshShell};
-use crate::libvirt::uri::ConnectUri;
+use crate::libvirt::uri::{ConnectUri, Transport};
 use crate::libvirt::virsh::Virsh;
 use crate::source::{self, DiskSource, ImageFormat};
 
 /// A hypervisor: where commands run and how its disk images are read.
 pub struct Hypervisor {
-    /// virsh there.
+    /// virsh there (unused behind a QMP socket).
     pub virsh: Virsh,
     uri: ConnectUri,
+    /// The URI as the user gave it, for messages that say what command to run next.
+    given: String,
     /// The SSH session of a remote hypervisor.
     ssh: Option<SshSession>,
     /// The hashblocks helper running there, once started; commands go through it too.
     helper: SharedHelper,
 }
 impl Hypervisor {
-    /// Connects to the hypervisor named by a libvirt URI.
-    pub fn connect(uri: &str, ssh: &SshOptions) -> Result<Hypervisor> {
-        let uri = ConnectUri::parse(uri).map_err(|e| usage(format!("{e:#}")))?;
+    /// Connects to the hypervisor named by a connection URI (libvirt's, or a QMP socket's).
+    pub fn connect(given: &str, ssh: &SshOptions) -> Result<Hypervisor> {
+        let uri = ConnectUri::parse(given).map_err(|e| usage(format!("{e:#}")))?;
         let helper = SharedHelper::default();
-        let (shell, ssh): (Arc<dyn Shell>, _) = match &uri {
-            ConnectUri::Local { .. } => (Arc::new(LocalShell), None),
-            ConnectUri::Ssh {
-                user, host, port, ..
-            } => {
+        let (shell, ssh): (Arc<dyn Shell>, _) = match &uri.transport {
+            Transport::Local => (Arc::new(LocalShell), None),
+            Transport::Ssh { user, host, port } => {
                 let target = SshTarget {
                     user: user.clone(),
                     host: host.clone(),
@@ -48,9 +48,11 @@ impl Hypervisor {
                 (Arc::new(shell), Some(session))
             }
         };
+        let virsh_uri = uri.virsh_uri().unwrap_or("qemu:///system");
         Ok(Hypervisor {
-            virsh: Virsh::new(shell, uri.virsh_uri()),
+            virsh: Virsh::new(shell, virsh_uri),
             uri,
+            given: given.to_owned(),
             ssh,
             helper,
         })
@@ -73,9 +75,26 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// The libvirt URI, as virsh takes it.
-    pub fn uri(&self) -> String {
-        self.uri.virsh_uri().to_string()
+    /// The connection URI as the user gave it (for `--connect` in messages).
+    pub fn uri(&self) -> &str {
+        &self.given
+    }
+
+    /// The QMP socket's path on the hypervisor, when the URI names one (not libvirt).
+    pub fn qmp_socket(&self) -> Option<&str> {
+        self.uri.qmp_socket()
+    }
+
+    /// The helper's path on a remote hypervisor, for commands that run it (`qmp`); `None`
+    /// when no helper runs there.
+    pub fn helper_path(&self) -> Option<String> {
+        let helper = self.helper.lock().unwrap_or_else(PoisonError::into_inner);
+        helper.as_ref().map(RemoteHelper::command_path)
+    }
+
+    /// True when the hypervisor is this host.
+    pub fn is_local(&self) -> bool {
+        self.ssh.is_none()
     }
 
     /// The hypervisor's host name, for tags (`host:<name>`).

@@ -42,10 +42,40 @@ pub enum Outcome {
 }
 
 /// The parent a backup counts from: the latest snapshot of the VM and its checkpoint.
-struct Since {
-    id: Id,
-    manifest: Manifest,
-    checkpoint: Checkpoint,
+pub(super) struct Since {
+    /// The snapshot.
+    pub id: Id,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The checkpoint made with it.
+    pub checkpoint: Checkpoint,
+}
+
+/// The latest snapshot of the VM, if it was made with a checkpoint; otherwise says why the
+/// backup hashes everything. Whether the hypervisor still has the checkpoint is the caller's.
+pub(super) fn latest_with_checkpoint(v: &VmBackup<'_>) -> Result<Option<Since>> {
+    let latest = v
+        .repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, m)| m.name == v.name);
+    let Some((id, manifest)) = latest else {
+        return Ok(None);
+    };
+    let Some(checkpoint) = manifest.checkpoint.clone() else {
+        (v.say)(&format!(
+            "{}: hashing every chunk: its last snapshot {} was made without changed-block tracking",
+            v.name,
+            id.short()
+        ));
+        return Ok(None);
+    };
+    Ok(Some(Since {
+        id,
+        manifest,
+        checkpoint,
+    }))
 }
 
 /// Backs up the VM of `v` with changed-block tracking, if it can be used: a running one
@@ -156,25 +186,12 @@ fn offline_disks<'a>(v: &'a VmBackup<'_>, disks: &[JobDisk]) -> Vec<OfflineDisk<
 /// libvirt, can be redefined from the snapshot: its bitmaps are still in the images); otherwise
 /// says why the backup hashes everything.
 fn find_since(v: &VmBackup<'_>, live: bool) -> Result<Option<Since>> {
-    let latest = v
-        .repo
-        .snapshots()?
-        .into_iter()
-        .rev()
-        .find(|(_, m)| m.name == v.name);
-    let Some((id, manifest)) = latest else {
+    let Some(since) = latest_with_checkpoint(v)? else {
         return Ok(None);
     };
-    let Some(checkpoint) = manifest.checkpoint.clone() else {
-        (v.say)(&format!(
-            "{}: hashing every chunk: its last snapshot {} was made without changed-block tracking",
-            v.name,
-            id.short()
-        ));
-        return Ok(None);
-    };
+    let (id, checkpoint) = (since.id, &since.checkpoint);
     if !v.hv.virsh.checkpoints(v.name)?.contains(&checkpoint.name) {
-        if let Err(e) = redefine(v, &checkpoint, live) {
+        if let Err(e) = redefine(v, checkpoint, live) {
             (v.say)(&format!(
                 "{}: hashing every chunk: checkpoint {} of its last snapshot {} is gone from libvirt, and its images cannot take it back ({})",
                 v.name,
@@ -191,11 +208,7 @@ fn find_since(v: &VmBackup<'_>, live: bool) -> Result<Option<Since>> {
             id.short()
         ));
     }
-    Ok(Some(Since {
-        id,
-        manifest,
-        checkpoint,
-    }))
+    Ok(Some(since))
 }
 
 /// Redefines a checkpoint libvirt lost from the XML recorded in the snapshot; a running domain's
@@ -341,14 +354,16 @@ fn read_and_store(
 }
 
 /// One disk hashed through its export, as the engine takes it.
-struct ReadDisk {
-    disk: BackupDisk,
-    bytes_hashed: u64,
+pub(super) struct ReadDisk {
+    /// The disk as the engine takes it.
+    pub disk: BackupDisk,
+    /// Bytes read through NBD to hash it.
+    pub bytes_hashed: u64,
 }
 
 /// Hashes disk `d` through `export`: with the export's bitmap where there is one and the
 /// parent's disk has the export's size, else whole; with `verify`, also whole, to compare.
-fn read_disk(
+pub(super) fn read_disk(
     v: &VmBackup<'_>,
     d: &DiskDef,
     export: &NbdExport,

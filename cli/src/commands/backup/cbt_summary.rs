@@ -1,7 +1,9 @@
 //! What changed-block tracking did in one backup, as the summary shows it.
 
+use anyhow::Result;
 use serde_json::json;
 
+use crate::exit;
 use crate::output::human;
 
 /// What changed-block tracking did in one backup.
@@ -43,4 +45,17 @@ impl CbtSummary {
             self.checkpoint
         )
     }
+}
+
+/// The loud warning when the bitmaps missed writes, as an error that exits with
+/// [`exit::CBT_MISSED`]; the snapshot (hashed whole) is saved either way.
+pub fn cbt_verdict(name: &str, summary: &CbtSummary) -> Result<()> {
+    if summary.missed_chunks == 0 {
+        return Ok(());
+    }
+    Err(anyhow::Error::new(exit::CbtMissed(format!(
+        "changed-block tracking of {name} missed writes: {} chunks changed that the dirty bitmaps since checkpoint {} did not mark. This snapshot hashed every chunk and is right; the incremental snapshots of {name} since its last full hash may hold stale data in such chunks: restore-check them, or keep this one",
+        summary.missed_chunks,
+        summary.since.as_deref().unwrap_or("?")
+    ))))
 }

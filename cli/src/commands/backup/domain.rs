@@ -7,12 +7,21 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use vmstash_libvirt_xml::{DiskDef, DomainDef};
 use vmstash_repo::backup::{BackupDisk, BackupPlan, BackupReport};
+use vmstash_repo::snapshot::QemuConfig;
 use vmstash_repo::{CancelToken, Repository};
 
 use super::cbt_summary::CbtSummary;
 use super::{print_summary, store};
 use crate::args::{BackupArgs, Global};
 use crate::libvirt::hypervisor::{declared_format, Hypervisor};
+
+/// A VM's configuration as a snapshot keeps it.
+pub(super) enum VmConfig {
+    /// A libvirt domain's XML.
+    Libvirt(String),
+    /// A QEMU's command line (and Proxmox configuration), for one backed up through QMP.
+    Qemu(QemuConfig),
+}
 
 /// One VM's backup: what both ways of reading a running VM (changed-block tracking, or an
 /// external snapshot) share.
@@ -26,8 +35,9 @@ pub(super) struct VmBackup<'a> {
     /// When this VM's share of the work began, for the summary's duration.
     pub since: Instant,
     pub cancel: &'a CancelToken,
-    /// The domain XML to store, and what was read from it.
-    pub xml: String,
+    /// The VM's configuration to store with the snapshot.
+    pub config: VmConfig,
+    /// The VM's disks (a libvirt domain's, or a QEMU's as `query-block` shows them).
     pub dom: DomainDef,
     /// The disks to back up.
     pub disks: Vec<DiskDef>,
@@ -54,7 +64,10 @@ impl VmBackup<'_> {
         plan.tags = self.a.tags.clone();
         plan.tags.push(format!("host:{}", self.hv.host_label()));
         plan.tags.push(format!("vm:{}", self.name));
-        plan.domain_xml = Some(self.xml.clone());
+        match &self.config {
+            VmConfig::Libvirt(xml) => plan.domain_xml = Some(xml.clone()),
+            VmConfig::Qemu(config) => plan.qemu = Some(config.clone()),
+        }
         plan.started = Some(self.since);
         plan.time = time.or_else(|| self.a.time.clone());
         adjust(&mut plan);

@@ -5,6 +5,7 @@
 mod cbt;
 mod cbt_summary;
 mod domain;
+mod qmp;
 mod vm;
 
 use std::path::Path;

@@ -11,8 +11,8 @@ use vmstash_libvirt_xml::{parse_domain, DiskDef, DiskPlan, DomainDef};
 use vmstash_repo::{CancelToken, Repository};
 
 use super::cbt;
-use super::cbt_summary::CbtSummary;
-use super::domain::VmBackup;
+use super::cbt_summary::cbt_verdict;
+use super::domain::{VmBackup, VmConfig};
 use crate::args::{BackupArgs, CbtMode, Global};
 use crate::exit;
 use crate::libvirt::backup_job::end_leftover_job;
@@ -33,6 +33,9 @@ pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode>
     };
     let repo = repo::open(g)?;
     let hv = Hypervisor::connect(connect, &g.ssh_options())?;
+    if hv.qmp_socket().is_some() {
+        return super::qmp::run(g, &repo, &hv, a, since);
+    }
     if !a.no_helper {
         if let Err(why) = hv.start_helper() {
             say(&format!(
@@ -131,7 +134,7 @@ fn back_up_domain(
         a,
         since,
         cancel,
-        xml,
+        config: VmConfig::Libvirt(xml),
         dom,
         disks,
     };
@@ -181,19 +184,6 @@ fn back_up_domain(
             }
         }
     }
-}
-
-/// The loud warning when the bitmaps missed writes, as an error that exits with
-/// [`exit::CBT_MISSED`]; the snapshot (hashed whole) is saved either way.
-fn cbt_verdict(name: &str, summary: &CbtSummary) -> Result<()> {
-    if summary.missed_chunks == 0 {
-        return Ok(());
-    }
-    Err(anyhow::Error::new(exit::CbtMissed(format!(
-        "changed-block tracking of {name} missed writes: {} chunks changed that the dirty bitmaps since checkpoint {} did not mark. This snapshot hashed every chunk and is right; the incremental snapshots of {name} since its last full hash may hold stale data in such chunks: restore-check them, or keep this one",
-        summary.missed_chunks,
-        summary.since.as_deref().unwrap_or("?")
-    ))))
 }
 
 /// The disks to back up; says which are skipped and why.
