@@ -95,7 +95,7 @@ pub fn cleanup_commands(virsh: &Virsh, domain: &str, checkpoint: &str) -> Vec<Ve
 }
 
 /// Starts a pull-mode job for `disks` (every `device='disk'` of the domain, in its order)
-/// making `checkpoint`; the XML files go to the hypervisor's `/tmp` and are deleted after.
+/// making `checkpoint`.
 pub fn begin(
     virsh: &Virsh,
     domain: &str,
@@ -104,19 +104,14 @@ pub fn begin(
     quiesce: bool,
 ) -> Result<BackupJob> {
     let socket = socket_path(checkpoint);
-    let shell = virsh.shell();
-    let backup_file = format!("/tmp/{checkpoint}-{}-backup.xml", std::process::id());
-    let checkpoint_file = format!("/tmp/{checkpoint}-{}-checkpoint.xml", std::process::id());
-    shell.write_file(&backup_file, backup_xml(&socket, disks).as_bytes())?;
-    let begun = shell
-        .write_file(
-            &checkpoint_file,
-            checkpoint_xml(checkpoint, disks).as_bytes(),
+    virsh
+        .backup_begin(
+            domain,
+            &backup_xml(&socket, disks),
+            &checkpoint_xml(checkpoint, disks),
+            quiesce,
         )
-        .and_then(|()| virsh.backup_begin(domain, &backup_file, &checkpoint_file, quiesce));
-    let _ = shell.remove_file(&backup_file);
-    let _ = shell.remove_file(&checkpoint_file);
-    begun.with_context(|| format!("starting a backup job of {domain}"))?;
+        .with_context(|| format!("starting a backup job of {domain}"))?;
     let exports = disks
         .iter()
         .filter_map(|d| {

@@ -235,15 +235,9 @@ pub fn end(
     if !saved {
         return Ok(());
     }
-    let file = format!(
-        "/tmp/{}-{}-redefine.xml",
-        job.checkpoint,
-        std::process::id()
-    );
-    shell.write_file(&file, xml.as_bytes())?;
-    let defined = virsh.redefine_checkpoint(domain, &file, false);
-    let _ = shell.remove_file(&file);
-    defined.with_context(|| format!("registering checkpoint {} of {domain}", job.checkpoint))?;
+    virsh
+        .redefine_checkpoint(domain, xml, false)
+        .with_context(|| format!("registering checkpoint {} of {domain}", job.checkpoint))?;
     for old in older_checkpoints(virsh, domain, &job.checkpoint)? {
         virsh.forget_checkpoint(domain, &old)?;
         for image in images {

@@ -178,9 +178,46 @@ impl Virsh {
         Ok(())
     }
 
-    /// Starts a backup job (`backup-begin`) from the XML files on the hypervisor, making the
-    /// checkpoint described in `checkpoint_xml` at the same instant.
+    /// Writes each of `docs` (what, XML) to `/tmp/vmstash-PID-WHAT.xml` on the hypervisor (virsh
+    /// reads its XML input from files there), runs `f` with their paths, and deletes them
+    /// whatever `f` returned.
+    fn with_xml_files<T>(
+        &self,
+        docs: &[(&str, &str)],
+        f: impl FnOnce(&[String]) -> Result<T>,
+    ) -> Result<T> {
+        let paths: Vec<String> = docs
+            .iter()
+            .map(|(what, _)| format!("/tmp/vmstash-{}-{what}.xml", std::process::id()))
+            .collect();
+        let written = docs
+            .iter()
+            .zip(&paths)
+            .try_for_each(|((_, xml), path)| self.shell.write_file(path, xml.as_bytes()));
+        let result = written.and_then(|()| f(&paths));
+        for path in &paths {
+            let _ = self.shell.remove_file(path);
+        }
+        result
+    }
+
+    /// Starts a backup job (`backup-begin`) of `backup_xml`, making the checkpoint described in
+    /// `checkpoint_xml` at the same instant.
     pub fn backup_begin(
+        &self,
+        domain: &str,
+        backup_xml: &str,
+        checkpoint_xml: &str,
+        quiesce: bool,
+    ) -> Result<()> {
+        let docs = [("backup", backup_xml), ("checkpoint", checkpoint_xml)];
+        self.with_xml_files(&docs, |files| {
+            self.backup_begin_files(domain, &files[0], &files[1], quiesce)
+        })
+    }
+
+    /// [`Virsh::backup_begin`] of the XML files on the hypervisor.
+    fn backup_begin_files(
         &self,
         domain: &str,
         backup_xml: &str,
@@ -263,15 +300,17 @@ impl Virsh {
         }
     }
 
-    /// Registers a checkpoint made outside libvirt, or lost by it, from its XML file on the
-    /// hypervisor; with `validate`, libvirt first checks that the domain's images hold its
-    /// bitmaps (a running domain only).
-    pub fn redefine_checkpoint(&self, domain: &str, xml_file: &str, validate: bool) -> Result<()> {
-        let mut args = vec!["checkpoint-create", domain, xml_file, "--redefine"];
-        if validate {
-            args.push("--redefine-validate");
-        }
-        self.ok(&args).map(|_| ())
+    /// Registers a checkpoint made outside libvirt, or lost by it, from its XML; with
+    /// `validate`, libvirt first checks that the domain's images hold its bitmaps (a running
+    /// domain only).
+    pub fn redefine_checkpoint(&self, domain: &str, xml: &str, validate: bool) -> Result<()> {
+        self.with_xml_files(&[("redefine", xml)], |files| {
+            let mut args = vec!["checkpoint-create", domain, &files[0], "--redefine"];
+            if validate {
+                args.push("--redefine-validate");
+            }
+            self.ok(&args).map(|_| ())
+        })
     }
 
     /// Drops a checkpoint's metadata only (its bitmaps stay in the images): how a checkpoint of

@@ -215,16 +215,7 @@ fn find_since(v: &VmBackup<'_>, live: bool) -> Result<Option<Since>> {
 /// images are checked to hold its bitmaps (a shut-off one's are when qemu-nbd exports them).
 fn redefine(v: &VmBackup<'_>, checkpoint: &Checkpoint, live: bool) -> Result<()> {
     let xml = checkpoint_for_redefine(&checkpoint.xml)?;
-    let shell = v.hv.virsh.shell();
-    let file = format!(
-        "/tmp/{}-{}-redefine.xml",
-        checkpoint.name,
-        std::process::id()
-    );
-    shell.write_file(&file, xml.as_bytes())?;
-    let defined = v.hv.virsh.redefine_checkpoint(v.name, &file, live);
-    let _ = shell.remove_file(&file);
-    defined
+    v.hv.virsh.redefine_checkpoint(v.name, &xml, live)
 }
 
 /// Starts the backup job: incremental where `since` allows, and if libvirt refuses that (a
