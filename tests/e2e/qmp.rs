@@ -308,6 +308,34 @@ fn qemu_without_libvirt_falls_back_and_cleans_up_after_kill_9() {
         "{}",
         describe(&repair)
     );
+
+    // `vms` shows the QEMU as a backup sees it; `restore --define` has no domain XML to define
+    // and says so before writing anything.
+    let vms = repo.json(&["vms", "--connect", &uri]);
+    assert_eq!(vms[0]["name"], qemu.name.as_str(), "{vms}");
+    assert_eq!(vms[0]["state"], "running", "{vms}");
+    let targets: Vec<&str> = vms[0]["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .filter_map(|d| d["target"].as_str())
+        .collect();
+    assert_eq!(targets, ["virtio0", "virtio1"], "{vms}");
+    let target = work.path().join("define");
+    let define = repo.run(&[
+        "restore",
+        "latest",
+        "--target",
+        &target.display().to_string(),
+        "--define",
+    ]);
+    assert_eq!(define.status.code(), Some(2), "{}", describe(&define));
+    assert!(
+        stderr(&define).contains("qemu.json"),
+        "{}",
+        describe(&define)
+    );
+    assert!(!target.join("virtio0.raw").exists(), "nothing is restored");
     repo.ok(&["check", "--read-data"]);
 }
 

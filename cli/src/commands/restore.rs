@@ -31,6 +31,12 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let (listing, _) = repo::snapshots_warning_of_damage(repo)?;
     let (id, m) = listing.find(&a.snapshot, &a.filter.filter())?;
     let disks = select_disks(&m.disks, &a.disks)?;
+    if a.define && m.qemu.is_some() && m.domain_xml.is_none() {
+        return Err(crate::exit::usage(format!(
+            "--define: snapshot {} is of a QEMU without libvirt (backed up through its QMP socket), so there is no domain XML to define; restore without --define, and start QEMU on the restored disks with the command line the restore writes to {QEMU_CONFIG_FILE}",
+            id.short()
+        )));
+    }
     let dest = Dest::open(g, &a.target)?;
     check_targets(&dest, &disks, a.format)?;
     let index = Arc::new(repo.load_index().context("loading the repository index")?);

@@ -5,7 +5,6 @@
 //! the helper reads on the host as for a libvirt backup job; the snapshot keeps QEMU's command
 //! line (and Proxmox's `qm config`) in place of a domain XML.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -69,11 +68,7 @@ pub(super) fn run(
             hv.uri()
         );
     }
-    let name = a
-        .name
-        .clone()
-        .or_else(|| found.name.clone())
-        .unwrap_or_else(|| socket_stem(link.socket()));
+    let name = found.vm_name(a.name.as_deref(), link.socket());
     super::check_names(&name, &a.tags)?;
     let (disks, skipped) = read_disks(&found.blocks, &found.nodes, &a.exclude_disks)?;
     for (disk, why) in &skipped {
@@ -114,16 +109,6 @@ pub(super) fn run(
         cbt_verdict(&name, summary)?;
     }
     Ok(exit::ok())
-}
-
-/// The snapshot name of a QEMU without `-name`: its socket's file name without extension
-/// (`100` for Proxmox's `/var/run/qemu-server/100.qmp`).
-fn socket_stem(socket: &str) -> String {
-    Path::new(socket)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "qemu".to_owned())
 }
 
 /// Proxmox VE's configuration of the VM behind a socket named like Proxmox's
