@@ -68,14 +68,13 @@ SSHD_PID=""
 virsh_() { virsh -c "$URI_LOCAL" "$@"; }
 cleanup() {
   set +e
-  for d in "$DOM" "$DOM_VNB"; do
-    virsh_ destroy "$d" >/dev/null 2>&1
-    virsh_ undefine "$d" --checkpoints-metadata >/dev/null 2>&1
-  done
+  remove_halting_vm "$DOM" "$DOM_VNB"
   [ -z "$SSHD_PID" ] || kill "$SSHD_PID" 2>/dev/null
   rm -rf -- "$IMGDIR"
   if [ "$KEEP" = 1 ]; then note "kept $W"; else rm -rf -- "$W"; fi
 }
+# shellcheck source=bench/lib/vm.sh
+. "$ROOT/bench/lib/vm.sh"
 trap_cleanup
 
 # shellcheck source=bench/lib/sshd.sh
@@ -90,8 +89,6 @@ head -c "${FILL_MIB}M" /dev/urandom | dd of="$W/vda.raw" conv=notrunc bs=1M stat
 quiet qcow2 qemu-img convert -f raw -O qcow2 "$W/vda.raw" "$IMGDIR/vda.qcow2"
 rm -f "$W/vda.raw"
 cp --sparse=always "$IMGDIR/vda.qcow2" "$IMGDIR/vda-vnb.qcow2"
-# shellcheck source=bench/lib/vm.sh
-. "$ROOT/bench/lib/vm.sh"
 start_halting_vm "$DOM" "$IMGDIR" "qcow2:$IMGDIR/vda.qcow2"
 start_halting_vm "$DOM_VNB" "$IMGDIR" "qcow2:$IMGDIR/vda-vnb.qcow2"
 

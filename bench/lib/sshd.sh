@@ -73,17 +73,25 @@ EOF
 }
 
 # ssh_vm_backup LABEL BIN REPO DOMAIN [ARGS...]: one `BIN -r REPO --json backup --connect
-# $CONNECT --vm DOMAIN ARGS...` through the private sshd with the helper (dies if it fails or
-# did not use the helper); its output in $LOGS/LABEL.out and .err. Sets B_MS (wall time),
-# B_WIRE (bytes sent on lo meanwhile) and B_EXECS (SSH exec channels it opened).
+# $CONNECT --vm DOMAIN ARGS...` through the private sshd with the helper: see ssh_backup.
 ssh_vm_backup() {
-  local label="$1" bin="$2" repo="$3" dom="$4" log_before before after t0 t1
+  local label="$1" bin="$2" repo="$3" dom="$4"
+  shift 4
+  ssh_backup "$label" "$bin" "$repo" "$CONNECT" --vm "$dom" "$@"
+}
+
+# ssh_backup LABEL BIN REPO URI [ARGS...]: one `BIN -r REPO --json backup --connect URI
+# ARGS...` through the private sshd with the helper (dies if it fails or did not use the
+# helper); its output in $LOGS/LABEL.out and .err. Sets B_MS (wall time), B_WIRE (bytes sent
+# on lo meanwhile) and B_EXECS (SSH exec channels it opened).
+ssh_backup() {
+  local label="$1" bin="$2" repo="$3" uri="$4" log_before before after t0 t1
   shift 4
   log_before="$(wc -c <"$SSHD_DIR/sshd.log")"
   before="$(cat /sys/class/net/lo/statistics/tx_bytes)"
   t0="$(date +%s%N)"
   env -u SSH_AUTH_SOCK HOME="$W/home" "$bin" -r "$repo" --identity "$KEY" --known-hosts "$KH" \
-    --json backup --connect "$CONNECT" --vm "$dom" "$@" >"$LOGS/$label.out" 2>"$LOGS/$label.err" || {
+    --json backup --connect "$uri" "$@" >"$LOGS/$label.out" 2>"$LOGS/$label.err" || {
     tail -n 20 "$LOGS/$label.err" >&2
     die "backup $label failed"
   }

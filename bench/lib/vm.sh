@@ -4,7 +4,7 @@
 # Source it after bench/lib/common.sh (it needs `quiet`); call
 # `start_halting_vm NAME DIR DISK...` where each DISK is FORMAT:PATH (qcow2 or
 # raw), given to the guest as vda, vdb, … in order. DIR gets the kernel and
-# the domain XML. The caller destroys and undefines the domain.
+# the domain XML. The caller's cleanup calls `remove_halting_vm NAME...`.
 
 # start_halting_vm NAME DIR DISK...: defines and starts domain NAME whose
 # "kernel" is a multiboot image that halts the CPU at once (the same bytes as
@@ -36,4 +36,15 @@ $disks    <controller type='usb' model='none'/>
 XML
   quiet "define-$name" virsh -c qemu:///system define "$dir/$name.xml"
   quiet "start-$name" virsh -c qemu:///system start "$name"
+}
+
+# remove_halting_vm NAME...: destroys and undefines each domain, its checkpoints'
+# metadata with it; errors ignored (a cleanup: the domain may not exist yet).
+remove_halting_vm() {
+  local name
+  for name in "$@"; do
+    virsh -c qemu:///system destroy "$name" >/dev/null 2>&1
+    virsh -c qemu:///system undefine "$name" --checkpoints-metadata >/dev/null 2>&1
+  done
+  return 0
 }
