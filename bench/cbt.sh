@@ -11,10 +11,13 @@
 #   virtnbdbackup 1.9.15 (Debian): -l full, then -l inc, on this host; on a
 #                second VM with a copy of the same image and the same changes
 #                (it refuses to run beside another tool's checkpoints)
+#   vmstash QMP  then the first VM's image under a QEMU without libvirt
+#                (qmp+ssh://): full, the same number of new extents, incremental
 #
 # Bars: CBT incremental <= 10 % of its full; >= 3x faster than the --cbt never
 # incremental; no slower than virtnbdbackup's incremental while storing fewer
-# bytes; bytes read on the host <= 1.2 x the changed extents rounded to chunks.
+# bytes; bytes read on the host <= 1.2 x the changed extents rounded to chunks;
+# the same two for QMP (incremental <= 10 % of its full, bytes read).
 #
 # Usage: sudo bench/cbt.sh
 #   VMSTASH_BIN=PATH (the helper must be beside it; else built)
@@ -55,8 +58,8 @@ else
   VMSTASH="$ROOT/target/release/vmstash"
 fi
 [ -x "$(dirname "$VMSTASH")/vmstash-hashblocks" ] || die "no helper beside $VMSTASH (run scripts/build-helper.sh)"
-# Two images, two vmstash repositories and virtnbdbackup's copy: about 5x the data.
-check_bench_dir $((SIZE_GIB * FILL_PCT * 5 / 100 + 2)) "(two images, two repositories, virtnbdbackup's copy)"
+# Two images, three vmstash repositories and virtnbdbackup's copy: about 6x the data.
+check_bench_dir $((SIZE_GIB * FILL_PCT * 6 / 100 + 2)) "(two images, three repositories, virtnbdbackup's copy)"
 setup_drop_caches
 
 make_run_dir cbt
@@ -65,9 +68,11 @@ DOM_VNB="vmstash-cbt-bench-vnb-$$"
 IMGDIR="$IMAGES_DIR/$DOM"
 mkdir -p "$IMGDIR" "$W/home" "$W/changes"
 SSHD_PID=""
+QEMU_PID=""
 virsh_() { virsh -c "$URI_LOCAL" "$@"; }
 cleanup() {
   set +e
+  [ -z "$QEMU_PID" ] || kill "$QEMU_PID" 2>/dev/null
   remove_halting_vm "$DOM" "$DOM_VNB"
   [ -z "$SSHD_PID" ] || kill "$SSHD_PID" 2>/dev/null
   rm -rf -- "$IMGDIR"
@@ -92,13 +97,20 @@ cp --sparse=always "$IMGDIR/vda.qcow2" "$IMGDIR/vda-vnb.qcow2"
 start_halting_vm "$DOM" "$IMGDIR" "qcow2:$IMGDIR/vda.qcow2"
 start_halting_vm "$DOM_VNB" "$IMGDIR" "qcow2:$IMGDIR/vda-vnb.qcow2"
 
-# vmstash_backup LABEL REPO ARGS...: one backup over SSH with the helper, timed from a
-# cold page cache; sets T_MS and SUMMARY.
+# vmstash_backup LABEL REPO ARGS...: one backup of $DOM over SSH with the helper, timed from
+# a cold page cache; sets T_MS and SUMMARY.
 vmstash_backup() {
   local label="$1" repo="$2"
   shift 2
+  timed_backup "$label" "$repo" --connect "$CONNECT" --vm "$DOM" "$@"
+}
+# timed_backup LABEL REPO ARGS...: `vmstash backup ARGS...` over SSH with the helper, timed
+# from a cold page cache; sets T_MS and SUMMARY.
+timed_backup() {
+  local label="$1" repo="$2"
+  shift 2
   timed "$label" env -u SSH_AUTH_SOCK HOME="$W/home" "$VMSTASH" -r "$repo" --identity "$KEY" \
-    --known-hosts "$KH" --json backup --connect "$CONNECT" --vm "$DOM" "$@"
+    --known-hosts "$KH" --json backup "$@"
   ! grep -q "not using the hashblocks helper" "$LOGS/$label.err" ||
     die "$label did not use the helper: $(cat "$LOGS/$label.err")"
   SUMMARY="$(summary_of "$label")"
@@ -140,22 +152,30 @@ change_data() {
   fi
 }
 
-# The change: distinct random 1 MiB-aligned extents.
+# rewrite WRITER: writes EXTENTS distinct random 1 MiB-aligned extents (change_data) by
+# calling `WRITER FILE OFFSET_MIB` for each.
 EXTENTS=$((SIZE_GIB * 1024 * CHANGE_PCT / 100))
-note "rewriting $EXTENTS scattered 1 MiB extents through QEMU"
 chmod 0755 "$W" "$W/changes"
-n=0
-prev=""
-for off in $(shuf -i 0-$((SIZE_GIB * 1024 - 1)) -n "$EXTENTS"); do
-  change_data "$off" "$n" "$prev" >"$W/changes/$off"
-  chmod 0644 "$W/changes/$off"
-  prev="$W/changes/$off"
-  n=$((n + 1))
+rewrite() {
+  local n=0 prev="" off
+  for off in $(shuf -i 0-$((SIZE_GIB * 1024 - 1)) -n "$EXTENTS"); do
+    change_data "$off" "$n" "$prev" >"$W/changes/$off"
+    chmod 0644 "$W/changes/$off"
+    prev="$W/changes/$off"
+    n=$((n + 1))
+    "$1" "$W/changes/$off" "$off"
+  done
+}
+# Through libvirt, to both VMs.
+write_libvirt() {
+  local d
   for d in "$DOM" "$DOM_VNB"; do
     virsh_ qemu-monitor-command "$d" --hmp \
-      "qemu-io -d virtio-disk0/virtio-backend \"write -s $W/changes/$off ${off}M 1M\"" >/dev/null
+      "qemu-io -d virtio-disk0/virtio-backend \"write -s $1 ${2}M 1M\"" >/dev/null
   done
-done
+}
+note "rewriting $EXTENTS scattered 1 MiB extents through QEMU"
+rewrite write_libvirt
 CHANGED=$((EXTENTS * 1048576)) # 1 MiB-aligned: exactly this many bytes of chunks
 
 note "incremental backups"
@@ -170,6 +190,33 @@ ADDED_OLD="$(jq -r '.bytes_added' <<<"$SUMMARY")"
 vnb_backup inc-vnb inc
 INC_VNB_MS="$T_MS"
 ADDED_VNB="$VNB_ADDED"
+
+# The first VM's image under a QEMU without libvirt, through its QMP socket.
+virsh_ destroy "$DOM" >/dev/null
+qemu-system-x86_64 -name "$DOM" -machine pc,accel=tcg -m 128 -nodefaults -display none \
+  -kernel "$IMGDIR/halt.bin" -qmp "unix:$W/qmp.sock,server=on,wait=off" \
+  -drive "file=$IMGDIR/vda.qcow2,if=virtio,format=qcow2" \
+  -daemonize -pidfile "$W/qemu.pid" >"$LOGS/qemu.out" 2>&1 || die "QEMU did not start: $(cat "$LOGS/qemu.out")"
+QEMU_PID="$(cat "$W/qemu.pid")"
+QMP_URI="qmp+ssh://root@127.0.0.1:$PORT$W/qmp.sock"
+HELPER="$(dirname "$VMSTASH")/vmstash-hashblocks"
+# Through QMP (the helper's qmp command, here), to the QEMU without libvirt.
+write_qmp() {
+  local command
+  command="$(jq -nc --arg c "qemu-io virtio0 \"write -s $1 ${2}M 1M\"" \
+    '{execute: "human-monitor-command", arguments: {"command-line": $c}}')"
+  "$HELPER" qmp "$W/qmp.sock" "$command" >/dev/null
+}
+quiet init-qmp "$VMSTASH" -r "$W/repo-qmp" init
+note "QEMU without libvirt: full backup, $EXTENTS new extents, incremental"
+timed_backup full-qmp "$W/repo-qmp" --connect "$QMP_URI"
+FULL_QMP_MS="$T_MS"
+rewrite write_qmp
+timed_backup inc-qmp "$W/repo-qmp" --connect "$QMP_URI"
+INC_QMP_MS="$T_MS"
+jq -e '.cbt.since != null' <<<"$SUMMARY" >/dev/null || die "the QMP incremental fell back: $(cat "$LOGS/inc-qmp.err")"
+HASHED_QMP="$(jq -r '.cbt.bytes_hashed' <<<"$SUMMARY")"
+ADDED_QMP="$(jq -r '.bytes_added' <<<"$SUMMARY")"
 
 echo
 echo "Changed-block tracking: running TCG VM, one ${SIZE_GIB} GiB qcow2 disk ${FILL_PCT} % random data;"
@@ -186,8 +233,10 @@ printf "$fmt" run "time (s)" "stored (MiB)"
   printf "$fmt" "vmstash incremental (CBT)" "$(secs "$INC_CBT_MS")" "$(mib "$ADDED_CBT")"
   printf "$fmt" "vmstash incremental (--cbt never)" "$(secs "$INC_OLD_MS")" "$(mib "$ADDED_OLD")"
   printf "$fmt" "virtnbdbackup incremental" "$(secs "$INC_VNB_MS")" "$(mib "$ADDED_VNB")"
+  printf "$fmt" "vmstash full (QMP, no libvirt)" "$(secs "$FULL_QMP_MS")" -
+  printf "$fmt" "vmstash incremental (QMP)" "$(secs "$INC_QMP_MS")" "$(mib "$ADDED_QMP")"
 }
-echo "read on the host by the CBT incremental: $(mib "$HASHED") MiB (changed, rounded to chunks: $(mib "$CHANGED") MiB)"
+echo "read on the host by the CBT incremental: $(mib "$HASHED") MiB, by the QMP one: $(mib "$HASHED_QMP") MiB (changed, rounded to chunks: $(mib "$CHANGED") MiB each time)"
 echo "ratios: CBT inc / CBT full $(calc 3 "$INC_CBT_MS / $FULL_CBT_MS"), --cbt never inc / CBT inc $(calc 2 "$INC_OLD_MS / $INC_CBT_MS")x, virtnbdbackup inc / CBT inc $(calc 2 "$INC_VNB_MS / $INC_CBT_MS")x"
 failed=0
 bar() { # description, awk expression
@@ -201,4 +250,6 @@ bar "CBT incremental >= 3x faster than --cbt never" "$INC_OLD_MS >= 3 * $INC_CBT
 bar "CBT incremental no slower than virtnbdbackup's" "$INC_CBT_MS <= $INC_VNB_MS"
 bar "CBT incremental stores fewer bytes than virtnbdbackup's" "$ADDED_CBT < $ADDED_VNB"
 bar "bytes read on the host <= 1.2 x changed chunks" "$HASHED <= 1.2 * $CHANGED"
+bar "QMP incremental <= 10 % of the QMP full" "$INC_QMP_MS <= 0.10 * $FULL_QMP_MS"
+bar "QMP: bytes read on the host <= 1.2 x changed chunks" "$HASHED_QMP <= 1.2 * $CHANGED"
 [ "$failed" = 0 ] || exit 2

@@ -130,7 +130,7 @@ note "$VMSTASH: no-change incrementals through QMP ${times[*]} ms"
 echo
 echo "Fixed cost of a VM backup: running TCG VM, 2 x 512 MiB disks (qcow2 + raw, 256 MiB random data each), nothing changed."
 echo "Median of $ROUNDS no-change incrementals over SSH to 127.0.0.1 with the helper; 1-minute load at the start: $LOAD_START ($(nproc) CPUs)."
-fmt='%-50s %12s %14s %14s\n'
+fmt='%-60s %12s %14s %14s\n'
 # shellcheck disable=SC2059  # $fmt is this script's own format string
 printf "$fmt" binary "median (s)" "exec channels" "bytes on lo"
 for i in "${!BINS[@]}"; do
