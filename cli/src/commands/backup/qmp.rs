@@ -114,12 +114,20 @@ pub(super) fn run(
 /// Proxmox VE's configuration of the VM behind a socket named like Proxmox's
 /// (`/var/run/qemu-server/VMID.qmp`), from `qm config`; `None` elsewhere or when `qm` fails.
 fn pve_config(hv: &Hypervisor, socket: &str) -> Option<String> {
-    let vmid = ["/var/run/qemu-server/", "/run/qemu-server/"]
+    let out = hv
+        .virsh
+        .shell()
+        .run(&["qm", "config", pve_vmid(socket)?])
+        .ok()?;
+    (out.status == 0).then_some(out.stdout)
+}
+
+/// The Proxmox VMID of a QMP socket named like Proxmox's (`/var/run/qemu-server/VMID.qmp`).
+fn pve_vmid(socket: &str) -> Option<&str> {
+    ["/var/run/qemu-server/", "/run/qemu-server/"]
         .iter()
         .find_map(|dir| socket.strip_prefix(dir)?.strip_suffix(".qmp"))
-        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))?;
-    let out = hv.virsh.shell().run(&["qm", "config", vmid]).ok()?;
-    (out.status == 0).then_some(out.stdout)
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A QEMU disk as the libvirt-shaped code that reads disks takes it.
@@ -365,4 +373,24 @@ fn read_and_store(
         missed_chunks: report.disks.iter().map(|c| c.cbt_mismatches).sum(),
     });
     Ok((report, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxmox_sockets_name_their_vmid() {
+        assert_eq!(pve_vmid("/var/run/qemu-server/100.qmp"), Some("100"));
+        assert_eq!(pve_vmid("/run/qemu-server/9001.qmp"), Some("9001"));
+        for other in [
+            "/var/run/qemu-server/100.qga",
+            "/var/run/qemu-server/.qmp",
+            "/var/run/qemu-server/1x.qmp",
+            "/var/run/qemu-server/sub/100.qmp",
+            "/tmp/100.qmp",
+        ] {
+            assert_eq!(pve_vmid(other), None, "{other}");
+        }
+    }
 }
