@@ -11,6 +11,7 @@ PACKAGES=(
   mtools       # mcopy: fills FAT images without mounting them
   ntfs-3g      # mkntfs, ntfs-3g: NTFS filesystems for the mount tests
   e2fsprogs    # mkfs.ext4
+  lvm2         # pvcreate, vgcreate, vgcfgrestore: LVM physical volumes for the mount tests
   util-linux   # losetup, mount
   restic       # the benchmark's point of comparison
   virtnbdbackup  # bench/cbt.sh's point of comparison for changed-block tracking

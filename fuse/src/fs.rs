@@ -29,11 +29,13 @@ use vmstash_repo::backend::FileKind;
 use vmstash_repo::snapshot::Manifest;
 use vmstash_repo::{Id, Repository};
 
+use crate::guestfs::Device;
 use crate::guestfs::{Attr, DirEntry, FsError, Kind, Owner};
-use crate::guests::{mount_ino, split_ino, Guest, Guests};
+use crate::guests::{mount_ino, split_ino, Guest, Guests, PartitionDevice};
 use crate::image::ImageReader;
 use crate::partition::{self, Partition};
-use crate::tree::{Entry, Ino, Inodes, Node, Tree};
+use crate::tree::{Entry, Ino, Inodes, Layouts, Node, Tree};
+use crate::volumes::{is_physical_volume, VolumeView, Volumes};
 
 /// How long the kernel may cache names and attributes.
 const TTL: Duration = Duration::from_secs(1);
@@ -53,6 +55,8 @@ pub struct VmstashFs {
     repo: Repository,
     images: Arc<ImageReader>,
     guests: Guests,
+    /// The LVM logical volumes of every snapshot shown.
+    volumes: Volumes,
     /// Listings of guest directories by mount inode number.
     listings: Mutex<LruCache<Ino, Listing>>,
     /// Attributes of guest files by mount inode number.
@@ -98,6 +102,7 @@ impl VmstashFs {
             images,
             repo,
             guests: Guests::default(),
+            volumes: Volumes::default(),
             listings: Mutex::new(LruCache::new(
                 NonZeroUsize::new(LISTINGS_CACHED).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -124,7 +129,7 @@ impl VmstashFs {
             snapshots,
             &mut inodes,
             SystemTime::now(),
-            &mut |id, manifest, no| self.partitions_of(id, manifest, no),
+            &mut LayoutsOf(self),
         );
         *self.tree.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tree);
     }
@@ -155,6 +160,11 @@ impl VmstashFs {
         parts
             .into_iter()
             .map(|p| {
+                let device = PartitionDevice::new(&self.images, *id, (no, disk), p.start, p.len);
+                if is_physical_volume(&device) {
+                    // Its volumes show under the volume group's name.
+                    return (p, None);
+                }
                 let slot = self.guests.slot_of(
                     &self.images,
                     (id, &manifest.name),
@@ -165,6 +175,42 @@ impl VmstashFs {
                 (p, slot)
             })
             .collect()
+    }
+
+    /// The logical volumes of a snapshot (see [`Volumes::of_snapshot`]).
+    fn volumes_of(
+        &self,
+        id: &Id,
+        manifest: &Manifest,
+        partitions: &[Vec<Partition>],
+    ) -> Vec<VolumeView> {
+        self.volumes.of_snapshot(
+            &self.images,
+            &self.guests,
+            (id, manifest),
+            partitions,
+            self.owner,
+        )
+    }
+
+    /// Up to `size` bytes at `offset` of logical volume `number` (`file_size` bytes long).
+    fn read_volume(
+        &self,
+        number: u64,
+        file_size: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Errno> {
+        let volume = self.volumes.get(number).ok_or(Errno::ENOENT)?;
+        let len = file_size.saturating_sub(offset).min(u64::from(size));
+        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Errno::EINVAL)?];
+        volume.read_at(offset, &mut buf).map_err(|e| {
+            eprintln!(
+                "vmstash mount: reading {len} bytes at {offset} of logical volume {number}: {e}"
+            );
+            Errno::EIO
+        })?;
+        Ok(buf)
     }
 
     fn tree(&self) -> Arc<Tree> {
@@ -207,7 +253,9 @@ impl VmstashFs {
             ),
             Entry::Symlink(target) => (FileType::Symlink, 0o777, len64(target.len()), 1),
             Entry::Text(text) => (FileType::RegularFile, 0o444, len64(text.len()), 1),
-            Entry::Disk { size, .. } => (FileType::RegularFile, 0o444, *size, 1),
+            Entry::Disk { size, .. } | Entry::Volume { size, .. } => {
+                (FileType::RegularFile, 0o444, *size, 1)
+            }
             Entry::Guest { .. } => (FileType::Directory, 0o555, 0, 1),
         };
         FileAttr {
@@ -375,6 +423,10 @@ impl VmstashFs {
                             Errno::EIO
                         })
                 }
+                Entry::Volume {
+                    number,
+                    size: file_size,
+                } => self.read_volume(*number, *file_size, offset, size),
                 Entry::Dir(_) | Entry::Guest { .. } => Err(Errno::EISDIR),
                 Entry::Symlink(_) => Err(Errno::EINVAL),
             },
@@ -507,7 +559,34 @@ fn file_attr(ino: Ino, a: &Attr) -> FileAttr {
 /// page-cache pages costs more than the decryption (reads go straight into the reader's
 /// buffer; `mmap` still works where the kernel allows it).
 fn is_disk_image(tree: &Tree, ino: Ino) -> bool {
-    split_ino(ino).is_none() && matches!(tree.node(ino).map(|n| &n.entry), Some(Entry::Disk { .. }))
+    split_ino(ino).is_none()
+        && matches!(
+            tree.node(ino).map(|n| &n.entry),
+            Some(Entry::Disk { .. } | Entry::Volume { .. })
+        )
+}
+
+/// The tree's questions about a snapshot's disks, answered by the filesystem.
+struct LayoutsOf<'a>(&'a VmstashFs);
+
+impl Layouts for LayoutsOf<'_> {
+    fn partitions(
+        &mut self,
+        id: &Id,
+        manifest: &Manifest,
+        disk: usize,
+    ) -> Vec<(Partition, Option<u64>)> {
+        self.0.partitions_of(id, manifest, disk)
+    }
+
+    fn volumes(
+        &mut self,
+        id: &Id,
+        manifest: &Manifest,
+        partitions: &[Vec<Partition>],
+    ) -> Vec<VolumeView> {
+        self.0.volumes_of(id, manifest, partitions)
+    }
 }
 
 /// Attributes for a name whose metadata cannot be read.

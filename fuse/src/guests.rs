@@ -29,6 +29,26 @@ pub struct PartitionDevice {
     len: u64,
 }
 
+impl PartitionDevice {
+    /// Bytes `start..start + len` of disk `disk_no` (`disk`) of `snapshot`.
+    pub fn new(
+        images: &Arc<ImageReader>,
+        snapshot: Id,
+        (disk_no, disk): (usize, &Disk),
+        start: u64,
+        len: u64,
+    ) -> PartitionDevice {
+        PartitionDevice {
+            images: Arc::clone(images),
+            snapshot,
+            disk_no,
+            disk: Arc::new(disk.clone()),
+            start,
+            len,
+        }
+    }
+}
+
 impl Device for PartitionDevice {
     fn len(&self) -> u64 {
         self.len
@@ -93,15 +113,22 @@ impl Guest {
     }
 }
 
-/// Which partition: snapshot, disk index, partition number.
-type PartitionKey = (Id, usize, u32);
+/// What holds a filesystem: a partition (snapshot, disk index, partition number) or a logical
+/// volume (snapshot, volume group UUID, volume name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ProbeKey {
+    /// A partition.
+    Partition(Id, usize, u32),
+    /// A logical volume.
+    Volume(Id, String, String),
+}
 
 /// The filesystems of a mount by slot (slot `n` is at index `n - 1`).
 #[derive(Default)]
 pub struct Guests {
     slots: RwLock<Vec<Arc<Guest>>>,
     /// Every partition looked at, and the slot of its filesystem if it has one we can read.
-    probed: Mutex<HashMap<PartitionKey, Option<u64>>>,
+    probed: Mutex<HashMap<ProbeKey, Option<u64>>>,
 }
 
 impl Guests {
@@ -116,7 +143,35 @@ impl Guests {
         part: &Partition,
         owner: Owner,
     ) -> Option<u64> {
-        let key = (*snapshot, disk_no, part.number);
+        let key = ProbeKey::Partition(*snapshot, disk_no, part.number);
+        let place = format!(
+            "disk {} p{} of snapshot {} ({name})",
+            disk.name,
+            part.number,
+            snapshot.short()
+        );
+        let raw = format!("p{}.raw", part.number);
+        self.slot_of_device(key, &place, &raw, owner, || {
+            Arc::new(PartitionDevice::new(
+                images,
+                *snapshot,
+                (disk_no, disk),
+                part.start,
+                part.len,
+            ))
+        })
+    }
+
+    /// The slot of the filesystem on the device `device` makes (opened the first time `key` is
+    /// seen); `place` names it in log lines and `raw` is the file that shows its bytes anyway.
+    pub fn slot_of_device(
+        &self,
+        key: ProbeKey,
+        place: &str,
+        raw: &str,
+        owner: Owner,
+        device: impl FnOnce() -> Arc<dyn Device>,
+    ) -> Option<u64> {
         if let Some(&known) = self
             .probed
             .lock()
@@ -125,21 +180,8 @@ impl Guests {
         {
             return known;
         }
-        let device = PartitionDevice {
-            images: Arc::clone(images),
-            snapshot: *snapshot,
-            disk_no,
-            disk: Arc::new(disk.clone()),
-            start: part.start,
-            len: part.len,
-        };
-        let place = format!(
-            "disk {} p{} of snapshot {} ({name})",
-            disk.name,
-            part.number,
-            snapshot.short()
-        );
-        let opened = catch_unwind(AssertUnwindSafe(|| guestfs::open(Arc::new(device), owner)))
+        let device = device();
+        let opened = catch_unwind(AssertUnwindSafe(|| guestfs::open(device, owner)))
             .unwrap_or_else(|_| Err(FsError::corrupt("guest", "its reader failed")));
         let slot = match opened {
             Ok(Some(fs)) => self.add(Guest {
@@ -148,16 +190,12 @@ impl Guests {
             }),
             Ok(None) => {
                 eprintln!(
-                    "vmstash mount: {place}: no filesystem vmstash can read (ext2/3/4, FAT, NTFS); showing p{}.raw only",
-                    part.number
+                    "vmstash mount: {place}: no filesystem vmstash can read (ext2/3/4, FAT, NTFS); showing {raw} only"
                 );
                 None
             }
             Err(e) => {
-                eprintln!(
-                    "vmstash mount: {place}: {e}; showing p{}.raw only",
-                    part.number
-                );
+                eprintln!("vmstash mount: {place}: {e}; showing {raw} only");
                 None
             }
         };

@@ -6,6 +6,7 @@
 //! MNT/vms/<vm>/<timestamp>/domain.xml
 //! MNT/vms/<vm>/<timestamp>/<disk>.raw        whole disk, virtual size
 //! MNT/vms/<vm>/<timestamp>/<disk>/p<N>.raw   each partition (GPT, or MBR with logical ones)
+//! MNT/vms/<vm>/<timestamp>/<disk>/<vg>/<lv>.raw   each LVM logical volume (and <lv>/ its files)
 //! MNT/vms/<vm>/latest -> <timestamp>
 //! MNT/snapshots/<short-id>/...               the same, by snapshot id
 //! ```
@@ -13,6 +14,8 @@
 //! - [`tree`]: the namespace, rebuilt when snapshots come or go, with inode numbers that stay
 //!   the same for the same path for as long as the mount lives.
 //! - [`partition`]: GPT and MBR partition tables, parsed defensively.
+//! - [`lvm`]: LVM2 physical volumes, volume groups and logical volumes, read in user space;
+//!   [`volumes`]: each snapshot's logical volumes as the mount shows them.
 //! - [`image`]: reading a disk image of a snapshot: chunk map segments and verified chunks,
 //!   both in LRU caches, zero chunks without reading anything.
 //! - [`fs`]: the `fuser` filesystem, read-only, serving requests on several threads.
@@ -22,7 +25,9 @@ pub mod guestfs;
 pub mod guests;
 pub mod image;
 mod le;
+pub mod lvm;
 pub mod partition;
 pub mod tree;
+pub mod volumes;
 
 pub use fs::VmstashFs;

@@ -12,12 +12,29 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use vmstash_repo::snapshot::Manifest;
 
 use crate::partition::Partition;
+use crate::volumes::VolumeView;
 
 use vmstash_repo::Id;
 
-/// The partitions of a disk of a snapshot (empty without a partition table), each with the
-/// slot of the filesystem in it that the mount can show, if any.
-pub type PartitionsOf<'a> = dyn FnMut(&Id, &Manifest, usize) -> Vec<(Partition, Option<u64>)> + 'a;
+/// What the tree asks about a snapshot's disks.
+pub trait Layouts {
+    /// The partitions of disk `disk` (empty without a partition table), each with the slot of
+    /// the filesystem in it that the mount can show, if any.
+    fn partitions(
+        &mut self,
+        id: &Id,
+        manifest: &Manifest,
+        disk: usize,
+    ) -> Vec<(Partition, Option<u64>)>;
+    /// The logical volumes on the snapshot's disks, whose partitions are `partitions` (one
+    /// list per disk).
+    fn volumes(
+        &mut self,
+        id: &Id,
+        manifest: &Manifest,
+        partitions: &[Vec<Partition>],
+    ) -> Vec<VolumeView>;
+}
 
 /// An inode number.
 pub type Ino = u64;
@@ -43,6 +60,14 @@ pub enum Entry {
         /// Where the file starts on the disk (0 for the whole disk).
         start: u64,
         /// The file's size.
+        size: u64,
+    },
+    /// An LVM logical volume of a snapshot (`<disk>/<vg>/<lv>.raw`): volume `number` of the
+    /// mount's [`Volumes`](crate::volumes::Volumes).
+    Volume {
+        /// The volume's number.
+        number: u64,
+        /// Its size.
         size: u64,
     },
     /// The root directory of the filesystem in a partition (`<disk>/p<N>/`), served by the
@@ -121,13 +146,21 @@ fn usable(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
+/// Whether `name` is one a partition's files have in a disk directory (`p1`, `p1.raw`).
+fn partition_like(name: &str) -> bool {
+    let digits = name
+        .strip_prefix('p')
+        .map(|n| n.strip_suffix(".raw").unwrap_or(n));
+    digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 impl Tree {
     /// Builds the namespace of `snapshots`; `now` is the top directories' time.
     pub fn build(
         snapshots: &[(Id, Manifest)],
         inodes: &mut Inodes,
         now: SystemTime,
-        partitions: &mut PartitionsOf<'_>,
+        layouts: &mut dyn Layouts,
     ) -> Tree {
         let mut tree = Tree::default();
         tree.dir_at(ROOT, ROOT, now);
@@ -153,7 +186,7 @@ impl Tree {
                     dir_name = format!("{dir_name}-{}", id.short());
                 }
                 let path = format!("{vm_path}/{dir_name}");
-                tree.snapshot_dir(&path, vm_ino, id, manifest, inodes, partitions);
+                tree.snapshot_dir(&path, vm_ino, id, manifest, inodes, layouts);
                 latest = Some(dir_name);
             }
             if let Some(target) = latest {
@@ -173,7 +206,7 @@ impl Tree {
         let snapshots_ino = inodes.of("snapshots");
         for (id, manifest) in snapshots {
             let path = format!("snapshots/{}", id.short());
-            tree.snapshot_dir(&path, snapshots_ino, id, manifest, inodes, partitions);
+            tree.snapshot_dir(&path, snapshots_ino, id, manifest, inodes, layouts);
         }
         tree
     }
@@ -203,7 +236,7 @@ impl Tree {
         id: &Id,
         manifest: &Manifest,
         inodes: &mut Inodes,
-        partitions: &mut PartitionsOf<'_>,
+        layouts: &mut dyn Layouts,
     ) {
         let mtime = manifest_time(manifest);
         let ino = inodes.of(path);
@@ -235,7 +268,15 @@ impl Tree {
                 inodes,
             );
         }
-        for (disk, d) in manifest.disks.iter().enumerate() {
+        let parts: Vec<Vec<(Partition, Option<u64>)>> = (0..manifest.disks.len())
+            .map(|disk| layouts.partitions(id, manifest, disk))
+            .collect();
+        let tables: Vec<Vec<Partition>> = parts
+            .iter()
+            .map(|p| p.iter().map(|(p, _)| *p).collect())
+            .collect();
+        let volumes = layouts.volumes(id, manifest, &tables);
+        for ((disk, d), parts) in manifest.disks.iter().enumerate().zip(parts) {
             if !usable(&d.name) {
                 continue;
             }
@@ -246,14 +287,15 @@ impl Tree {
                 size: d.size,
             };
             self.file(ino, path, &format!("{}.raw", d.name), entry, mtime, inodes);
-            let parts = partitions(id, manifest, disk);
-            if parts.is_empty() {
+            let on_disk: Vec<&VolumeView> = volumes.iter().filter(|v| v.disk == disk).collect();
+            if parts.is_empty() && on_disk.is_empty() {
                 continue;
             }
             let dir_path = format!("{path}/{}", d.name);
             let dir = inodes.of(&dir_path);
             self.dir_at(dir, ino, mtime);
             self.link(ino, &d.name, dir);
+            self.volume_files(dir, &dir_path, &on_disk, mtime, inodes);
             for (p, slot) in parts {
                 let entry = Entry::Disk {
                     snapshot: *id,
@@ -267,6 +309,54 @@ impl Tree {
                     let name = format!("p{}", p.number);
                     self.file(dir, &dir_path, &name, Entry::Guest { slot }, mtime, inodes);
                 }
+            }
+        }
+    }
+
+    /// `<vg>/<lv>.raw` and `<vg>/<lv>/` in the disk directory `dir` for each of `volumes`; a
+    /// group whose name a partition's files already take (`p1`) is `<vg>.vg/`.
+    fn volume_files(
+        &mut self,
+        dir: Ino,
+        dir_path: &str,
+        volumes: &[&VolumeView],
+        mtime: SystemTime,
+        inodes: &mut Inodes,
+    ) {
+        for v in volumes {
+            if !usable(&v.vg) || !usable(&v.lv) {
+                continue;
+            }
+            let vg_name = if partition_like(&v.vg) {
+                format!("{}.vg", v.vg)
+            } else {
+                v.vg.clone()
+            };
+            let vg_path = format!("{dir_path}/{vg_name}");
+            let vg_dir = inodes.of(&vg_path);
+            self.dir_at(vg_dir, dir, mtime);
+            self.link(dir, &vg_name, vg_dir);
+            let raw = Entry::Volume {
+                number: v.number,
+                size: v.size,
+            };
+            self.file(
+                vg_dir,
+                &vg_path,
+                &format!("{}.raw", v.lv),
+                raw,
+                mtime,
+                inodes,
+            );
+            if let Some(slot) = v.slot {
+                self.file(
+                    vg_dir,
+                    &vg_path,
+                    &v.lv,
+                    Entry::Guest { slot },
+                    mtime,
+                    inodes,
+                );
             }
         }
     }
@@ -346,8 +436,17 @@ mod tests {
         }
     }
 
-    fn no_partitions(_: &Id, _: &Manifest, _: usize) -> Vec<(Partition, Option<u64>)> {
-        Vec::new()
+    /// Disks without partitions or volumes.
+    struct Plain;
+
+    impl Layouts for Plain {
+        fn partitions(&mut self, _: &Id, _: &Manifest, _: usize) -> Vec<(Partition, Option<u64>)> {
+            Vec::new()
+        }
+
+        fn volumes(&mut self, _: &Id, _: &Manifest, _: &[Vec<Partition>]) -> Vec<VolumeView> {
+            Vec::new()
+        }
     }
 
     fn lookup(tree: &Tree, path: &str) -> Option<Ino> {
@@ -376,7 +475,7 @@ mod tests {
             ),
         ];
         let mut inodes = Inodes::default();
-        let tree = Tree::build(&snaps, &mut inodes, UNIX_EPOCH, &mut no_partitions);
+        let tree = Tree::build(&snaps, &mut inodes, UNIX_EPOCH, &mut Plain);
         assert!(lookup(&tree, "vms/web1/2026-11-20T10:00:00Z/domain.xml").is_some());
         assert!(lookup(&tree, "vms/web1/2026-11-20T10:00:00Z/vdb.raw").is_some());
         let second = format!("vms/web1/2026-11-21T10:00:00Z-{}", c.short());
@@ -399,7 +498,7 @@ mod tests {
                 ..
             }
         ));
-        let again = Tree::build(&snaps[..1], &mut inodes, UNIX_EPOCH, &mut no_partitions);
+        let again = Tree::build(&snaps[..1], &mut inodes, UNIX_EPOCH, &mut Plain);
         assert_eq!(
             lookup(&again, &by_id),
             Some(ino),
@@ -417,12 +516,7 @@ mod tests {
             Id::of(b"x"),
             manifest("..", "2026-11-20T10:00:00Z", &["a/b"], false),
         )];
-        let tree = Tree::build(
-            &snaps,
-            &mut Inodes::default(),
-            UNIX_EPOCH,
-            &mut no_partitions,
-        );
+        let tree = Tree::build(&snaps, &mut Inodes::default(), UNIX_EPOCH, &mut Plain);
         match &tree
             .node(lookup(&tree, "vms").expect("vms"))
             .expect("node")

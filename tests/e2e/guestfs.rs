@@ -139,6 +139,16 @@ fn mbr_disk(dir: &Path, fat: &Path, ext4: &Path, ntfs: &Path) -> PathBuf {
         "label: dos\nstart={p1}, size=131072, type=c\nstart=133120, type=5\n\
          start={p5}, size=131072, type=83\nstart={p6}, size=65536, type=7\n"
     );
+    sfdisk(&disk, &table);
+    for (image, sector) in [(fat, p1), (ext4, p5), (ntfs, p6)] {
+        let bytes = std::fs::read(image).expect("image");
+        crate::util::write_at(&disk, sector * SECTOR, &bytes);
+    }
+    disk
+}
+
+/// Writes the partition table `table` (sfdisk's script format) onto `disk`.
+fn sfdisk(disk: &Path, table: &str) {
     let mut sfdisk = Command::new("sfdisk")
         .args(["-q", &disk.display().to_string()])
         .stdin(std::process::Stdio::piped())
@@ -147,11 +157,14 @@ fn mbr_disk(dir: &Path, fat: &Path, ext4: &Path, ntfs: &Path) -> PathBuf {
     std::io::Write::write_all(sfdisk.stdin.as_mut().expect("stdin"), table.as_bytes())
         .expect("table");
     assert!(sfdisk.wait().expect("wait").success(), "sfdisk failed");
-    for (image, sector) in [(fat, p1), (ext4, p5), (ntfs, p6)] {
-        let bytes = std::fs::read(image).expect("image");
-        crate::util::write_at(&disk, sector * SECTOR, &bytes);
-    }
-    disk
+}
+
+/// A new repository and the directory `src` in it for the source images.
+fn repo_and_src() -> (Repo, PathBuf) {
+    let repo = Repo::init();
+    let src = repo.dir.path().join("src");
+    std::fs::create_dir(&src).expect("src dir");
+    (repo, src)
 }
 
 /// What to compare besides names, kinds, sizes, contents, symlink targets and whole seconds
@@ -276,9 +289,7 @@ fn files_of_ext4_fat_and_ntfs_in_logical_partitions_read_as_in_the_guest() {
     if !have(&tools, true) {
         return;
     }
-    let repo = Repo::init();
-    let src = repo.dir.path().join("src");
-    std::fs::create_dir(&src).expect("src dir");
+    let (repo, src) = repo_and_src();
     let ext4 = ext4_image(&src);
     let fat = fat_image(&src);
     let ntfs = ntfs_image(&src);
@@ -349,9 +360,7 @@ fn damaged_filesystems_show_raw_partitions_or_eio_where_damaged() {
     if !have(&["fusermount3", "sfdisk", "mkfs.ext4", "debugfs"], true) {
         return;
     }
-    let repo = Repo::init();
-    let src = repo.dir.path().join("src");
-    std::fs::create_dir(&src).expect("src dir");
+    let (repo, src) = repo_and_src();
     // p1: an ext4 whose superblock claims an impossible block size.
     let tree = src.join("tree");
     std::fs::create_dir(&tree).expect("mkdir");
@@ -452,4 +461,157 @@ fn damaged_filesystems_show_raw_partitions_or_eio_where_damaged() {
             "{part} is not called damaged ext4 metadata: {stderr}"
         );
     }
+}
+
+/// One linear segment of a logical volume in LVM's metadata syntax.
+fn lvm_segment(n: u32, start: u64, count: u64, pv_extent: u64) -> String {
+    format!(
+        "segment{n} {{ start_extent = {start} extent_count = {count} type = \"striped\" \
+         stripe_count = 1 stripes = [\"pv0\", {pv_extent}] }}\n"
+    )
+}
+
+/// A 100 MiB LVM physical volume of a new volume group `vg` (4 MiB extents) holding `ext4`
+/// as logical volume `root` in two segments (its first 32 MiB at the PV's extent 10, the rest
+/// at extent 0), an 8 MiB `swap`, and a thin pool (with its hidden metadata and data volumes)
+/// that vmstash does not read. Made with LVM's own
+/// tools on a loop device; there is no device-mapper here, so the volumes go into the
+/// metadata through vgcfgrestore, and ext4's bytes where the segments put them.
+fn lvm_physical_volume(dir: &Path, vg: &str, ext4: &Path) -> PathBuf {
+    let pv = dir.join("pv.img");
+    std::fs::File::create(&pv)
+        .and_then(|f| f.set_len(100 << 20))
+        .expect("create the PV");
+    let loop_dev = sh("losetup", &["-f", "--show", &pv.display().to_string()])
+        .trim()
+        .to_owned();
+    let made = std::panic::catch_unwind(|| {
+        sh("pvcreate", &["-q", &loop_dev]);
+        sh("vgcreate", &["-q", vg, &loop_dev]);
+        let backup = dir.join("vg.txt");
+        let backup_s = backup.display().to_string();
+        sh("vgcfgbackup", &["-q", "-f", &backup_s, vg]);
+        let text = std::fs::read_to_string(&backup).expect("vg backup");
+        let pe_start: u64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("pe_start = "))
+            .and_then(|n| n.split_whitespace().next()?.parse().ok())
+            .expect("pe_start");
+        let visible = "status = [\"READ\", \"WRITE\", \"VISIBLE\"]";
+        let hidden = "status = [\"READ\", \"WRITE\"]";
+        let lvs = format!(
+            "logical_volumes {{\n\
+             root {{ id = \"rootrt-0000-0000-0000-0000-0000-000001\" {visible} segment_count = 2\n{}{} }}\n\
+             swap {{ id = \"swapsw-0000-0000-0000-0000-0000-000002\" {visible} segment_count = 1\n{} }}\n\
+             pool {{ id = \"poolpl-0000-0000-0000-0000-0000-000003\" {visible} segment_count = 1\n\
+             segment1 {{ start_extent = 0 extent_count = 1 type = \"thin-pool\" \
+             metadata = \"pool_tmeta\" pool = \"pool_tdata\" transaction_id = 0 \
+             chunk_size = 128 discards = \"passdown\" zero_new_blocks = 1 }} }}\n\
+             pool_tmeta {{ id = \"poolmt-0000-0000-0000-0000-0000-000004\" {hidden} segment_count = 1\n{} }}\n\
+             pool_tdata {{ id = \"pooldt-0000-0000-0000-0000-0000-000005\" {hidden} segment_count = 1\n{} }}\n}}\n",
+            lvm_segment(1, 0, 8, 10),
+            lvm_segment(2, 8, 8, 0),
+            lvm_segment(1, 0, 2, 20),
+            lvm_segment(1, 0, 1, 22),
+            lvm_segment(1, 0, 1, 23),
+        );
+        let end = text.rfind('}').expect("the group's end");
+        std::fs::write(&backup, format!("{}{lvs}{}", &text[..end], &text[end..])).expect("write");
+        // --force: a thin pool's metadata is restored only when asked.
+        sh("vgcfgrestore", &["-q", "--force", "-f", &backup_s, vg]);
+        pe_start * SECTOR
+    });
+    sh("losetup", &["-d", &loop_dev]);
+    let pe_start = made.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let bytes = std::fs::read(ext4).expect("ext4 image");
+    let (first, rest) = bytes.split_at(32 << 20);
+    crate::util::write_at(&pv, pe_start + 10 * (4 << 20), first);
+    crate::util::write_at(&pv, pe_start, rest);
+    pv
+}
+
+#[test]
+fn ext4_on_lvm_in_a_gpt_partition_reads_as_in_the_guest() {
+    let tools = [
+        "fusermount3",
+        "sfdisk",
+        "mkfs.ext4",
+        "mount",
+        "losetup",
+        "pvcreate",
+        "vgcreate",
+        "vgcfgbackup",
+        "vgcfgrestore",
+    ];
+    if !have(&tools, true) {
+        return;
+    }
+    let (repo, src) = repo_and_src();
+    let ext4 = ext4_image(&src);
+    // A name no other test (or the host) uses while the loop device is attached.
+    let vg = format!("vmstash-test-{}-{}", std::process::id(), unique());
+    let pv = lvm_physical_volume(&src, &vg, &ext4);
+    // Ubuntu's layout: GPT, an EFI partition, the rest an LVM physical volume.
+    let disk = src.join("lvm-disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(120 << 20))
+        .expect("create the disk");
+    let (p2, pv_sectors) = (18_432u64, (100u64 << 20) / SECTOR);
+    let table = format!(
+        "label: gpt\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n\
+         start={p2}, size={pv_sectors}, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n"
+    );
+    sfdisk(&disk, &table);
+    crate::util::write_at(&disk, p2 * SECTOR, &std::fs::read(&pv).expect("pv"));
+    repo.backup(&[&disk]);
+
+    let mnt = repo.dir.path().join("mnt");
+    let mounted = Mounted::start(&repo, &mnt);
+    let shown = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let disk_dir = mnt.join("vms/lvm-disk/latest/lvm-disk");
+    let want: BTreeSet<String> = ["p1.raw", "p2.raw", vg.as_str()]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert_eq!(
+        shown(&disk_dir),
+        want,
+        "the PV shows as its volume group, not as p2/"
+    );
+    let vg_dir = disk_dir.join(&vg);
+    let want: BTreeSet<String> = ["root", "root.raw", "swap.raw"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert_eq!(
+        shown(&vg_dir),
+        want,
+        "the thin pool is not shown; swap has no filesystem"
+    );
+    assert!(
+        std::fs::read(vg_dir.join("root.raw")).expect("root.raw")
+            == std::fs::read(&ext4).expect("ext4"),
+        "root.raw must be the volume's bytes, put together from its two segments"
+    );
+    assert_eq!(
+        std::fs::metadata(vg_dir.join("swap.raw"))
+            .expect("swap")
+            .len(),
+        8 << 20
+    );
+    let compared = with_reference(&ext4, &["mount", "-o", "loop,ro"], |reference| {
+        compare_trees(&vg_dir.join("root"), reference, Checks { unix: true })
+    });
+    assert!(compared > 10, "only {compared} paths compared");
+    let (status, log) = mounted.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(&format!("volume {vg}/pool")) && log.contains("thin-pool"),
+        "the unsupported volume gets a log line: {log}"
+    );
 }
