@@ -548,7 +548,7 @@ fn file_attr(ino: Ino, a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: 4096,
         flags: 0,
     }
@@ -604,6 +604,7 @@ fn placeholder_attr(ino: Ino) -> FileAttr {
             mtime: SystemTime::UNIX_EPOCH,
             ctime: SystemTime::UNIX_EPOCH,
             crtime: SystemTime::UNIX_EPOCH,
+            rdev: 0,
         },
     )
 }

@@ -69,6 +69,20 @@ fn unix_files(root: &Path) {
         b"not utf-8\n",
     )
     .expect("non-UTF-8 name");
+    // Device nodes as a root filesystem's /dev has them: a major and minor in ext4's old
+    // 8-bit encoding, and one that needs the new one (minor above 255).
+    let dev = root.join("dev");
+    std::fs::create_dir(&dev).expect("mkdir dev");
+    for (name, kind, major, minor) in [
+        ("null", "c", "1", "3"),
+        ("sda1", "b", "8", "1"),
+        ("nvme0n1p9", "b", "259", "70000"),
+    ] {
+        sh(
+            "mknod",
+            &[&dev.join(name).display().to_string(), kind, major, minor],
+        );
+    }
 }
 
 /// An ext4 image holding `unix_files`, made by `mkfs.ext4 -d` (which keeps owners, modes,
@@ -200,6 +214,7 @@ fn compare_trees(ours: &Path, reference: &Path, checks: Checks) -> usize {
             assert_eq!(om.file_type(), rm.file_type(), "{what}: kind");
             assert_eq!(om.mtime(), rm.mtime(), "{what}: mtime");
             if checks.unix {
+                assert_eq!(om.rdev(), rm.rdev(), "{what}: device number");
                 assert_eq!(om.mode() & 0o7777, rm.mode() & 0o7777, "{what}: mode");
                 assert_eq!((om.uid(), om.gid()), (rm.uid(), rm.gid()), "{what}: owner");
                 assert_eq!(om.mtime_nsec(), rm.mtime_nsec(), "{what}: mtime ns");

@@ -135,6 +135,23 @@ impl Ext4Fs {
             .and_then(|ino| self.links.as_ref()?.link_count(ino))
             .map_or(1, u32::from)
     }
+
+    /// `attr` of inode `ino` with what `ext4-view` does not say: its link count and, for a
+    /// device node, its device number (0 where it is not known).
+    fn completed(&self, ino: u64, attr: Attr) -> Attr {
+        let rdev = match attr.kind {
+            Kind::BlockDevice | Kind::CharDevice => u32::try_from(ino)
+                .ok()
+                .and_then(|ino| self.links.as_ref()?.device_number(ino))
+                .map_or(0, |(major, minor)| super::encode_dev(major, minor)),
+            _ => 0,
+        };
+        Attr {
+            nlink: self.link_count(ino),
+            rdev,
+            ..attr
+        }
+    }
 }
 
 /// `ext4-view`'s error, by whose fault it is: its `Incompatible` (a feature it does not
@@ -187,6 +204,7 @@ fn attr_of(m: &Metadata) -> Attr {
         mtime,
         ctime: mtime,
         crtime: m.created().map_or(mtime, time),
+        rdev: 0,
     }
 }
 
@@ -201,9 +219,8 @@ impl GuestFs for Ext4Fs {
 
     fn attr(&self, ino: u64) -> Result<Attr, FsError> {
         let path = self.inodes.path(ino)?;
-        let mut attr = self.with(|l| l.metadata(&path).map(|m| attr_of(&m)))?;
-        attr.nlink = self.link_count(ino);
-        Ok(attr)
+        let attr = self.with(|l| l.metadata(&path).map(|m| attr_of(&m)))?;
+        Ok(self.completed(ino, attr))
     }
 
     fn read_dir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
@@ -246,10 +263,10 @@ impl GuestFs for Ext4Fs {
                     Some(&number) => self.inodes.register(&child, u64::from(number)),
                     None => self.inodes.number(&child),
                 };
-                let attr = entry.metadata().ok().map(|m| Attr {
-                    nlink: self.link_count(ino),
-                    ..attr_of(&m)
-                });
+                let attr = entry
+                    .metadata()
+                    .ok()
+                    .map(|m| self.completed(ino, attr_of(&m)));
                 out.push(DirEntry { name, ino, attr });
             }
             Ok(out)

@@ -142,6 +142,13 @@ impl Links {
         self.inode(ino).map(|i| i.links)
     }
 
+    /// The (major, minor) number of device node `ino`, from its `i_block` as Linux stores it
+    /// (`ext4_inode`: the old 8+8-bit encoding in the first word, or, when that is zero, the new
+    /// 12+20-bit one in the second).
+    pub fn device_number(&self, ino: u32) -> Option<(u32, u32)> {
+        decode_device(&self.inode(ino)?.block)
+    }
+
     /// The names in directory inode `dir` and the inode number of each.
     pub fn names(&self, dir: u32) -> Option<HashMap<Vec<u8>, u32>> {
         let inode = self.inode(dir)?;
@@ -276,6 +283,19 @@ impl Links {
 }
 
 /// Adds the entries of one directory block; `None` when the block is malformed.
+/// See [`Links::device_number`].
+fn decode_device(block: &[u8]) -> Option<(u32, u32)> {
+    let old = u32_at(block, 0)?;
+    if old != 0 {
+        return Some(((old >> 8) & 0xff, old & 0xff));
+    }
+    let new = u32_at(block, 4)?;
+    Some((
+        (new & 0xf_ff00) >> 8,
+        (new & 0xff) | ((new >> 12) & 0xf_ff00),
+    ))
+}
+
 fn entries(block: &[u8], names: &mut HashMap<Vec<u8>, u32>) -> Option<()> {
     let mut at = 0usize;
     while at + 8 <= block.len() {
@@ -300,6 +320,20 @@ mod tests {
 
     fn image() -> Vec<u8> {
         zstd::decode_all(&include_bytes!("../../testdata/ext4.img.zst")[..]).expect("zstd")
+    }
+
+    #[test]
+    fn device_numbers_in_both_encodings() {
+        let mut block = [0u8; 60];
+        block[..4].copy_from_slice(&0x0103u32.to_le_bytes());
+        assert_eq!(decode_device(&block), Some((1, 3)), "old: /dev/null");
+        block[..4].fill(0);
+        // Linux's new_encode_dev(MKDEV(259, 70000)).
+        let (major, minor) = (259u32, 70_000u32);
+        let new = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        block[4..8].copy_from_slice(&new.to_le_bytes());
+        assert_eq!(decode_device(&block), Some((major, minor)));
+        assert_eq!(super::super::encode_dev(major, minor), new);
     }
 
     #[test]

@@ -257,6 +257,7 @@ fn entry_attr(owner: Owner, entry: &fatfs::DirEntry<'_, FatDisk>) -> Attr {
         mtime,
         ctime: mtime,
         crtime: date_time(entry.created()),
+        rdev: 0,
     }
 }
 
@@ -273,6 +274,7 @@ fn root_attr(owner: Owner) -> Attr {
         mtime: UNIX_EPOCH,
         ctime: UNIX_EPOCH,
         crtime: UNIX_EPOCH,
+        rdev: 0,
     }
 }
 

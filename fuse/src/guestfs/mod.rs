@@ -71,6 +71,15 @@ pub struct Attr {
     pub ctime: SystemTime,
     /// Creation.
     pub crtime: SystemTime,
+    /// A block or character device node's number, as Linux encodes it for FUSE
+    /// ([`encode_dev`]); 0 for everything else.
+    pub rdev: u32,
+}
+
+/// A device number as Linux's `new_encode_dev` packs it into 32 bits (what FUSE carries): the
+/// minor's low 8 bits, the major's 12 bits above them, the minor's next 12 bits above those.
+pub fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
 }
 
 /// One name in a directory.

@@ -173,6 +173,7 @@ impl NtfsFs {
             mtime: nt_time(node.info.modified),
             ctime: nt_time(node.info.changed),
             crtime: nt_time(node.info.created),
+            rdev: 0,
         }
     }
 }
