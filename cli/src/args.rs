@@ -146,6 +146,12 @@ pub enum Command {
     VmRepair(VmRepairArgs),
     /// Mount the repository read-only: every backup's disks as raw images (runs until unmounted).
     Mount(MountArgs),
+    /// List a snapshot's files without mounting: its disks, partitions, volumes and the files
+    /// in their filesystems, as the mount shows them under snapshots/<id>/.
+    Ls(LsArgs),
+    /// Write a file of a snapshot to standard output (a directory: as a tar stream), without
+    /// mounting.
+    Dump(DumpArgs),
 }
 
 /// `vmstash mount`
@@ -162,6 +168,36 @@ pub struct MountArgs {
     pub zero_lost: bool,
     /// Memory for verified chunks kept for further reads.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub cache_size: u64,
+}
+
+/// `vmstash ls`
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// SNAPSHOT[:PATH]: a snapshot id (or unique prefix) or "latest", and a path in it as the
+    /// mount shows it under snapshots/<id>/ (e.g. latest:vda/p1/etc, latest:vda/ubuntu-vg/root/etc).
+    pub target: String,
+    /// With "latest": the newest snapshot these filters match.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Type, mode, links, owner, size and modification time of each entry, as `ls -l` shows them.
+    #[arg(long, short = 'l')]
+    pub long: bool,
+    /// Memory for verified chunks.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub cache_size: u64,
+}
+
+/// `vmstash dump`
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// SNAPSHOT:PATH, as for `vmstash ls`.
+    pub target: String,
+    /// With "latest": the newest snapshot these filters match.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Memory for verified chunks.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub cache_size: u64,
 }
 

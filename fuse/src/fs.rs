@@ -34,7 +34,7 @@ use crate::guestfs::{Attr, DirEntry, FsError, Kind, Owner};
 use crate::guests::{mount_ino, split_ino, Guest, Guests, PartitionDevice};
 use crate::image::ImageReader;
 use crate::partition::{self, Partition};
-use crate::tree::{Entry, Ino, Inodes, Layouts, Node, Tree};
+use crate::tree::{Entry, Ino, Inodes, Layouts, Node, Tree, ROOT};
 use crate::volumes::{is_physical_volume, VolumeView, Volumes};
 
 /// How long the kernel may cache names and attributes.
@@ -65,6 +65,8 @@ pub struct VmstashFs {
     inodes: Mutex<Inodes>,
     /// The snapshot file names the tree was built from, and when they were last listed.
     seen: Mutex<(BTreeSet<String>, Instant)>,
+    /// The one snapshot shown (never refreshed), or `None`: all of them.
+    only: Option<Id>,
     owner: Owner,
 }
 
@@ -94,6 +96,17 @@ impl VmstashFs {
 
     /// The filesystem of `repo`, caching about `cache_bytes` of chunks.
     pub fn new(repo: Repository, cache_bytes: u64) -> Result<VmstashFs, Error> {
+        VmstashFs::open(repo, cache_bytes, None)
+    }
+
+    /// The namespace of snapshot `id` alone, never refreshed: for commands that read one
+    /// snapshot's files without FUSE (`vmstash ls`, `dump`), through the same guest filesystem
+    /// code as the mount. Its files are under `snapshots/<short id>/`.
+    pub fn of_snapshot(repo: Repository, cache_bytes: u64, id: Id) -> Result<VmstashFs, Error> {
+        VmstashFs::open(repo, cache_bytes, Some(id))
+    }
+
+    fn open(repo: Repository, cache_bytes: u64, only: Option<Id>) -> Result<VmstashFs, Error> {
         let index = repo.load_index()?;
         let chunk_size = repo.config().chunk_size;
         let names = snapshot_names(&repo)?;
@@ -112,14 +125,50 @@ impl VmstashFs {
             tree: RwLock::new(Arc::new(Tree::default())),
             inodes: Mutex::new(Inodes::default()),
             seen: Mutex::new((names, Instant::now())),
+            only,
             owner: Owner {
                 uid: rustix::process::getuid().as_raw(),
                 gid: rustix::process::getgid().as_raw(),
             },
         };
-        let snapshots = readable_snapshots(&fs.repo)?;
+        let mut snapshots = readable_snapshots(&fs.repo)?;
+        snapshots.retain(|(id, _)| only.is_none_or(|only| only == *id));
         fs.rebuild(&snapshots);
         Ok(fs)
+    }
+
+    /// The attributes of the file at `path` (names separated by `/`, from the root; symlinks
+    /// not followed).
+    pub fn path_attr(&self, path: &[u8]) -> Result<FileAttr, Errno> {
+        let mut attr = self.attr_of(&self.tree(), ROOT)?;
+        for name in path.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+            attr = self.lookup_in(attr.ino.0, OsStr::from_bytes(name))?;
+        }
+        Ok(attr)
+    }
+
+    /// The entries of directory `ino`, without `.` and `..`.
+    pub fn children(&self, ino: Ino) -> Result<Vec<Listed>, Errno> {
+        self.entries(ino, 2)
+    }
+
+    /// Up to `size` bytes of file `ino` at `offset`.
+    pub fn read_bytes(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        self.read_file(ino, offset, size)
+    }
+
+    /// The target of symbolic link `ino`.
+    pub fn link_target(&self, ino: Ino) -> Result<Vec<u8>, Errno> {
+        let tree = self.tree();
+        match self.target(&tree, ino)? {
+            Target::Repo(node) => match &node.entry {
+                Entry::Symlink(target) => Ok(target.as_bytes().to_vec()),
+                _ => Err(Errno::EINVAL),
+            },
+            Target::Guest { guest, local, .. } => guest
+                .call(|fs| fs.read_link(local))
+                .map_err(|e| failed(&guest, &format!("reading link inode {local}"), e)),
+        }
     }
 
     /// Builds the tree of `snapshots` and shows it.
@@ -220,6 +269,9 @@ impl VmstashFs {
     /// Rebuilds the tree if the repository's snapshots changed (checked at most every
     /// [`REFRESH_EVERY`]).
     fn refresh(&self) {
+        if self.only.is_some() {
+            return;
+        }
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if seen.1.elapsed() < REFRESH_EVERY {
             return;
@@ -487,11 +539,13 @@ impl VmstashFs {
 }
 
 /// One entry of a directory listing.
-struct Listed {
-    ino: Ino,
-    name: Vec<u8>,
+pub struct Listed {
+    /// Its inode number in the namespace.
+    pub ino: Ino,
+    /// Its name.
+    pub name: Vec<u8>,
     /// `None` when its metadata cannot be read (using it answers the error).
-    attr: Option<FileAttr>,
+    pub attr: Option<FileAttr>,
 }
 
 impl Listed {
@@ -649,18 +703,7 @@ impl Filesystem for VmstashFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let tree = self.tree();
-        let target = match self.target(&tree, ino.0) {
-            Ok(Target::Repo(node)) => match &node.entry {
-                Entry::Symlink(target) => Ok(target.as_bytes().to_vec()),
-                _ => Err(Errno::EINVAL),
-            },
-            Ok(Target::Guest { guest, local, .. }) => guest
-                .call(|fs| fs.read_link(local))
-                .map_err(|e| failed(&guest, &format!("reading link inode {local}"), e)),
-            Err(errno) => Err(errno),
-        };
-        match target {
+        match self.link_target(ino.0) {
             Ok(bytes) => reply.data(&bytes),
             Err(errno) => reply.error(errno),
         }

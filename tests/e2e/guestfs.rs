@@ -629,4 +629,75 @@ fn ext4_on_lvm_in_a_gpt_partition_reads_as_in_the_guest() {
         log.contains(&format!("volume {vg}/pool")) && log.contains("thin-pool"),
         "the unsupported volume gets a log line: {log}"
     );
+    without_a_mount(&repo, &vg, &ext4);
+}
+
+/// `vmstash ls` and `dump` read the same files as the mount, without one: listings, `ls -l`
+/// of device nodes, a file's bytes, and a directory as a tar stream that extracts to the
+/// guest's tree.
+fn without_a_mount(repo: &Repo, vg: &str, ext4: &Path) {
+    let lines = |out: String| -> BTreeSet<String> { out.lines().map(str::to_owned).collect() };
+    let want: BTreeSet<String> = ["p1.raw", "p2.raw", vg]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert_eq!(lines(repo.ok(&["ls", "latest:lvm-disk"])), want);
+    let root = format!("latest:lvm-disk/{vg}/root");
+    with_reference(ext4, &["mount", "-o", "loop,ro"], |reference| {
+        let names: BTreeSet<String> = std::fs::read_dir(reference.join("etc"))
+            .expect("list etc")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        let listed = repo.json(&["ls", &format!("{root}/etc")]);
+        let listed: BTreeSet<String> = listed
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|e| e["name"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(listed, names);
+        let long = repo.ok(&["ls", "-l", &format!("{root}/dev")]);
+        assert!(
+            long.lines()
+                .any(|l| l.starts_with("crw") && l.contains("1, 3") && l.ends_with(" null")),
+            "{long}"
+        );
+        let fstab = repo
+            .cmd(&["dump", &format!("{root}/etc/fstab")])
+            .output()
+            .expect("dump");
+        assert!(fstab.status.success(), "{}", crate::util::describe(&fstab));
+        assert_eq!(
+            fstab.stdout,
+            std::fs::read(reference.join("etc/fstab")).expect("fstab")
+        );
+        let tar = repo
+            .cmd(&["dump", &root])
+            .output()
+            .expect("dump a directory");
+        assert!(tar.status.success(), "{}", crate::util::describe(&tar));
+        let out = repo.dir.path().join(format!("extracted{}", unique()));
+        std::fs::create_dir(&out).expect("mkdir");
+        let mut untar = Command::new("tar")
+            .args(["-x", "-p", "-C", &out.display().to_string()])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("tar");
+        std::io::Write::write_all(untar.stdin.as_mut().expect("stdin"), &tar.stdout)
+            .expect("feed tar");
+        assert!(untar.wait().expect("tar").success(), "tar -x failed");
+        compare_trees(&out.join("root"), reference, Checks { unix: false });
+        let shadow = std::fs::symlink_metadata(out.join("root/etc/shadow")).expect("shadow");
+        assert_eq!(
+            (shadow.uid(), shadow.gid(), shadow.mode() & 0o7777),
+            (1001, 42, 0o640)
+        );
+        let null = std::fs::symlink_metadata(out.join("root/dev/null")).expect("null");
+        assert_eq!(
+            null.rdev(),
+            std::fs::symlink_metadata(reference.join("dev/null"))
+                .expect("ref")
+                .rdev()
+        );
+    });
 }

@@ -3,13 +3,16 @@
 //! `restore_target`, `repo`, `output`, …) is shared by them and imports none of them.
 
 mod backup;
+mod browse;
 mod cat;
 mod check;
 mod copy;
 mod diff;
+mod dump;
 mod forget;
 mod init;
 mod key;
+mod ls;
 mod mount;
 mod prune;
 mod repair;
@@ -44,6 +47,8 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Repair(c) => repair::run(g, c),
         Command::Diff(a) => diff::run(g, a),
         Command::Restore(a) => restore::run(g, a),
+        Command::Ls(a) => ls::run(g, a),
+        Command::Dump(a) => dump::run(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Cat(a) => cat::run(g, a),

@@ -1,0 +1,66 @@
+//! What `vmstash ls` and `dump` share: `SNAPSHOT[:PATH]` resolved to one snapshot's namespace
+//! (the mount's, built for that snapshot alone by `vmstash_fuse`), and the file at the path.
+
+use anyhow::{Context, Result};
+use fuser::FileAttr;
+use vmstash_fuse::VmstashFs;
+use vmstash_repo::{Id, Repository};
+
+use crate::args::FilterArgs;
+use crate::repo;
+
+/// A snapshot's files, opened at a path.
+pub struct Opened {
+    /// The snapshot's namespace.
+    pub fs: VmstashFs,
+    /// The snapshot.
+    pub id: Id,
+    /// The path as given (after the `:`), for messages.
+    pub path: String,
+    /// The file at the path.
+    pub attr: FileAttr,
+}
+
+/// Opens `SNAPSHOT[:PATH]` of `repo`; the caller holds a lock for reading.
+pub fn open(
+    repo: &Repository,
+    target: &str,
+    filter: &FilterArgs,
+    cache_size: u64,
+) -> Result<Opened> {
+    let (snapshot, path) = target.split_once(':').unwrap_or((target, ""));
+    let (listing, _) = repo::snapshots_warning_of_damage(repo)?;
+    let (id, _) = listing.find(snapshot, &filter.filter())?;
+    let fs =
+        VmstashFs::of_snapshot(repo.clone(), cache_size, id).context("reading the repository")?;
+    let full = format!("snapshots/{}/{path}", id.short());
+    let attr = fs.path_attr(full.as_bytes()).map_err(|errno| {
+        anyhow::anyhow!(
+            "{path:?} in snapshot {}: {}",
+            id.short(),
+            std::io::Error::from_raw_os_error(errno.code())
+        )
+    })?;
+    Ok(Opened {
+        fs,
+        id,
+        path: path.to_owned(),
+        attr,
+    })
+}
+
+/// An errno of the namespace as an error naming what failed.
+pub fn errno_error(what: &str, errno: fuser::Errno) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what}: {}",
+        std::io::Error::from_raw_os_error(errno.code())
+    )
+}
+
+/// A device number packed as FUSE carries it (Linux's `new_encode_dev`) as (major, minor).
+pub fn device_numbers(rdev: u32) -> (u32, u32) {
+    (
+        (rdev & 0xf_ff00) >> 8,
+        (rdev & 0xff) | ((rdev >> 12) & 0xf_ff00),
+    )
+}
