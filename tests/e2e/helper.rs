@@ -90,40 +90,6 @@ pub fn vmstash_over_ssh(sshd: &Sshd, repo: &Repo, helper: &Path) -> std::process
     cmd
 }
 
-/// The bytes sshd sent to its clients over the connections logged after byte `log_from` of its
-/// log (its VERBOSE line "Transferred: sent N, received M bytes" as each connection ends),
-/// waiting up to 5 s for `connections` of them: sshd logs the line a moment after the client
-/// has gone. What crossed the network from the hypervisor, counted per connection, so other
-/// tests' traffic on `lo` does not count.
-pub fn ssh_bytes_sent(sshd: &Sshd, log_from: usize, connections: usize) -> u64 {
-    let mut sent = Vec::new();
-    for _ in 0..100 {
-        let log = sshd.log();
-        sent = log
-            .get(log_from..)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                l.split("Transferred: sent ")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .collect();
-        if sent.len() >= connections {
-            return sent.iter().sum();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!(
-        "sshd logged the transfer of {} connections, not {connections}: {}",
-        sent.len(),
-        sshd.log().get(log_from..).unwrap_or_default()
-    );
-}
-
 pub fn summary(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", describe(out));
     let last = String::from_utf8_lossy(&out.stdout)

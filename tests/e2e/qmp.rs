@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::fixtures::qemu::TestQemu;
 use crate::fixtures::sshd::Sshd;
-use crate::helper::{helper_binary, ssh_bytes_sent, stderr, summary, vmstash_over_ssh};
+use crate::helper::{helper_binary, stderr, summary, vmstash_over_ssh};
 use crate::util::{assert_raw_images_equal, describe, random_bytes, Repo};
 
 const MIB: u64 = 1 << 20;
@@ -114,11 +114,6 @@ fn qemu_without_libvirt_full_then_incremental_over_ssh() {
         1,
         "one exec channel: {}",
         &sshd.log()[log_before..]
-    );
-    let sent = ssh_bytes_sent(&sshd, log_before, 1);
-    assert!(
-        sent <= 2 * MIB + 256 * 1024,
-        "the host sent {sent} bytes for 2 MiB of changed chunks"
     );
     let inc = cbt_of(&second);
     assert_eq!(inc["since"].as_str(), Some(c1.as_str()), "{second}");
