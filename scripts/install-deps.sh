@@ -12,6 +12,7 @@ PACKAGES=(
   ntfs-3g      # mkntfs, ntfs-3g: NTFS filesystems for the mount tests
   e2fsprogs    # mkfs.ext4
   lvm2         # pvcreate, vgcreate, vgcfgrestore: LVM physical volumes for the mount tests
+  xfsprogs     # mkfs.xfs, xfs_io: XFS filesystems for the mount tests
   util-linux   # losetup, mount
   restic       # the benchmark's point of comparison
   virtnbdbackup  # bench/cbt.sh's point of comparison for changed-block tracking

@@ -184,13 +184,18 @@ impl Guests {
         let opened = catch_unwind(AssertUnwindSafe(|| guestfs::open(device, owner)))
             .unwrap_or_else(|_| Err(FsError::corrupt("guest", "its reader failed")));
         let slot = match opened {
-            Ok(Some(fs)) => self.add(Guest {
-                label: format!("{place} [{}]", fs.type_name()),
-                fs,
-            }),
+            Ok(Some(fs)) => {
+                for note in fs.notes() {
+                    eprintln!("vmstash mount: {place} ({}): {note}", fs.type_name());
+                }
+                self.add(Guest {
+                    label: format!("{place} [{}]", fs.type_name()),
+                    fs,
+                })
+            }
             Ok(None) => {
                 eprintln!(
-                    "vmstash mount: {place}: no filesystem vmstash can read (ext2/3/4, FAT, NTFS); showing {raw} only"
+                    "vmstash mount: {place}: no filesystem vmstash can read (ext2/3/4, XFS, FAT, NTFS); showing {raw} only"
                 );
                 None
             }

@@ -1,26 +1,6 @@
-//! Little-endian integers at byte offsets of untrusted buffers: `None` when the buffer is too
-//! short, never a panic. Shared by the partition-table and filesystem parsers.
+//! Little-endian integers at byte offsets of untrusted buffers (see [`crate::ints`]).
 
-/// The `u16` at `at`.
-pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-/// The `u32` at `at`.
-pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-
-/// The `u64` at `at`.
-pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
-}
+crate::ints::int_readers!(from_le_bytes);
 
 #[cfg(test)]
 mod tests {

@@ -20,10 +20,12 @@
 //!   both in LRU caches, zero chunks without reading anything.
 //! - [`fs`]: the `fuser` filesystem, read-only, serving requests on several threads.
 
+mod be;
 pub mod fs;
 pub mod guestfs;
 pub mod guests;
 pub mod image;
+mod ints;
 mod le;
 pub mod lvm;
 pub mod partition;

@@ -160,3 +160,60 @@ pub fn walk_guest(
         }
     }
 }
+
+/// A partition given as the few 512-byte sectors that are not zero, for filesystems whose
+/// smallest image is megabytes (XFS: 300 MB by mkfs's rules, 16 MiB at the least): the input is
+/// records of a sector number (`u32`, little endian) and the sector's 512 bytes; every other
+/// sector of a `len`-byte partition reads as zeros. A record cut short is dropped.
+pub struct SparseSectors {
+    len: u64,
+    sectors: std::collections::BTreeMap<u64, [u8; 512]>,
+}
+
+impl SparseSectors {
+    /// The partition `data` describes.
+    pub fn new(data: &[u8], len: u64) -> SparseSectors {
+        let sectors = data
+            .chunks_exact(4 + 512)
+            .filter_map(|record| {
+                let (n, bytes) = record.split_at(4);
+                let n = u64::from(u32::from_le_bytes(n.try_into().ok()?));
+                Some((n, bytes.try_into().ok()?))
+            })
+            .collect();
+        SparseSectors { len, sectors }
+    }
+}
+
+impl vmstash_fuse::guestfs::Device for SparseSectors {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), vmstash_fuse::guestfs::DeviceError> {
+        let want = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        if offset.checked_add(want).is_none_or(|end| end > self.len) {
+            return Err(vmstash_fuse::guestfs::device::PastEnd {
+                offset,
+                len: buf.len(),
+                size: self.len,
+            }
+            .into());
+        }
+        buf.fill(0);
+        let end = offset + want;
+        for (&n, sector) in self.sectors.range(offset / 512..end.div_ceil(512)) {
+            let start = n * 512;
+            let from = offset.max(start);
+            let to = end.min(start + 512);
+            let src = &sector[usize::try_from(from - start).unwrap_or(0)..usize::try_from(to - start).unwrap_or(0)];
+            let at = usize::try_from(from - offset).unwrap_or(0);
+            buf[at..at + src.len()].copy_from_slice(src);
+        }
+        Ok(())
+    }
+}

@@ -478,6 +478,18 @@ fn damaged_filesystems_show_raw_partitions_or_eio_where_damaged() {
     }
 }
 
+/// What the tests of guest disks with LVM need besides their filesystem's tools.
+const LVM_TOOLS: &[&str] = &[
+    "fusermount3",
+    "sfdisk",
+    "mount",
+    "losetup",
+    "pvcreate",
+    "vgcreate",
+    "vgcfgbackup",
+    "vgcfgrestore",
+];
+
 /// One linear segment of a logical volume in LVM's metadata syntax.
 fn lvm_segment(n: u32, start: u64, count: u64, pv_extent: u64) -> String {
     format!(
@@ -492,7 +504,7 @@ fn lvm_segment(n: u32, start: u64, count: u64, pv_extent: u64) -> String {
 /// that vmstash does not read. Made with LVM's own
 /// tools on a loop device; there is no device-mapper here, so the volumes go into the
 /// metadata through vgcfgrestore, and ext4's bytes where the segments put them.
-fn lvm_physical_volume(dir: &Path, vg: &str, ext4: &Path) -> PathBuf {
+fn lvm_physical_volume(dir: &Path, vg: &str, root_fs: &Path) -> PathBuf {
     let pv = dir.join("pv.img");
     std::fs::File::create(&pv)
         .and_then(|f| f.set_len(100 << 20))
@@ -538,7 +550,7 @@ fn lvm_physical_volume(dir: &Path, vg: &str, ext4: &Path) -> PathBuf {
     });
     sh("losetup", &["-d", &loop_dev]);
     let pe_start = made.unwrap_or_else(|e| std::panic::resume_unwind(e));
-    let bytes = std::fs::read(ext4).expect("ext4 image");
+    let bytes = std::fs::read(root_fs).expect("root filesystem image");
     let (first, rest) = bytes.split_at(32 << 20);
     crate::util::write_at(&pv, pe_start + 10 * (4 << 20), first);
     crate::util::write_at(&pv, pe_start, rest);
@@ -547,18 +559,7 @@ fn lvm_physical_volume(dir: &Path, vg: &str, ext4: &Path) -> PathBuf {
 
 #[test]
 fn ext4_on_lvm_in_a_gpt_partition_reads_as_in_the_guest() {
-    let tools = [
-        "fusermount3",
-        "sfdisk",
-        "mkfs.ext4",
-        "mount",
-        "losetup",
-        "pvcreate",
-        "vgcreate",
-        "vgcfgbackup",
-        "vgcfgrestore",
-    ];
-    if !have(&tools, true) {
+    if !have(&[&["mkfs.ext4"][..], LVM_TOOLS].concat(), true) {
         return;
     }
     let (repo, src) = repo_and_src();
@@ -700,4 +701,136 @@ fn without_a_mount(repo: &Repo, vg: &str, ext4: &Path) {
                 .rdev()
         );
     });
+}
+
+/// An XFS image of `mib` MiB (mkfs.xfs refuses under 300 MB unless told it makes a test
+/// filesystem), filled through the kernel by `fill` with the image mounted at its argument,
+/// then cleanly unmounted.
+fn xfs_image(dir: &Path, name: &str, mib: u64, fill: impl FnOnce(&Path)) -> PathBuf {
+    let img = dir.join(name);
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(mib << 20))
+        .expect("create");
+    let out = Command::new("mkfs.xfs")
+        .args(["-q", "-f"])
+        .arg(&img)
+        .envs([("TEST_DEV", "1"), ("TEST_DIR", "1"), ("QA_CHECK_FS", "1")])
+        .output()
+        .expect("mkfs.xfs");
+    assert!(out.status.success(), "{}", crate::util::describe(&out));
+    with_reference(&img, &["mount", "-o", "loop"], fill);
+    img
+}
+
+/// What a RHEL root holds for these tests: `unix_files` copied in by `cp -a` (owners, modes,
+/// times, hard links, device nodes), a directory of 3,000 names (node format), a sparse file,
+/// an fallocated range, a setuid file and a symlink kept in a block.
+fn rhel_root(root: &Path) {
+    let tree = root.with_extension(format!("tree{}", unique()));
+    std::fs::create_dir(&tree).expect("mkdir");
+    unix_files(&tree);
+    sh(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", tree.display()),
+            &root.display().to_string(),
+        ],
+    );
+    let big = root.join("usr/share/doc");
+    std::fs::create_dir_all(&big).expect("mkdir");
+    for i in 0..3000 {
+        std::fs::write(big.join(format!("package-{i:05}-README")), format!("{i}\n"))
+            .expect("write");
+    }
+    let sparse = std::fs::File::create(root.join("sparse.img")).expect("create");
+    sparse.set_len(40 << 20).expect("size");
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"in the middle", 20 << 20).expect("write");
+    sh(
+        "fallocate",
+        &[
+            "-o",
+            "1M",
+            "-l",
+            "2M",
+            &root.join("sparse.img").display().to_string(),
+        ],
+    );
+    let setuid = root.join("usr/bin-sudo");
+    std::fs::write(&setuid, b"#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+    std::os::unix::fs::symlink("x".repeat(600), root.join("long-symlink")).expect("symlink");
+}
+
+#[test]
+fn xfs_on_lvm_and_xfs_boot_in_a_gpt_disk_read_as_in_the_guest() {
+    if !have(&[&["mkfs.xfs", "xfs_io"][..], LVM_TOOLS].concat(), true) {
+        return;
+    }
+    let (repo, src) = repo_and_src();
+    let root_fs = xfs_image(&src, "root.xfs", 64, rhel_root);
+    // /boot: cleanly unmounted once, then changed and shut down without writing back, so its
+    // log is dirty (as in a backup of a running guest).
+    let boot = xfs_image(&src, "boot.xfs", 32, |b| {
+        std::fs::write(b.join("vmlinuz-6.1"), random_bytes(7, 3 << 20)).expect("write");
+    });
+    with_reference(&boot, &["mount", "-o", "loop"], |b| {
+        std::fs::write(b.join("initramfs-new.img"), b"only in the log").expect("write");
+        sh(
+            "xfs_io",
+            &["-x", "-c", "shutdown -f", &b.display().to_string()],
+        );
+    });
+    let vg = format!("vmstash-test-{}-{}", std::process::id(), unique());
+    let pv = lvm_physical_volume(&src, &vg, &root_fs);
+    // RHEL's layout: GPT, an EFI partition, /boot, the rest an LVM physical volume.
+    let disk = src.join("rhel-disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(160 << 20))
+        .expect("create the disk");
+    let (p2, p3, pv_sectors) = (18_432u64, 18_432 + 65_536, (100u64 << 20) / SECTOR);
+    let table = format!(
+        "label: gpt\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n\
+         start={p2}, size=65536, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n\
+         start={p3}, size={pv_sectors}, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n"
+    );
+    sfdisk(&disk, &table);
+    crate::util::write_at(&disk, p2 * SECTOR, &std::fs::read(&boot).expect("boot"));
+    crate::util::write_at(&disk, p3 * SECTOR, &std::fs::read(&pv).expect("pv"));
+    repo.backup(&[&disk]);
+
+    let mnt = repo.dir.path().join("mnt");
+    let mounted = Mounted::start(&repo, &mnt);
+    let disk_dir = mnt.join("vms/rhel-disk/latest/rhel-disk");
+    let started = std::time::Instant::now();
+    let first = std::fs::read(disk_dir.join(&vg).join("root/etc/deep/er/notes.txt")).expect("read");
+    assert_eq!(first, b"three levels down\n");
+    eprintln!(
+        "first file deep in the XFS-on-LVM root: {:?} after the mount",
+        started.elapsed()
+    );
+    let compared = with_reference(&root_fs, &["mount", "-o", "loop,ro"], |reference| {
+        compare_trees(
+            &disk_dir.join(&vg).join("root"),
+            reference,
+            Checks { unix: true },
+        )
+    });
+    assert!(compared > 3300, "only {compared} paths compared");
+    let boot_dir = disk_dir.join("p2");
+    assert!(
+        std::fs::read(boot_dir.join("vmlinuz-6.1")).expect("vmlinuz") == random_bytes(7, 3 << 20),
+        "/boot's kernel, written back before the shutdown, reads as written"
+    );
+    let (status, log) = mounted.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("rhel-disk p2") && log.contains("(xfs): its log was not clean"),
+        "the dirty log of /boot gets a line: {log}"
+    );
+    assert_eq!(
+        log.matches("its log was not clean").count(),
+        1,
+        "the root's log was clean: {log}"
+    );
 }

@@ -1,5 +1,6 @@
 //! Filesystems inside partitions, browsable read-only as `<disk>/p<N>/…` (DESIGN.md, "The
-//! mount"): ext2/3/4 through `ext4-view`, FAT12/16/32 through `fatfs`, NTFS through `ntfs`.
+//! mount"): ext2/3/4 through `ext4-view`, FAT12/16/32 through `fatfs`, NTFS through `ntfs`,
+//! XFS through vmstash's own reader ([`xfs`]).
 //!
 //! Each filesystem is a [`GuestFs`]: a small inode-numbered view (its own numbers, below
 //! [`MAX_LOCAL_INO`]) that the FUSE layer maps into the mount's inode space. A partition whose
@@ -18,6 +19,7 @@ pub mod ext4_links;
 pub mod fat;
 pub mod inodes;
 pub mod ntfs;
+pub mod xfs;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -108,6 +110,11 @@ pub trait GuestFs: Send + Sync {
     fn read(&self, ino: u64, offset: u64, len: u32) -> Result<Vec<u8>, FsError>;
     /// The target of symbolic link `ino`.
     fn read_link(&self, ino: u64) -> Result<Vec<u8>, FsError>;
+    /// What the mount's log should say about the filesystem once it is open (a journal not
+    /// replayed, a repair flag); nothing by default.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Who owns files of filesystems that have no owners (FAT, NTFS): the user who mounted.
@@ -132,6 +139,9 @@ pub fn open(dev: Arc<dyn Device>, owner: Owner) -> Result<Option<Box<dyn GuestFs
     }
     if ntfs::recognises(&head) {
         return Ok(Some(Box::new(ntfs::NtfsFs::open(dev, owner)?)));
+    }
+    if xfs::recognises(&head) {
+        return Ok(Some(Box::new(xfs::XfsFs::open(dev)?)));
     }
     if fat::recognises(&head) {
         return Ok(Some(Box::new(fat::FatFs::open(dev, owner)?)));
