@@ -152,6 +152,9 @@ pub enum Command {
     /// Write a file of a snapshot to standard output (a directory: as a tar stream), without
     /// mounting.
     Dump(DumpArgs),
+    /// Find files in the guest filesystems of snapshots: which snapshots hold them, and when
+    /// they changed.
+    Find(FindArgs),
 }
 
 /// `vmstash mount`
@@ -198,6 +201,24 @@ pub struct DumpArgs {
     pub filter: FilterArgs,
     /// Memory for verified chunks.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub cache_size: u64,
+}
+
+/// `vmstash find`
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// What to find: /a/path from a filesystem's root (globs allowed: /etc/nginx/*.conf), or
+    /// a glob on file names (*.conf, fstab). Several: any of them.
+    #[arg(required = true, value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+    /// Which snapshots to search (--vm web1): all that match, oldest first.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Show only the versions that differ from the snapshot before (new, changed, deleted).
+    #[arg(long)]
+    pub changed: bool,
+    /// Memory for verified chunks (shared by all snapshots searched).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub cache_size: u64,
 }
 
@@ -555,10 +576,14 @@ pub enum RestoreFormat {
 /// `vmstash restore`
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Snapshot id (or a unique prefix of it), or "latest".
+    /// Snapshot id (or a unique prefix of it), or "latest"; SNAPSHOT:PATH restores one file or
+    /// directory tree of a guest filesystem instead (PATH as `vmstash ls` shows it, e.g.
+    /// latest:vda/p1/etc/nginx) into DIR/<its name>, with modes, times, links and, as root,
+    /// owners and device nodes.
     pub snapshot: String,
     /// Directory to write `<disk>.raw` (or `.qcow2`) and `domain.xml` into, created if
-    /// missing: a local path, or sftp://user@host[:port]/path on another host.
+    /// missing: a local path, or sftp://user@host[:port]/path on another host (files of
+    /// SNAPSHOT:PATH: a local directory).
     #[arg(long, value_name = "DIR|URL")]
     pub target: String,
     /// With "latest": the newest snapshot these filters match.

@@ -147,6 +147,22 @@ impl VmstashFs {
         Ok(attr)
     }
 
+    /// The file named `name` in directory `parent`.
+    pub fn lookup_child(&self, parent: Ino, name: &OsStr) -> Result<FileAttr, Errno> {
+        self.lookup_in(parent, name)
+    }
+
+    /// Whether `ino` is the root directory of a guest filesystem (`<disk>/p1`,
+    /// `<disk>/<vg>/<lv>`), as opposed to a directory of the repository's namespace or one
+    /// inside a filesystem.
+    pub fn is_filesystem_root(&self, ino: Ino) -> bool {
+        split_ino(ino).is_none()
+            && matches!(
+                self.tree().node(ino).map(|n| &n.entry),
+                Some(Entry::Guest { .. })
+            )
+    }
+
     /// The entries of directory `ino`, without `.` and `..`.
     pub fn children(&self, ino: Ino) -> Result<Vec<Listed>, Errno> {
         self.entries(ino, 2)

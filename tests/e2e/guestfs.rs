@@ -700,6 +700,50 @@ fn without_a_mount(repo: &Repo, vg: &str, ext4: &Path) {
                 .expect("ref")
                 .rdev()
         );
+        // restore SNAPSHOT:PATH: the whole root, then one file, as the kernel shows them.
+        let target = repo.dir.path().join(format!("restored{}", unique()));
+        repo.ok(&["restore", &root, "--target", &target.display().to_string()]);
+        let compared = compare_trees(&target.join("root"), reference, Checks { unix: true });
+        assert!(compared > 300, "only {compared} paths compared");
+        repo.ok(&[
+            "restore",
+            &format!("{root}/etc/shadow"),
+            "--target",
+            &target.display().to_string(),
+        ]);
+        let shadow = std::fs::symlink_metadata(target.join("shadow")).expect("shadow");
+        let theirs = std::fs::symlink_metadata(reference.join("etc/shadow")).expect("ref");
+        assert_eq!(
+            (
+                shadow.uid(),
+                shadow.gid(),
+                shadow.mode(),
+                shadow.mtime(),
+                shadow.mtime_nsec()
+            ),
+            (
+                theirs.uid(),
+                theirs.gid(),
+                theirs.mode(),
+                theirs.mtime(),
+                theirs.mtime_nsec()
+            )
+        );
+        let again = repo.run(&[
+            "restore",
+            &format!("{root}/etc/shadow"),
+            "--target",
+            &target.display().to_string(),
+        ]);
+        assert!(
+            !again.status.success(),
+            "an existing file is never overwritten"
+        );
+        assert!(
+            String::from_utf8_lossy(&again.stderr).contains("exists"),
+            "{}",
+            crate::util::describe(&again)
+        );
     });
 }
 
@@ -833,4 +877,94 @@ fn xfs_on_lvm_and_xfs_boot_in_a_gpt_disk_read_as_in_the_guest() {
         1,
         "the root's log was clean: {log}"
     );
+}
+
+#[test]
+fn find_across_twenty_snapshots_gives_exactly_the_versions_that_changed() {
+    if !have(&["sfdisk", "mkfs.ext4", "mount"], true) {
+        return;
+    }
+    let (repo, src) = repo_and_src();
+    let ext4 = fs_image(&src, "fs.img", 32, &["mkfs.ext4", "-q", "-F"]);
+    let disk = src.join("web1.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(40 << 20))
+        .expect("create the disk");
+    sfdisk(&disk, "label: gpt\nstart=2048, size=65536\n");
+    let changes = [3, 7, 8, 15];
+    for round in 0..20u32 {
+        with_reference(&ext4, &["mount", "-o", "loop"], |root| {
+            std::fs::create_dir_all(root.join("etc/nginx")).expect("mkdir");
+            if round == 0 || changes.contains(&round) {
+                std::fs::write(
+                    root.join("etc/nginx/nginx.conf"),
+                    format!("version {round}\n"),
+                )
+                .expect("write");
+            }
+            if round == 0 {
+                std::fs::write(root.join("etc/old.conf"), b"gone at 11\n").expect("write");
+            }
+            if round == 11 {
+                std::fs::remove_file(root.join("etc/old.conf")).expect("rm");
+            }
+            // Churn elsewhere every round, as a running guest has.
+            std::fs::write(root.join("log"), format!("{round}\n")).expect("write");
+        });
+        crate::util::write_at(&disk, 2048 * SECTOR, &std::fs::read(&ext4).expect("fs"));
+        repo.backup(&[&disk]);
+    }
+    let versions = |args: &[&str]| -> Vec<(String, String)> {
+        let out = repo.json(&[&["find", "--vm", "web1"][..], args].concat());
+        out.as_array()
+            .expect("array")
+            .iter()
+            .flat_map(|f| {
+                let path = f["path"].as_str().expect("path").to_owned();
+                f["versions"]
+                    .as_array()
+                    .expect("versions")
+                    .iter()
+                    .map(move |v| {
+                        (
+                            path.clone(),
+                            v["status"].as_str().expect("status").to_owned(),
+                        )
+                    })
+            })
+            .collect()
+    };
+    let conf = versions(&["--changed", "/etc/nginx/nginx.conf"]);
+    let statuses: Vec<&str> = conf.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["new", "changed", "changed", "changed", "changed"],
+        "{conf:?}"
+    );
+    let all = versions(&["/etc/nginx/nginx.conf"]);
+    assert_eq!(all.len(), 20, "every snapshot holds it");
+    let globbed = versions(&["--changed", "*.conf"]);
+    let old: Vec<&str> = globbed
+        .iter()
+        .filter(|(p, _)| p == "/etc/old.conf")
+        .map(|(_, s)| s.as_str())
+        .collect();
+    assert_eq!(old, ["new", "deleted"], "{globbed:?}");
+    assert_eq!(
+        globbed
+            .iter()
+            .filter(|(p, _)| p == "/etc/nginx/nginx.conf")
+            .count(),
+        5,
+        "{globbed:?}"
+    );
+    let text = repo.ok(&["find", "--vm", "web1", "--changed", "/etc/nginx/nginx.conf"]);
+    assert!(
+        text.starts_with("web1: web1/p1/etc/nginx/nginx.conf\n"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 6, "{text}");
+    let started = std::time::Instant::now();
+    repo.ok(&["find", "--vm", "web1", "*.conf"]);
+    eprintln!("find *.conf over 20 snapshots: {:?}", started.elapsed());
 }

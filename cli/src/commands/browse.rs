@@ -56,11 +56,3 @@ pub fn errno_error(what: &str, errno: fuser::Errno) -> anyhow::Error {
         std::io::Error::from_raw_os_error(errno.code())
     )
 }
-
-/// A device number packed as FUSE carries it (Linux's `new_encode_dev`) as (major, minor).
-pub fn device_numbers(rdev: u32) -> (u32, u32) {
-    (
-        (rdev & 0xf_ff00) >> 8,
-        (rdev & 0xff) | ((rdev >> 12) & 0xf_ff00),
-    )
-}

@@ -9,6 +9,7 @@ mod check;
 mod copy;
 mod diff;
 mod dump;
+mod find;
 mod forget;
 mod init;
 mod key;
@@ -17,12 +18,14 @@ mod mount;
 mod prune;
 mod repair;
 mod restore;
+mod restore_files;
 mod snapshots;
 mod stats;
 mod tag;
 mod unlock;
 mod vm_repair;
 mod vms;
+mod walk;
 
 use std::process::ExitCode;
 
@@ -49,6 +52,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Restore(a) => restore::run(g, a),
         Command::Ls(a) => ls::run(g, a),
         Command::Dump(a) => dump::run(g, a),
+        Command::Find(a) => find::run(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Cat(a) => cat::run(g, a),

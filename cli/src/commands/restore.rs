@@ -25,6 +25,9 @@ use crate::{interrupt, progress, repo};
 
 /// Runs `vmstash restore`.
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
+    if a.snapshot.contains(':') {
+        return super::restore_files::run(g, a);
+    }
     let repo = &repo::open(g)?;
     let started = Instant::now();
     let _lock = repo::lock_for_reading(g, repo, "restore")?;

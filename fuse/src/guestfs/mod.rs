@@ -84,6 +84,14 @@ pub fn encode_dev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
 }
 
+/// The major and minor numbers packed by [`encode_dev`].
+pub fn decode_dev(rdev: u32) -> (u32, u32) {
+    (
+        (rdev & 0xf_ff00) >> 8,
+        (rdev & 0xff) | ((rdev >> 12) & 0xf_ff00),
+    )
+}
+
 /// One name in a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
@@ -166,6 +174,23 @@ pub fn time_from_unix(seconds: i64, nanos: u32) -> SystemTime {
         UNIX_EPOCH.checked_sub(whole)
     };
     t.and_then(|t| t.checked_add(nanos)).unwrap_or(UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_dev, encode_dev};
+
+    #[test]
+    fn device_numbers_pack_and_unpack() {
+        assert_eq!(encode_dev(1, 3), 0x0103);
+        assert_eq!(decode_dev(0x0103), (1, 3));
+        let packed = encode_dev(259, 70_000);
+        assert_eq!(
+            packed,
+            (70_000 & 0xff) | (259 << 8) | ((70_000 & !0xff) << 12)
+        );
+        assert_eq!(decode_dev(packed), (259, 70_000));
+    }
 }
 
 #[cfg(test)]
