@@ -190,7 +190,7 @@ impl Guests {
             }),
             Ok(None) => {
                 eprintln!(
-                    "vmstash mount: {place}: no filesystem vmstash can read (ext2/3/4, FAT, NTFS); showing {raw} only"
+                    "vmstash mount: {place}: no filesystem vmstash can read (ext2/3/4, FAT, NTFS, Btrfs); showing {raw} only"
                 );
                 None
             }
