@@ -7,6 +7,10 @@
 //! The split keeps every number at or below [`MAX_LOCAL_INO`] (2^40 − 1): 30 bits of objectid
 //! (a subvolume that has created more than a billion files is unsupported) and 10 bits of
 //! index (more than 1,024 subvolumes seen in one mount are unsupported).
+//!
+//! Indexes are given in the order trees are first met (listing the directory that holds a
+//! subvolume), so a number is stable for as long as the filesystem is open, which is as long
+//! as the mount needs it; another opening may number the subvolumes differently.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
