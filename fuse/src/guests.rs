@@ -195,7 +195,7 @@ impl Guests {
             }
             Ok(None) => {
                 eprintln!(
-                    "vmstash mount: {place}: no filesystem vmstash can read (ext2/3/4, XFS, FAT, NTFS); showing {raw} only"
+                    "vmstash mount: {place}: no filesystem vmstash can read (ext2/3/4, XFS, Btrfs, FAT, NTFS); showing {raw} only"
                 );
                 None
             }

@@ -216,4 +216,20 @@ impl vmstash_fuse::guestfs::Device for SparseSectors {
         }
         Ok(())
     }
+
+/// CRC32C (Castagnoli), as Btrfs checksums its metadata: for targets that make a mutated
+/// block's checksum right again, so that the checks behind it are reached.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }

@@ -1,6 +1,6 @@
 //! Filesystems inside partitions, browsable read-only as `<disk>/p<N>/…` (DESIGN.md, "The
 //! mount"): ext2/3/4 through `ext4-view`, FAT12/16/32 through `fatfs`, NTFS through `ntfs`,
-//! XFS through vmstash's own reader ([`xfs`]).
+//! XFS and Btrfs through vmstash's own readers ([`xfs`], [`btrfs`]).
 //!
 //! Each filesystem is a [`GuestFs`]: a small inode-numbered view (its own numbers, below
 //! [`MAX_LOCAL_INO`]) that the FUSE layer maps into the mount's inode space. A partition whose
@@ -12,6 +12,7 @@
 //! Every adapter reads the partition through a [`Device`], so unit tests and the fuzz targets
 //! feed them bytes in memory.
 
+pub mod btrfs;
 pub mod device;
 mod error;
 pub mod ext4;
@@ -153,6 +154,17 @@ pub fn open(dev: Arc<dyn Device>, owner: Owner) -> Result<Option<Box<dyn GuestFs
     }
     if fat::recognises(&head) {
         return Ok(Some(Box::new(fat::FatFs::open(dev, owner)?)));
+    }
+    // Btrfs's superblock is at 64 KiB, past the head.
+    let (at, len) = btrfs::SUPERBLOCK_RANGE;
+    let fits = u64::try_from(len).ok().and_then(|l| at.checked_add(l));
+    if fits.is_some_and(|end| end <= dev.len()) {
+        let mut sb = vec![0u8; len];
+        dev.read_at(at, &mut sb)
+            .map_err(|e| FsError::device("guest", e))?;
+        if btrfs::recognises(&sb) {
+            return Ok(Some(Box::new(btrfs::BtrfsFs::open(dev)?)));
+        }
     }
     Ok(None)
 }
