@@ -25,6 +25,7 @@ pub mod guestfs;
 pub mod guests;
 pub mod image;
 mod le;
+pub mod luks;
 pub mod lvm;
 pub mod partition;
 pub mod tree;
