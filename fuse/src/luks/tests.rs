@@ -412,3 +412,22 @@ fn a_truncated_device_and_damaged_luks1_slots() {
         "{e}"
     );
 }
+
+#[test]
+fn the_fuzz_seeds_open_under_the_fuzz_limits() {
+    // fuzz/seeds/luks_header: mode byte 1, then the start of a device padded to 4 MiB.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/luks_header");
+    for name in [
+        "luks1-pbkdf2-sha256",
+        "luks2-pbkdf2",
+        "luks2-argon2id-4k",
+        "luks2-primary-wiped",
+    ] {
+        let seed = std::fs::read(format!("{dir}/{name}")).expect(name);
+        let mut bytes = seed[1..].to_vec();
+        bytes.resize(4 << 20, 0);
+        let luks = open_with_limits(dev(&bytes), b"vmstash-fuzz", &KdfLimits::FUZZ)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(luks.len() >= 2 << 20, "{name}");
+    }
+}
