@@ -431,3 +431,36 @@ fn the_fuzz_seeds_open_under_the_fuzz_limits() {
         assert!(luks.len() >= 2 << 20, "{name}");
     }
 }
+
+/// Decryption throughput, reading 64 MiB in 128 KiB requests (as FUSE asks) from each test
+/// volume padded to that size: `cargo test --release -p vmstash-fuse luks::tests::throughput
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn throughput() {
+    let f = fixtures();
+    for (name, img) in [
+        ("LUKS1 aes-xts-plain64 256-bit, 512 B sectors", &f.luks1),
+        (
+            "LUKS2 aes-xts-plain64 512-bit, 512 B sectors",
+            &f.luks2_pbkdf2,
+        ),
+        (
+            "LUKS2 aes-xts-plain64 256-bit, 4 KiB sectors",
+            &f.luks2_argon2id,
+        ),
+    ] {
+        let mut bytes = img.clone();
+        bytes.resize(bytes.len() + (64 << 20), 0);
+        let luks = open(dev(&bytes), PASS).expect("open");
+        let mut buf = vec![0u8; 128 << 10];
+        let start = std::time::Instant::now();
+        let mut at = 0u64;
+        while at + 128 * 1024 <= 64 << 20 {
+            luks.read_at(at, &mut buf).expect("read");
+            at += 128 * 1024;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("{name}: {:.0} MB/s", 64.0 * 1.048_576 / secs);
+    }
+}
