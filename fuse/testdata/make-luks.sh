@@ -7,6 +7,8 @@
 # (offline, cryptsetup's user-space crypto), the LUKS1 volume by Python's `cryptography`
 # (OpenSSL) with the volume key `cryptsetup luksDump --dump-volume-key` gives.
 #   luks1.img ($2)     LUKS1, aes-xts-plain64 256-bit, PBKDF2-SHA256, 1000 iterations;
+#   luks1-cbc.img ($2) LUKS1, aes-cbc-essiv:sha256 256-bit, PBKDF2-SHA1 (the defaults of
+#                      cryptsetup before 1.6), 1000 iterations;
 #   luks2-pbkdf2.img ($2) LUKS2, aes-xts-plain64 512-bit, 512-byte sectors, label
 #                      "vmstash-test", slot 0 PBKDF2-SHA256, slot 1 (second passphrase)
 #                      PBKDF2-SHA1;
@@ -44,23 +46,38 @@ cryptsetup luksAddKey --batch-mode --key-file "$out/pass" --pbkdf pbkdf2 --hash 
 encrypt2 luks2-argon2id "$plain_4k" --cipher aes-xts-plain64 --key-size 256 --sector-size 4096 \
     --pbkdf argon2id --pbkdf-force-iterations 4 --pbkdf-memory 32 --pbkdf-parallel 1
 
-img="$out/luks1.img"
-truncate -s $((4 << 20)) "$img"
-cryptsetup luksFormat --type luks1 --batch-mode --cipher aes-xts-plain64 --key-size 256 \
-    --hash sha256 --pbkdf-force-iterations 1000 --key-file "$out/pass" "$img"
-vkey "$img" >"$out/luks1.key"
-python3 - "$img" "$plain" "$out/luks1.key" <<'PY'
-import sys
+luks1() { # NAME, then cryptsetup options: a LUKS1 volume, its data encrypted by OpenSSL
+    local img="$out/$1.img"
+    shift
+    truncate -s $((4 << 20)) "$img"
+    cryptsetup luksFormat --type luks1 --batch-mode --pbkdf-force-iterations 1000 \
+        --key-file "$out/pass" "$@" "$img"
+    vkey "$img" >"${img%.img}.key"
+    python3 - "$img" "$plain" "${img%.img}.key" <<'PY'
+import hashlib, sys
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 img, plain, keyfile = sys.argv[1:4]
 key = bytes.fromhex(open(keyfile).read())
 data = open(plain, 'rb').read()
 with open(img, 'r+b') as f:
-    payload = int.from_bytes(f.read(108)[104:108], 'big') * 512
+    head = f.read(592)
+    mode = head[40:72].rstrip(b'\0').decode()
+    payload = int.from_bytes(head[104:108], 'big') * 512
+    essiv = Cipher(algorithms.AES(hashlib.sha256(key).digest()), modes.ECB()).encryptor()
     f.seek(payload)
     for n in range(len(data) // 512):
-        enc = Cipher(algorithms.AES(key), modes.XTS(n.to_bytes(16, 'little'))).encryptor()
+        number = n.to_bytes(16, 'little')
+        if mode == 'xts-plain64':
+            enc = Cipher(algorithms.AES(key), modes.XTS(number)).encryptor()
+        elif mode == 'cbc-essiv:sha256':
+            enc = Cipher(algorithms.AES(key), modes.CBC(essiv.update(number))).encryptor()
+        else:
+            sys.exit(f'make-luks.sh: no encryption for mode {mode}')
         f.write(enc.update(data[n * 512:(n + 1) * 512]) + enc.finalize())
     f.truncate(payload + len(data))
 PY
+}
+luks1 luks1 --cipher aes-xts-plain64 --key-size 256 --hash sha256
+luks1 luks1-cbc --cipher aes-cbc-essiv:sha256 --key-size 256 --hash sha1
+
 for name in luks2-pbkdf2 luks2-argon2id; do vkey "$out/$name.img" >"$out/$name.key"; done

@@ -11,8 +11,9 @@
 //!   damaged or older), the JSON metadata (at most 4 MiB), `luks2` key slots with PBKDF2,
 //!   Argon2i or Argon2id, `pbkdf2` digests, one `crypt` segment of 512- to 4096-byte sectors,
 //!   fixed or `dynamic` size, with its `iv_tweak`;
-//! - ciphers: `aes-xts-plain64` (and `aes-xts-plain`) with 256-, 384- or 512-bit keys, for
-//!   the data and the key slots. Others (such as `aes-cbc-essiv:sha256`) are
+//! - ciphers: `aes-xts-plain64` (and `aes-xts-plain`) with 256-, 384- or 512-bit keys, and
+//!   `aes-cbc-essiv:sha256` (LUKS1's default before cryptsetup 1.6) with 128- to 256-bit
+//!   keys, for the data and the key slots. Others (Serpent, Twofish, other IVs) are
 //!   [`LuksError::Unsupported`], named.
 //!
 //! Everything from the header is checked before use: lengths and offsets against the device,

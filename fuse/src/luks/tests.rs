@@ -20,9 +20,10 @@ struct Fixtures {
     /// Of `luks2_argon2id`: a pattern.
     plain_4k: Vec<u8>,
     luks1: Vec<u8>,
+    luks1_cbc: Vec<u8>,
     luks2_pbkdf2: Vec<u8>,
     luks2_argon2id: Vec<u8>,
-    keys: [(String, String); 3],
+    keys: [(String, String); 4],
 }
 
 /// The plaintext: the ext4 image of `testdata/` (256 KiB), then a pattern up to 1 MiB.
@@ -68,9 +69,15 @@ fn fixtures() -> &'static Fixtures {
         };
         let f = Fixtures {
             luks1: read("luks1.img"),
+            luks1_cbc: read("luks1-cbc.img"),
             luks2_pbkdf2: read("luks2-pbkdf2.img"),
             luks2_argon2id: read("luks2-argon2id.img"),
-            keys: [key("luks1"), key("luks2-pbkdf2"), key("luks2-argon2id")],
+            keys: [
+                key("luks1"),
+                key("luks1-cbc"),
+                key("luks2-pbkdf2"),
+                key("luks2-argon2id"),
+            ],
             plain,
             plain_4k,
         };
@@ -132,6 +139,13 @@ fn luks1_pbkdf2_sha256_opens_and_decrypts() {
 }
 
 #[test]
+fn luks1_aes_cbc_essiv_sha256_with_pbkdf2_sha1() {
+    let f = fixtures();
+    let luks = opens_and_decrypts(&f.luks1_cbc, "luks1-cbc", PASS);
+    assert_eq!(luks.header().segment.encryption, "aes-cbc-essiv:sha256");
+}
+
+#[test]
 fn luks2_pbkdf2_and_its_second_key_slot() {
     let f = fixtures();
     let luks = opens_and_decrypts(&f.luks2_pbkdf2, "luks2-pbkdf2", PASS);
@@ -161,7 +175,7 @@ fn luks2_argon2id_with_4096_byte_sectors() {
 #[test]
 fn a_wrong_passphrase_is_said_so() {
     let f = fixtures();
-    for img in [&f.luks1, &f.luks2_pbkdf2, &f.luks2_argon2id] {
+    for img in [&f.luks1, &f.luks1_cbc, &f.luks2_pbkdf2, &f.luks2_argon2id] {
         let e = open(dev(img), b"not the passphrase")
             .err()
             .expect("refused");
@@ -175,6 +189,7 @@ fn reads_at_odd_offsets_and_lengths() {
     let f = fixtures();
     for (img, plain) in [
         (&f.luks1, &f.plain),
+        (&f.luks1_cbc, &f.plain),
         (&f.luks2_pbkdf2, &f.plain),
         (&f.luks2_argon2id, &f.plain_4k),
     ] {
@@ -372,11 +387,11 @@ fn fixed_size_segments_and_unsupported_ciphers() {
     );
     let mut img = f.luks2_pbkdf2.clone();
     rewrite_json(&mut img, |j| {
-        j["segments"]["0"]["encryption"] = "aes-cbc-essiv:sha256".into();
+        j["segments"]["0"]["encryption"] = "serpent-xts-plain64".into();
     });
     let e = open(dev(&img), PASS).err().expect("unsupported");
     assert!(
-        matches!(&e, LuksError::Unsupported(m) if m.contains("aes-cbc-essiv:sha256")),
+        matches!(&e, LuksError::Unsupported(m) if m.contains("serpent-xts-plain64")),
         "{e}"
     );
     assert!(Header::read(&img).is_ok(), "a locked volume still shows");
@@ -441,6 +456,10 @@ fn throughput() {
     let f = fixtures();
     for (name, img) in [
         ("LUKS1 aes-xts-plain64 256-bit, 512 B sectors", &f.luks1),
+        (
+            "LUKS1 aes-cbc-essiv:sha256 256-bit, 512 B sectors",
+            &f.luks1_cbc,
+        ),
         (
             "LUKS2 aes-xts-plain64 512-bit, 512 B sectors",
             &f.luks2_pbkdf2,
