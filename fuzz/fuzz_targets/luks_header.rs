@@ -20,7 +20,8 @@
 //! --luks2-keyslots-size 256k` (512-byte sectors, label "seed"; also a copy with the primary
 //! header zeroed), the same with `--sector-size 4096 --pbkdf argon2id
 //! --pbkdf-force-iterations 4 --pbkdf-memory 32 --pbkdf-parallel 1`, and `--type luks1
-//! --key-size 256 --hash sha256 --pbkdf-force-iterations 1000`.
+//! --key-size 256 --hash sha256 --pbkdf-force-iterations 1000` (also with `--cipher
+//! aes-cbc-essiv:sha256 --hash sha1`).
 #![no_main]
 
 use std::sync::Arc;

@@ -434,6 +434,7 @@ fn the_fuzz_seeds_open_under_the_fuzz_limits() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/luks_header");
     for name in [
         "luks1-pbkdf2-sha256",
+        "luks1-cbc-essiv-sha1",
         "luks2-pbkdf2",
         "luks2-argon2id-4k",
         "luks2-primary-wiped",
