@@ -5,7 +5,7 @@ use super::bytes::{be_u16, field};
 use super::error::LuksError;
 use super::layout::Header;
 use super::{luks1, luks2};
-use crate::guestfs::Device;
+use crate::guestfs::{Device, DeviceError};
 
 /// Whether `head` (the first bytes of a device, at least 8) starts with a primary LUKS header
 /// of version 1 or 2. A LUKS2 secondary header (`SKUL\xba\xbe`) is not a primary.
@@ -22,8 +22,8 @@ impl Header {
         if readable.is_ok() && recognises(&head) && be_u16(&head, 6) == Some(1) {
             return luks1::parse(&head);
         }
-        if let Err(crate::guestfs::DeviceError::Read(e)) = readable {
-            return Err(LuksError::Device(crate::guestfs::DeviceError::Read(e)));
+        if let Err(DeviceError::Read(e)) = readable {
+            return Err(LuksError::Device(DeviceError::Read(e)));
         }
         // LUKS2, or a damaged primary whose secondary may still be good.
         luks2::read(dev)

@@ -6,11 +6,11 @@
 use zeroize::Zeroizing;
 
 use super::af;
-use super::cipher::{SectorCipher, VolumeKey};
+use super::cipher::{SectorCipher, VolumeKey, IV_UNIT};
 use super::error::LuksError;
 use super::kdf::KdfLimits;
 use super::layout::{Digest, Header, Keyslot, SlotParams};
-use crate::guestfs::Device;
+use crate::guestfs::{Device, DeviceError};
 
 /// The volume key of `header`'s volume on `dev`, from the first key slot that `passphrase`
 /// opens, trying slots by priority (high first, "ignore" last), each within `limits`.
@@ -69,7 +69,11 @@ fn try_slot(
     limits.check_pbkdf2(digest.iterations, &format!("the digest of {what}"))?;
     p.kdf.check(limits, &what)?;
     let material_len = af::material_len(p.volume_key_len, p.stripes)?;
-    let area_len = material_len.div_ceil(super::cipher::IV_UNIT) * super::cipher::IV_UNIT;
+    // Whole 512-byte sectors: at most 8 MiB (af::MAX_STRIPES stripes of a 128-byte key).
+    let area_len = material_len
+        .div_ceil(IV_UNIT)
+        .checked_mul(IV_UNIT)
+        .ok_or_else(|| LuksError::corrupt(format!("{what}: key material too large")))?;
     if u64::try_from(area_len).unwrap_or(u64::MAX) > p.area_size {
         return Err(LuksError::corrupt(format!(
             "{what}: {area_len} bytes of key material in a {}-byte area",
@@ -79,7 +83,7 @@ fn try_slot(
     let mut material = Zeroizing::new(vec![0u8; area_len]);
     dev.read_at(p.area_offset, &mut material)
         .map_err(|e| match e {
-            crate::guestfs::DeviceError::PastEnd(past) => {
+            DeviceError::PastEnd(past) => {
                 LuksError::corrupt(format!("{what}'s key material: {past}"))
             }
             read => LuksError::Device(read),
