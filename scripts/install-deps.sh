@@ -14,6 +14,8 @@ PACKAGES=(
   lvm2         # pvcreate, vgcreate, vgcfgrestore: LVM physical volumes for the mount tests
   xfsprogs     # mkfs.xfs, xfs_io: XFS filesystems for the mount tests
   util-linux   # losetup, mount
+  cryptsetup-bin  # cryptsetup: LUKS volumes for fuse/src/luks's tests (testdata/make-luks.sh)
+  python3-cryptography  # AES-XTS by OpenSSL: the LUKS1 test volume's data (make-luks.sh)
   restic       # the benchmark's point of comparison
   virtnbdbackup  # bench/cbt.sh's point of comparison for changed-block tracking
   time         # /usr/bin/time -v for peak RSS in bench/

@@ -27,6 +27,7 @@ pub mod guests;
 pub mod image;
 mod ints;
 mod le;
+pub mod luks;
 pub mod lvm;
 pub mod partition;
 pub mod tree;
