@@ -13,6 +13,7 @@ PACKAGES=(
   e2fsprogs    # mkfs.ext4
   lvm2         # pvcreate, vgcreate, vgcfgrestore: LVM physical volumes for the mount tests
   xfsprogs     # mkfs.xfs, xfs_io: XFS filesystems for the mount tests
+  btrfs-progs  # mkfs.btrfs, btrfs: Btrfs filesystems with subvolumes for the mount tests
   util-linux   # losetup, mount
   cryptsetup-bin  # cryptsetup: LUKS volumes for fuse/src/luks's tests (testdata/make-luks.sh)
   python3-cryptography  # AES-XTS by OpenSSL: the LUKS1 test volume's data (make-luks.sh)

@@ -172,6 +172,11 @@ pub struct MountArgs {
     /// Memory for verified chunks kept for further reads.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub cache_size: u64,
+    /// A file holding a passphrase for the guests' LUKS volumes (a trailing newline is not
+    /// part of it); repeatable: each volume is opened with the first that fits. Without one,
+    /// LUKS volumes show as their raw bytes only.
+    #[arg(long = "luks-passphrase-file", value_name = "FILE")]
+    pub luks_passphrase_files: Vec<std::path::PathBuf>,
 }
 
 /// `vmstash ls`

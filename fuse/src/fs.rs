@@ -96,17 +96,33 @@ impl VmstashFs {
 
     /// The filesystem of `repo`, caching about `cache_bytes` of chunks.
     pub fn new(repo: Repository, cache_bytes: u64) -> Result<VmstashFs, Error> {
-        VmstashFs::open(repo, cache_bytes, None)
+        VmstashFs::open(repo, cache_bytes, None, Vec::new())
+    }
+
+    /// [`VmstashFs::new`], opening the LUKS volumes of the guests' disks with `passphrases`
+    /// (tried in order; never logged). Without them, LUKS volumes stay locked: a log line, and
+    /// their raw bytes only.
+    pub fn unlocking(
+        repo: Repository,
+        cache_bytes: u64,
+        passphrases: Vec<crate::luks::Passphrase>,
+    ) -> Result<VmstashFs, Error> {
+        VmstashFs::open(repo, cache_bytes, None, passphrases)
     }
 
     /// The namespace of snapshot `id` alone, never refreshed: for commands that read one
     /// snapshot's files without FUSE (`vmstash ls`, `dump`), through the same guest filesystem
     /// code as the mount. Its files are under `snapshots/<short id>/`.
     pub fn of_snapshot(repo: Repository, cache_bytes: u64, id: Id) -> Result<VmstashFs, Error> {
-        VmstashFs::open(repo, cache_bytes, Some(id))
+        VmstashFs::open(repo, cache_bytes, Some(id), Vec::new())
     }
 
-    fn open(repo: Repository, cache_bytes: u64, only: Option<Id>) -> Result<VmstashFs, Error> {
+    fn open(
+        repo: Repository,
+        cache_bytes: u64,
+        only: Option<Id>,
+        passphrases: Vec<crate::luks::Passphrase>,
+    ) -> Result<VmstashFs, Error> {
         let index = repo.load_index()?;
         let chunk_size = repo.config().chunk_size;
         let names = snapshot_names(&repo)?;
@@ -131,6 +147,7 @@ impl VmstashFs {
                 gid: rustix::process::getgid().as_raw(),
             },
         };
+        fs.guests.set_passphrases(passphrases);
         let mut snapshots = readable_snapshots(&fs.repo)?;
         snapshots.retain(|(id, _)| only.is_none_or(|only| only == *id));
         fs.rebuild(&snapshots);

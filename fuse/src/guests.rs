@@ -12,6 +12,7 @@ use vmstash_repo::Id;
 use crate::guestfs::device::{check_range, PastEnd};
 use crate::guestfs::{self, Device, DeviceError, FsError, GuestFs, Owner, MAX_LOCAL_INO};
 use crate::image::ImageReader;
+use crate::luks::{self, Passphrase};
 use crate::partition::Partition;
 
 /// Bits of a mount inode number below the slot.
@@ -129,6 +130,8 @@ pub struct Guests {
     slots: RwLock<Vec<Arc<Guest>>>,
     /// Every partition looked at, and the slot of its filesystem if it has one we can read.
     probed: Mutex<HashMap<ProbeKey, Option<u64>>>,
+    /// Passphrases tried on LUKS volumes (none: they stay locked).
+    passphrases: RwLock<Vec<Passphrase>>,
 }
 
 impl Guests {
@@ -180,7 +183,13 @@ impl Guests {
         {
             return known;
         }
-        let device = device();
+        let Some(device) = self.unlocked(place, raw, device()) else {
+            self.probed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, None);
+            return None;
+        };
         let opened = catch_unwind(AssertUnwindSafe(|| guestfs::open(device, owner)))
             .unwrap_or_else(|_| Err(FsError::corrupt("guest", "its reader failed")));
         let slot = match opened {
@@ -209,6 +218,58 @@ impl Guests {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, slot);
         slot
+    }
+
+    /// Sets the passphrases tried on LUKS volumes opened from now on (before any is probed).
+    pub fn set_passphrases(&self, passphrases: Vec<Passphrase>) {
+        *self
+            .passphrases
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = passphrases;
+    }
+
+    /// `device` itself, or when it holds a LUKS volume its decrypted data, unlocked with the
+    /// passphrases given; `None` (with a log line naming `place`, and `raw` that still shows
+    /// its bytes) when it stays locked or cannot be read.
+    fn unlocked(&self, place: &str, raw: &str, device: Arc<dyn Device>) -> Option<Arc<dyn Device>> {
+        let mut head = [0u8; 8];
+        if device.len() < 8 || device.read_at(0, &mut head).is_err() || !luks::recognises(&head) {
+            return Some(device);
+        }
+        let what = match luks::Header::read(device.as_ref()) {
+            Ok(h) => format!("LUKS{} volume {}", h.version, h.uuid),
+            Err(e) => {
+                eprintln!("vmstash mount: {place}: {e}; showing {raw} only");
+                return None;
+            }
+        };
+        let passphrases = self
+            .passphrases
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if passphrases.is_empty() {
+            eprintln!(
+                "vmstash mount: {place}: {what} is locked; mount with --luks-passphrase-file to open it (showing {raw} only)"
+            );
+            return None;
+        }
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            luks::open_with_any(&device, &passphrases)
+        }));
+        match opened {
+            Ok(Ok(unlocked)) => {
+                eprintln!("vmstash mount: {place}: {what} unlocked");
+                Some(Arc::new(unlocked))
+            }
+            Ok(Err(e)) => {
+                eprintln!("vmstash mount: {place}: {what}: {e}; showing {raw} only");
+                None
+            }
+            Err(_) => {
+                eprintln!("vmstash mount: {place}: {what}: its reader failed; showing {raw} only");
+                None
+            }
+        }
     }
 
     fn add(&self, guest: Guest) -> Option<u64> {

@@ -192,7 +192,8 @@ struct Checks {
 /// Compares the tree `ours` (in the vmstash mount) with `reference` (the same filesystem
 /// mounted by the kernel or ntfs-3g); returns how many paths were compared.
 fn compare_trees(ours: &Path, reference: &Path, checks: Checks) -> usize {
-    let mut inode_map: HashMap<u64, u64> = HashMap::new();
+    // By device and inode: each Btrfs subvolume is a device of its own to the kernel.
+    let mut inode_map: HashMap<(u64, u64), u64> = HashMap::new();
     let mut compared = 0;
     let mut dirs = vec![PathBuf::new()];
     while let Some(rel) = dirs.pop() {
@@ -226,7 +227,7 @@ fn compare_trees(ours: &Path, reference: &Path, checks: Checks) -> usize {
                 dirs.push(rel.clone());
             } else {
                 assert_eq!(om.nlink(), rm.nlink(), "{what}: links");
-                let mapped = *inode_map.entry(rm.ino()).or_insert(om.ino());
+                let mapped = *inode_map.entry((rm.dev(), rm.ino())).or_insert(om.ino());
                 assert_eq!(mapped, om.ino(), "{what}: hard links must share an inode");
             }
             if rm.is_symlink() {
@@ -967,4 +968,222 @@ fn find_across_twenty_snapshots_gives_exactly_the_versions_that_changed() {
     let started = std::time::Instant::now();
     repo.ok(&["find", "--vm", "web1", "*.conf"]);
     eprintln!("find *.conf over 20 snapshots: {:?}", started.elapsed());
+}
+
+#[test]
+fn a_luks2_partition_stays_locked_without_a_passphrase_and_opens_with_one() {
+    if !have(
+        &["fusermount3", "sfdisk", "mkfs.ext4", "mount", "cryptsetup"],
+        true,
+    ) {
+        return;
+    }
+    let (repo, src) = repo_and_src();
+    let ext4 = ext4_image(&src);
+    let passphrase = format!("correct horse {}", unique());
+    let pass_file = src.join("pass");
+    std::fs::write(&pass_file, format!("{passphrase}\n")).expect("write");
+    let key_file = src.join("key");
+    std::fs::write(&key_file, &passphrase).expect("write");
+    // cryptsetup encrypts the filesystem in place, offline (no device-mapper here); the 2 MiB
+    // added make room for the header.
+    let luks = src.join("luks.img");
+    std::fs::copy(&ext4, &luks).expect("copy");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&luks)
+        .and_then(|f| f.set_len((64 << 20) + (2 << 20)))
+        .expect("grow");
+    sh(
+        "cryptsetup",
+        &[
+            "reencrypt",
+            "--encrypt",
+            "--type",
+            "luks2",
+            "--batch-mode",
+            "--reduce-device-size",
+            "2M",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            &key_file.display().to_string(),
+            &luks.display().to_string(),
+        ],
+    );
+    let disk = src.join("crypt-disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(80 << 20))
+        .expect("create the disk");
+    sfdisk(&disk, "label: gpt\nstart=2048, size=135168\n");
+    crate::util::write_at(&disk, 2048 * SECTOR, &std::fs::read(&luks).expect("luks"));
+    repo.backup(&[&disk]);
+    let disk_dir = |mnt: &Path| mnt.join("vms/crypt-disk/latest/crypt-disk");
+
+    let mnt = repo.dir.path().join("locked");
+    let mounted = Mounted::start(&repo, &mnt);
+    let names: BTreeSet<String> = std::fs::read_dir(disk_dir(&mnt))
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["p1.raw".to_owned()]),
+        "locked: raw bytes only"
+    );
+    let (status, log) = mounted.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("LUKS2 volume") && log.contains("is locked"),
+        "{log}"
+    );
+
+    let wrong = src.join("wrong");
+    std::fs::write(&wrong, "not it\n").expect("write");
+    let mnt = repo.dir.path().join("wrong");
+    let mounted = Mounted::start_with(
+        &repo,
+        &mnt,
+        &["--luks-passphrase-file", &wrong.display().to_string()],
+    );
+    assert!(
+        !disk_dir(&mnt).join("p1").exists(),
+        "a wrong passphrase opens nothing"
+    );
+    let (status, log) = mounted.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("no key slot opens with this passphrase"),
+        "{log}"
+    );
+
+    let mnt = repo.dir.path().join("open");
+    let mounted = Mounted::start_with(
+        &repo,
+        &mnt,
+        &[
+            "--luks-passphrase-file",
+            &wrong.display().to_string(),
+            "--luks-passphrase-file",
+            &pass_file.display().to_string(),
+        ],
+    );
+    let compared = with_reference(&ext4, &["mount", "-o", "loop,ro"], |reference| {
+        compare_trees(&disk_dir(&mnt).join("p1"), reference, Checks { unix: true })
+    });
+    assert!(compared > 300, "only {compared} paths compared");
+    let (status, log) = mounted.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("unlocked"), "{log}");
+    assert!(
+        !log.contains(&passphrase),
+        "the passphrase never reaches the log: {log}"
+    );
+}
+
+/// A Fedora-like Btrfs: subvolumes `root` and `home`, a read-only snapshot of `root`, files
+/// written with zstd compression, a reflinked copy, filled through the kernel.
+fn fedora_btrfs(dir: &Path) -> PathBuf {
+    let img = fs_image(dir, "btrfs.img", 128, &["mkfs.btrfs", "-q", "-f"]);
+    with_reference(&img, &["mount", "-o", "loop,compress=zstd"], |top| {
+        sh(
+            "btrfs",
+            &[
+                "-q",
+                "subvolume",
+                "create",
+                &top.join("root").display().to_string(),
+            ],
+        );
+        sh(
+            "btrfs",
+            &[
+                "-q",
+                "subvolume",
+                "create",
+                &top.join("home").display().to_string(),
+            ],
+        );
+        unix_files(&top.join("root"));
+        let text: String = (0..20_000)
+            .map(|i| format!("line {i} of a compressible file\n"))
+            .collect();
+        std::fs::write(top.join("root/etc/services"), &text).expect("write");
+        std::fs::create_dir(top.join("home/alice")).expect("mkdir");
+        std::fs::write(top.join("home/alice/notes.txt"), b"alice's notes\n").expect("write");
+        sh(
+            "cp",
+            &[
+                "--reflink=always",
+                &top.join("root/big.bin").display().to_string(),
+                &top.join("home/alice/big-copy.bin").display().to_string(),
+            ],
+        );
+        std::fs::create_dir(top.join("snapshots")).expect("mkdir");
+        sh(
+            "btrfs",
+            &[
+                "-q",
+                "subvolume",
+                "snapshot",
+                "-r",
+                &top.join("root").display().to_string(),
+                &top.join("snapshots/root-1").display().to_string(),
+            ],
+        );
+        std::fs::write(top.join("root/etc/fstab"), b"changed after the snapshot\n").expect("write");
+    });
+    img
+}
+
+#[test]
+fn btrfs_subvolumes_snapshots_and_compressed_files_read_as_in_the_guest() {
+    if !have(
+        &["fusermount3", "sfdisk", "mkfs.btrfs", "btrfs", "mount"],
+        true,
+    ) {
+        return;
+    }
+    let (repo, src) = repo_and_src();
+    let btrfs = fedora_btrfs(&src);
+    let disk = src.join("fedora.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(140 << 20))
+        .expect("create the disk");
+    sfdisk(&disk, "label: gpt\nstart=2048, size=262144\n");
+    crate::util::write_at(&disk, 2048 * SECTOR, &std::fs::read(&btrfs).expect("btrfs"));
+    repo.backup(&[&disk]);
+    let mnt = repo.dir.path().join("mnt");
+    let mounted = Mounted::start(&repo, &mnt);
+    let p1 = mnt.join("vms/fedora/latest/fedora/p1");
+    let compared = with_reference(
+        &btrfs,
+        &["mount", "-o", "loop,ro,subvolid=5"],
+        |reference| compare_trees(&p1, reference, Checks { unix: true }),
+    );
+    assert!(compared > 600, "only {compared} paths compared");
+    assert_eq!(
+        std::fs::read(p1.join("snapshots/root-1/etc/fstab")).expect("the snapshot's fstab"),
+        b"/dev/vda1 / ext4 defaults 0 1\n"
+    );
+    assert_eq!(
+        std::fs::read(p1.join("root/etc/fstab")).expect("fstab"),
+        b"changed after the snapshot\n"
+    );
+    let (status, log) = mounted.stop();
+    assert!(status.success(), "{log}");
+    let found = repo.ok(&[
+        "find",
+        "--vm",
+        "fedora",
+        "/root/etc/fstab",
+        "/snapshots/root-1/etc/fstab",
+    ]);
+    assert_eq!(
+        found.lines().filter(|l| l.starts_with("fedora: ")).count(),
+        2,
+        "{found}"
+    );
 }

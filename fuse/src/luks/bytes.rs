@@ -1,26 +1,14 @@
-//! Big-endian integers and NUL-padded strings at byte offsets of untrusted header bytes (both
-//! LUKS versions store their binary headers big-endian): `None` when the buffer is too short,
-//! never a panic.
+//! Fields at byte offsets of untrusted header bytes: byte ranges, NUL-padded strings, and
+//! (both LUKS versions store their binary headers big-endian) the crate's big-endian integer
+//! readers under the names the LUKS code uses. `None` when the buffer is too short, never a
+//! panic.
 
 /// The `len` bytes at `at`.
 pub(crate) fn field(b: &[u8], at: usize, len: usize) -> Option<&[u8]> {
     b.get(at..at.checked_add(len)?)
 }
 
-/// The big-endian `u16` at `at`.
-pub(crate) fn be_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(field(b, at, 2)?.try_into().ok()?))
-}
-
-/// The big-endian `u32` at `at`.
-pub(crate) fn be_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(field(b, at, 4)?.try_into().ok()?))
-}
-
-/// The big-endian `u64` at `at`.
-pub(crate) fn be_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(field(b, at, 8)?.try_into().ok()?))
-}
+pub(crate) use crate::be::{u16_at as be_u16, u32_at as be_u32, u64_at as be_u64};
 
 /// The NUL-padded text field of `len` bytes at `at`, up to its first NUL; non-UTF-8 bytes
 /// become U+FFFD (the field is shown, never used as a name).

@@ -53,6 +53,31 @@ pub use header::recognises;
 pub use kdf::KdfLimits;
 pub use layout::{Header, HeaderCopy, Keyslot, Segment};
 
+/// A passphrase for LUKS volumes: zeroized when dropped, never printed (no `Debug`).
+pub struct Passphrase(zeroize::Zeroizing<Vec<u8>>);
+
+impl Passphrase {
+    /// `bytes` as a passphrase (taken over, not copied).
+    pub fn new(bytes: Vec<u8>) -> Passphrase {
+        Passphrase(zeroize::Zeroizing::new(bytes))
+    }
+}
+
+/// The LUKS volume on `inner`, unlocked with the first of `passphrases` that opens a key slot;
+/// [`LuksError::WrongPassphrase`] when none does (or none is given).
+pub fn open_with_any(
+    inner: &Arc<dyn Device>,
+    passphrases: &[Passphrase],
+) -> Result<LuksDevice, LuksError> {
+    for p in passphrases {
+        match open(Arc::clone(inner), &p.0) {
+            Err(LuksError::WrongPassphrase) => continue,
+            other => return other,
+        }
+    }
+    Err(LuksError::WrongPassphrase)
+}
+
 /// The LUKS volume on `inner`, unlocked with `passphrase`, as its decrypted data.
 pub fn open(inner: Arc<dyn Device>, passphrase: &[u8]) -> Result<LuksDevice, LuksError> {
     open_with_limits(inner, passphrase, &KdfLimits::DEFAULT)
