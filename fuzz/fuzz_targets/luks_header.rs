@@ -58,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
     let len = luks.len();
     let segment = &luks.header().segment;
     assert!(
-        segment.offset.checked_add(len).is_some_and(|end| end <= inner.len()),
+        segment
+            .offset
+            .checked_add(len)
+            .is_some_and(|end| end <= inner.len()),
         "the volume lies inside the device"
     );
     let mut b = [0u8; 1];
@@ -69,7 +72,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut odd = vec![0u8; 4099];
     if len >= 4100 {
-        luks.read_at(1, &mut odd).expect("an unaligned read inside the volume");
+        luks.read_at(1, &mut odd)
+            .expect("an unaligned read inside the volume");
     }
     assert!(luks.read_at(len, &mut b).is_err(), "a read past the end");
 });

@@ -210,26 +210,17 @@ impl vmstash_fuse::guestfs::Device for SparseSectors {
             let start = n * 512;
             let from = offset.max(start);
             let to = end.min(start + 512);
-            let src = &sector[usize::try_from(from - start).unwrap_or(0)..usize::try_from(to - start).unwrap_or(0)];
+            let src = &sector[usize::try_from(from - start).unwrap_or(0)
+                ..usize::try_from(to - start).unwrap_or(0)];
             let at = usize::try_from(from - offset).unwrap_or(0);
             buf[at..at + src.len()].copy_from_slice(src);
         }
         Ok(())
     }
+}
 
 /// CRC32C (Castagnoli), as Btrfs checksums its metadata: for targets that make a mutated
 /// block's checksum right again, so that the checks behind it are reached.
 pub fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    crc32c::crc32c(bytes)
 }
