@@ -242,9 +242,34 @@ fn inflate(data: &[u8], max: usize) -> std::io::Result<Vec<u8>> {
 
 /// One zstd frame (what follows it is padding).
 fn unzstd(data: &[u8], max: usize) -> std::io::Result<Vec<u8>> {
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(data)?.single_frame();
-    decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
-    read_bounded(decoder, max)
+    // The extent is one frame, padded with zeros to whole sectors.
+    let frame_len = zstd::zstd_safe::find_frame_compressed_size(data)
+        .map_err(|code| std::io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
+    let frame = data
+        .get(..frame_len)
+        .ok_or_else(|| std::io::Error::other("frame longer than the extent"))?;
+    ZSTD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let decompressor = match &mut *slot {
+            Some(d) => d,
+            empty => {
+                let mut d = zstd::bulk::Decompressor::new()?;
+                d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                    ZSTD_WINDOW_LOG_MAX,
+                ))?;
+                empty.insert(d)
+            }
+        };
+        // Fails when the frame holds more than `max` bytes.
+        decompressor.decompress(frame, max)
+    })
+}
+
+thread_local! {
+    /// Each thread's zstd decompression context, made once: a new one per extent costs more
+    /// than decompressing the extent.
+    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Copies `src` from `at` into `dst`; what `src` does not have stays as it is (zeros).
