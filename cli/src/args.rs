@@ -172,11 +172,19 @@ pub struct MountArgs {
     /// Memory for verified chunks kept for further reads.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub cache_size: u64,
+    /// Passphrases for the guests' LUKS volumes.
+    #[command(flatten)]
+    pub luks: LuksArgs,
+}
+
+/// Passphrases for LUKS volumes inside the guests' disks.
+#[derive(Debug, Args)]
+pub struct LuksArgs {
     /// A file holding a passphrase for the guests' LUKS volumes (a trailing newline is not
     /// part of it); repeatable: each volume is opened with the first that fits. Without one,
     /// LUKS volumes show as their raw bytes only.
     #[arg(long = "luks-passphrase-file", value_name = "FILE")]
-    pub luks_passphrase_files: Vec<std::path::PathBuf>,
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// `vmstash ls`
@@ -188,6 +196,9 @@ pub struct LsArgs {
     /// With "latest": the newest snapshot these filters match.
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Passphrases for the guests' LUKS volumes.
+    #[command(flatten)]
+    pub luks: LuksArgs,
     /// Type, mode, links, owner, size and modification time of each entry, as `ls -l` shows them.
     #[arg(long, short = 'l')]
     pub long: bool,
@@ -204,6 +215,9 @@ pub struct DumpArgs {
     /// With "latest": the newest snapshot these filters match.
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Passphrases for the guests' LUKS volumes.
+    #[command(flatten)]
+    pub luks: LuksArgs,
     /// Memory for verified chunks.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub cache_size: u64,
@@ -219,6 +233,9 @@ pub struct FindArgs {
     /// Which snapshots to search (--vm web1): all that match, oldest first.
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Passphrases for the guests' LUKS volumes.
+    #[command(flatten)]
+    pub luks: LuksArgs,
     /// Show only the versions that differ from the snapshot before (new, changed, deleted).
     #[arg(long)]
     pub changed: bool,
@@ -594,6 +611,9 @@ pub struct RestoreArgs {
     /// With "latest": the newest snapshot these filters match.
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Passphrases for the guests' LUKS volumes.
+    #[command(flatten)]
+    pub luks: LuksArgs,
     /// Restore only this disk (repeatable).
     #[arg(long = "disk", value_name = "NAME")]
     pub disks: Vec<String>,

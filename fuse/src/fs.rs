@@ -113,8 +113,13 @@ impl VmstashFs {
     /// The namespace of snapshot `id` alone, never refreshed: for commands that read one
     /// snapshot's files without FUSE (`vmstash ls`, `dump`), through the same guest filesystem
     /// code as the mount. Its files are under `snapshots/<short id>/`.
-    pub fn of_snapshot(repo: Repository, cache_bytes: u64, id: Id) -> Result<VmstashFs, Error> {
-        VmstashFs::open(repo, cache_bytes, Some(id), Vec::new())
+    pub fn of_snapshot(
+        repo: Repository,
+        cache_bytes: u64,
+        id: Id,
+        passphrases: Vec<crate::luks::Passphrase>,
+    ) -> Result<VmstashFs, Error> {
+        VmstashFs::open(repo, cache_bytes, Some(id), passphrases)
     }
 
     fn open(

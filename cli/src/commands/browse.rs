@@ -3,10 +3,11 @@
 
 use anyhow::{Context, Result};
 use fuser::FileAttr;
+use vmstash_fuse::luks::Passphrase;
 use vmstash_fuse::VmstashFs;
 use vmstash_repo::{Id, Repository};
 
-use crate::args::FilterArgs;
+use crate::args::{FilterArgs, LuksArgs};
 use crate::repo;
 
 /// A snapshot's files, opened at a path.
@@ -21,18 +22,19 @@ pub struct Opened {
     pub attr: FileAttr,
 }
 
-/// Opens `SNAPSHOT[:PATH]` of `repo`; the caller holds a lock for reading.
+/// Opens `SNAPSHOT[:PATH]` of `repo`, LUKS volumes unlocked with the passphrases of `luks`;
+/// the caller holds a lock for reading.
 pub fn open(
     repo: &Repository,
     target: &str,
-    filter: &FilterArgs,
+    (filter, luks): (&FilterArgs, &LuksArgs),
     cache_size: u64,
 ) -> Result<Opened> {
     let (snapshot, path) = target.split_once(':').unwrap_or((target, ""));
     let (listing, _) = repo::snapshots_warning_of_damage(repo)?;
     let (id, _) = listing.find(snapshot, &filter.filter())?;
-    let fs =
-        VmstashFs::of_snapshot(repo.clone(), cache_size, id).context("reading the repository")?;
+    let fs = VmstashFs::of_snapshot(repo.clone(), cache_size, id, luks_passphrases(luks)?)
+        .context("reading the repository")?;
     let full = format!("snapshots/{}/{path}", id.short());
     let attr = fs.path_attr(full.as_bytes()).map_err(|errno| {
         anyhow::anyhow!(
@@ -55,4 +57,19 @@ pub fn errno_error(what: &str, errno: fuser::Errno) -> anyhow::Error {
         "{what}: {}",
         std::io::Error::from_raw_os_error(errno.code())
     )
+}
+
+/// The passphrases in the files `luks` names: each file's bytes, less one trailing newline.
+pub fn luks_passphrases(luks: &LuksArgs) -> Result<Vec<Passphrase>> {
+    luks.files
+        .iter()
+        .map(|f| {
+            let mut bytes = std::fs::read(f)
+                .with_context(|| format!("reading passphrase file {}", f.display()))?;
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+            }
+            Ok(Passphrase::new(bytes))
+        })
+        .collect()
 }

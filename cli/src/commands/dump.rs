@@ -20,7 +20,7 @@ use crate::{exit, repo};
 pub fn run(g: &Global, a: &DumpArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let _lock = repo::lock_for_reading(g, &repo, "dump")?;
-    let opened = open(&repo, &a.target, &a.filter, a.cache_size)?;
+    let opened = open(&repo, &a.target, (&a.filter, &a.luks), a.cache_size)?;
     let stdout = io::stdout().lock();
     match opened.attr.kind {
         FileType::RegularFile => {

@@ -92,7 +92,9 @@ pub fn run(g: &Global, a: &FindArgs) -> Result<ExitCode> {
         .filter(|(_, m)| filter.matches(m))
         .collect();
     snapshots.sort_by(|x, y| x.1.time.cmp(&y.1.time));
-    let fs = VmstashFs::new(repo.clone(), a.cache_size).context("reading the repository")?;
+    let passphrases = super::browse::luks_passphrases(&a.luks)?;
+    let fs = VmstashFs::unlocking(repo.clone(), a.cache_size, passphrases)
+        .context("reading the repository")?;
     // Found files by where they are (series, filesystem, path): their versions, oldest first.
     let mut found: BTreeMap<(String, String, String), Vec<Version>> = BTreeMap::new();
     for (id, m) in &snapshots {

@@ -27,7 +27,7 @@ struct Row {
 pub fn run(g: &Global, a: &LsArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let _lock = repo::lock_for_reading(g, &repo, "ls")?;
-    let opened = open(&repo, &a.target, &a.filter, a.cache_size)?;
+    let opened = open(&repo, &a.target, (&a.filter, &a.luks), a.cache_size)?;
     let entries = if opened.attr.kind == FileType::Directory {
         opened
             .fs

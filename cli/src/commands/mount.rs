@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fuser::{Config, MountOption, SessionACL};
-use vmstash_fuse::luks::Passphrase;
 use vmstash_fuse::VmstashFs;
 
 use crate::args::{Global, MountArgs};
@@ -29,27 +28,12 @@ fn fuse_threads() -> usize {
 /// How often the foreground loop looks for an unmount or a signal.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The passphrases in `files`: each file's bytes, less one trailing newline.
-fn read_passphrases(files: &[PathBuf]) -> Result<Vec<Passphrase>> {
-    files
-        .iter()
-        .map(|f| {
-            let mut bytes = std::fs::read(f)
-                .with_context(|| format!("reading passphrase file {}", f.display()))?;
-            if bytes.last() == Some(&b'\n') {
-                bytes.pop();
-            }
-            Ok(Passphrase::new(bytes))
-        })
-        .collect()
-}
-
 /// Runs `vmstash mount`.
 pub fn run(g: &Global, a: &MountArgs) -> Result<ExitCode> {
     let mountpoint = check_mountpoint(&a.mountpoint)?;
     let repo = repo::open(g)?;
     let _lock = repo::lock_for_reading(g, &repo, "mount")?;
-    let passphrases = read_passphrases(&a.luks_passphrase_files)?;
+    let passphrases = super::browse::luks_passphrases(&a.luks)?;
     let fs = VmstashFs::unlocking(repo.clone(), a.cache_size, passphrases)
         .context("reading the repository")?;
     fs.set_zero_lost(a.zero_lost);

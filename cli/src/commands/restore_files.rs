@@ -40,7 +40,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let repo = repo::open(g)?;
     let _lock = repo::lock_for_reading(g, &repo, "restore")?;
-    let opened = open(&repo, &a.snapshot, &a.filter, CACHE_BYTES)?;
+    let opened = open(&repo, &a.snapshot, (&a.filter, &a.luks), CACHE_BYTES)?;
     let name = opened
         .path
         .rsplit('/')
