@@ -4,6 +4,8 @@
 //! and owners. Damaged filesystems show as raw partitions only, or give EIO on the damaged
 //! paths while the rest of the filesystem reads.
 
+mod damaged;
+
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -493,10 +495,68 @@ const LVM_TOOLS: &[&str] = &[
 
 /// One linear segment of a logical volume in LVM's metadata syntax.
 fn lvm_segment(n: u32, start: u64, count: u64, pv_extent: u64) -> String {
+    lvm_segment_on("pv0", n, start, count, pv_extent)
+}
+
+/// [`lvm_segment`] on physical volume `pv` of the group.
+fn lvm_segment_on(pv: &str, n: u32, start: u64, count: u64, pv_extent: u64) -> String {
     format!(
         "segment{n} {{ start_extent = {start} extent_count = {count} type = \"striped\" \
-         stripe_count = 1 stripes = [\"pv0\", {pv_extent}] }}\n"
+         stripe_count = 1 stripes = [\"{pv}\", {pv_extent}] }}\n"
     )
+}
+
+/// Puts `volumes` (a `logical_volumes { … }` section) into the metadata of group `vg`: its
+/// text from vgcfgbackup, the section added, vgcfgrestore (`--force`: a thin pool's metadata
+/// is restored only when asked). Returns where the physical volumes' extents start, in bytes.
+fn restore_group_with(dir: &Path, vg: &str, volumes: &str) -> u64 {
+    let backup = dir.join(format!("{vg}.txt"));
+    let backup_s = backup.display().to_string();
+    sh("vgcfgbackup", &["-q", "-f", &backup_s, vg]);
+    let text = std::fs::read_to_string(&backup).expect("vg backup");
+    let pe_start: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pe_start = "))
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
+        .expect("pe_start");
+    let end = text.rfind('}').expect("the group's end");
+    std::fs::write(
+        &backup,
+        format!("{}{volumes}{}", &text[..end], &text[end..]),
+    )
+    .expect("write");
+    sh("vgcfgrestore", &["-q", "--force", "-f", &backup_s, vg]);
+    pe_start * SECTOR
+}
+
+/// Makes a volume group `vg` over new physical volumes `pvs` (files of `size` bytes, each on
+/// a loop device while LVM's tools write them) holding `volumes` (see [`restore_group_with`]).
+/// Returns where the physical volumes' extents start, in bytes.
+fn new_group(dir: &Path, pvs: &[PathBuf], size: u64, vg: &str, volumes: &str) -> u64 {
+    let loops: Vec<String> = pvs
+        .iter()
+        .map(|pv| {
+            std::fs::File::create(pv)
+                .and_then(|f| f.set_len(size))
+                .expect("create the PV");
+            sh("losetup", &["-f", "--show", &pv.display().to_string()])
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    let made = std::panic::catch_unwind(|| {
+        for l in &loops {
+            sh("pvcreate", &["-q", l]);
+        }
+        let mut args = vec!["-q", vg];
+        args.extend(loops.iter().map(String::as_str));
+        sh("vgcreate", &args);
+        restore_group_with(dir, vg, volumes)
+    });
+    for l in &loops {
+        sh("losetup", &["-d", l]);
+    }
+    made.unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// A 100 MiB LVM physical volume of a new volume group `vg` (4 MiB extents) holding `ext4`
@@ -507,50 +567,25 @@ fn lvm_segment(n: u32, start: u64, count: u64, pv_extent: u64) -> String {
 /// metadata through vgcfgrestore, and ext4's bytes where the segments put them.
 fn lvm_physical_volume(dir: &Path, vg: &str, root_fs: &Path) -> PathBuf {
     let pv = dir.join("pv.img");
-    std::fs::File::create(&pv)
-        .and_then(|f| f.set_len(100 << 20))
-        .expect("create the PV");
-    let loop_dev = sh("losetup", &["-f", "--show", &pv.display().to_string()])
-        .trim()
-        .to_owned();
-    let made = std::panic::catch_unwind(|| {
-        sh("pvcreate", &["-q", &loop_dev]);
-        sh("vgcreate", &["-q", vg, &loop_dev]);
-        let backup = dir.join("vg.txt");
-        let backup_s = backup.display().to_string();
-        sh("vgcfgbackup", &["-q", "-f", &backup_s, vg]);
-        let text = std::fs::read_to_string(&backup).expect("vg backup");
-        let pe_start: u64 = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("pe_start = "))
-            .and_then(|n| n.split_whitespace().next()?.parse().ok())
-            .expect("pe_start");
-        let visible = "status = [\"READ\", \"WRITE\", \"VISIBLE\"]";
-        let hidden = "status = [\"READ\", \"WRITE\"]";
-        let lvs = format!(
-            "logical_volumes {{\n\
-             root {{ id = \"rootrt-0000-0000-0000-0000-0000-000001\" {visible} segment_count = 2\n{}{} }}\n\
-             swap {{ id = \"swapsw-0000-0000-0000-0000-0000-000002\" {visible} segment_count = 1\n{} }}\n\
-             pool {{ id = \"poolpl-0000-0000-0000-0000-0000-000003\" {visible} segment_count = 1\n\
-             segment1 {{ start_extent = 0 extent_count = 1 type = \"thin-pool\" \
-             metadata = \"pool_tmeta\" pool = \"pool_tdata\" transaction_id = 0 \
-             chunk_size = 128 discards = \"passdown\" zero_new_blocks = 1 }} }}\n\
-             pool_tmeta {{ id = \"poolmt-0000-0000-0000-0000-0000-000004\" {hidden} segment_count = 1\n{} }}\n\
-             pool_tdata {{ id = \"pooldt-0000-0000-0000-0000-0000-000005\" {hidden} segment_count = 1\n{} }}\n}}\n",
-            lvm_segment(1, 0, 8, 10),
-            lvm_segment(2, 8, 8, 0),
-            lvm_segment(1, 0, 2, 20),
-            lvm_segment(1, 0, 1, 22),
-            lvm_segment(1, 0, 1, 23),
-        );
-        let end = text.rfind('}').expect("the group's end");
-        std::fs::write(&backup, format!("{}{lvs}{}", &text[..end], &text[end..])).expect("write");
-        // --force: a thin pool's metadata is restored only when asked.
-        sh("vgcfgrestore", &["-q", "--force", "-f", &backup_s, vg]);
-        pe_start * SECTOR
-    });
-    sh("losetup", &["-d", &loop_dev]);
-    let pe_start = made.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let visible = "status = [\"READ\", \"WRITE\", \"VISIBLE\"]";
+    let hidden = "status = [\"READ\", \"WRITE\"]";
+    let lvs = format!(
+        "logical_volumes {{\n\
+         root {{ id = \"rootrt-0000-0000-0000-0000-0000-000001\" {visible} segment_count = 2\n{}{} }}\n\
+         swap {{ id = \"swapsw-0000-0000-0000-0000-0000-000002\" {visible} segment_count = 1\n{} }}\n\
+         pool {{ id = \"poolpl-0000-0000-0000-0000-0000-000003\" {visible} segment_count = 1\n\
+         segment1 {{ start_extent = 0 extent_count = 1 type = \"thin-pool\" \
+         metadata = \"pool_tmeta\" pool = \"pool_tdata\" transaction_id = 0 \
+         chunk_size = 128 discards = \"passdown\" zero_new_blocks = 1 }} }}\n\
+         pool_tmeta {{ id = \"poolmt-0000-0000-0000-0000-0000-000004\" {hidden} segment_count = 1\n{} }}\n\
+         pool_tdata {{ id = \"pooldt-0000-0000-0000-0000-0000-000005\" {hidden} segment_count = 1\n{} }}\n}}\n",
+        lvm_segment(1, 0, 8, 10),
+        lvm_segment(2, 8, 8, 0),
+        lvm_segment(1, 0, 2, 20),
+        lvm_segment(1, 0, 1, 22),
+        lvm_segment(1, 0, 1, 23),
+    );
+    let pe_start = new_group(dir, std::slice::from_ref(&pv), 100 << 20, vg, &lvs);
     let bytes = std::fs::read(root_fs).expect("root filesystem image");
     let (first, rest) = bytes.split_at(32 << 20);
     crate::util::write_at(&pv, pe_start + 10 * (4 << 20), first);
@@ -970,6 +1005,27 @@ fn find_across_twenty_snapshots_gives_exactly_the_versions_that_changed() {
     eprintln!("find *.conf over 20 snapshots: {:?}", started.elapsed());
 }
 
+/// Runs cryptsetup `action` for a LUKS2 volume on `image` with the passphrase in
+/// `key_file`, its key derived by a fast PBKDF2 (the tests need no brute-force resistance).
+fn luks2(action: &[&str], key_file: &Path, image: &Path) {
+    let mut args = action.to_vec();
+    let key = key_file.display().to_string();
+    let image = image.display().to_string();
+    args.extend([
+        "--type",
+        "luks2",
+        "--batch-mode",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--key-file",
+        &key,
+        &image,
+    ]);
+    sh("cryptsetup", &args);
+}
+
 #[test]
 fn a_luks2_partition_stays_locked_without_a_passphrase_and_opens_with_one() {
     if !have(
@@ -994,24 +1050,10 @@ fn a_luks2_partition_stays_locked_without_a_passphrase_and_opens_with_one() {
         .open(&luks)
         .and_then(|f| f.set_len((64 << 20) + (2 << 20)))
         .expect("grow");
-    sh(
-        "cryptsetup",
-        &[
-            "reencrypt",
-            "--encrypt",
-            "--type",
-            "luks2",
-            "--batch-mode",
-            "--reduce-device-size",
-            "2M",
-            "--pbkdf",
-            "pbkdf2",
-            "--pbkdf-force-iterations",
-            "1000",
-            "--key-file",
-            &key_file.display().to_string(),
-            &luks.display().to_string(),
-        ],
+    luks2(
+        &["reencrypt", "--encrypt", "--reduce-device-size", "2M"],
+        &key_file,
+        &luks,
     );
     let disk = src.join("crypt-disk.img");
     std::fs::File::create(&disk)
@@ -1080,6 +1122,42 @@ fn a_luks2_partition_stays_locked_without_a_passphrase_and_opens_with_one() {
     assert!(
         !log.contains(&passphrase),
         "the passphrase never reaches the log: {log}"
+    );
+    // Without a mount: the same passphrase files for ls, dump and find.
+    let pass = pass_file.display().to_string();
+    assert_eq!(
+        repo.ok(&["ls", "latest:crypt-disk"]).trim(),
+        "p1.raw",
+        "locked"
+    );
+    let etc = repo.ok(&[
+        "ls",
+        "--luks-passphrase-file",
+        &pass,
+        "latest:crypt-disk/p1/etc",
+    ]);
+    assert!(etc.lines().any(|l| l == "fstab"), "{etc}");
+    let fstab = repo
+        .cmd(&[
+            "dump",
+            "--luks-passphrase-file",
+            &pass,
+            "latest:crypt-disk/p1/etc/fstab",
+        ])
+        .output()
+        .expect("dump");
+    assert_eq!(fstab.stdout, b"/dev/vda1 / ext4 defaults 0 1\n");
+    let found = repo.ok(&[
+        "find",
+        "--luks-passphrase-file",
+        &pass,
+        "--vm",
+        "crypt-disk",
+        "/etc/fstab",
+    ]);
+    assert!(
+        found.starts_with("crypt-disk: crypt-disk/p1/etc/fstab\n"),
+        "{found}"
     );
 }
 
@@ -1185,5 +1263,81 @@ fn btrfs_subvolumes_snapshots_and_compressed_files_read_as_in_the_guest() {
         found.lines().filter(|l| l.starts_with("fedora: ")).count(),
         2,
         "{found}"
+    );
+}
+
+/// Two 64 MiB LVM physical volumes of group `vg` (made on loop devices, one group over both):
+/// volume `root` has its first 32 MiB on the first and the rest on the second, and holds
+/// `root_fs` (64 MiB). Returns the two PV images.
+fn two_disk_group(dir: &Path, vg: &str, root_fs: &Path) -> (PathBuf, PathBuf) {
+    let pvs = [dir.join("pv0.img"), dir.join("pv1.img")];
+    let lvs = format!(
+        "logical_volumes {{\nroot {{ id = \"rootrt-0000-0000-0000-0000-0000-000009\" status = [\"READ\", \"WRITE\", \"VISIBLE\"] segment_count = 2\n{}{} }}\n}}\n",
+        lvm_segment_on("pv0", 1, 0, 8, 0),
+        lvm_segment_on("pv1", 2, 8, 8, 0),
+    );
+    let pe_start = new_group(dir, &pvs, 64 << 20, vg, &lvs);
+    let bytes = std::fs::read(root_fs).expect("root filesystem image");
+    let (first, rest) = bytes.split_at(32 << 20);
+    crate::util::write_at(&pvs[0], pe_start, first);
+    crate::util::write_at(&pvs[1], pe_start, rest);
+    let [pv0, pv1] = pvs;
+    (pv0, pv1)
+}
+
+#[test]
+fn a_volume_group_over_two_disks_is_put_together_under_the_first() {
+    if !have(&[&["mkfs.ext4"][..], LVM_TOOLS].concat(), true) {
+        return;
+    }
+    let (repo, src) = repo_and_src();
+    let ext4 = ext4_image(&src);
+    let vg = format!("vmstash-test-{}-{}", std::process::id(), unique());
+    let (pv0, pv1) = two_disk_group(&src, &vg, &ext4);
+    // vda: GPT with the first PV in p1; vdb: the second PV on the whole disk, no table.
+    let vda = src.join("vda.img");
+    std::fs::File::create(&vda)
+        .and_then(|f| f.set_len(80 << 20))
+        .expect("create vda");
+    sfdisk(
+        &vda,
+        "label: gpt\nstart=2048, size=131072, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+    );
+    crate::util::write_at(&vda, 2048 * SECTOR, &std::fs::read(&pv0).expect("pv0"));
+    let vdb = src.join("vdb.img");
+    std::fs::copy(&pv1, &vdb).expect("vdb");
+    repo.backup(&[&vda, &vdb]);
+    let listed = repo.ok(&["ls", "latest:"]);
+    assert!(
+        listed.lines().any(|l| l == "vda") && listed.lines().any(|l| l == "vdb.raw"),
+        "{listed}"
+    );
+    let root = format!("latest:vda/{vg}/root");
+    let names: BTreeSet<String> = repo.ok(&["ls", &root]).lines().map(str::to_owned).collect();
+    with_reference(&ext4, &["mount", "-o", "loop,ro"], |reference| {
+        let theirs: BTreeSet<String> = std::fs::read_dir(reference)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, theirs, "the root put together from both disks");
+        assert_eq!(
+            repo.ok(&["dump", &format!("{root}/etc/fstab")]),
+            std::fs::read_to_string(reference.join("etc/fstab")).expect("fstab")
+        );
+    });
+    let raw = repo
+        .cmd(&["dump", &format!("latest:vda/{vg}/root.raw")])
+        .output()
+        .expect("dump root.raw");
+    assert!(
+        raw.status.success() && raw.stdout == std::fs::read(&ext4).expect("ext4"),
+        "root.raw is the volume's bytes, its halves from both disks"
+    );
+    // vdb holds no table and no filesystem: at most an empty directory, never the group again.
+    let vdb = repo.run(&["ls", "latest:vdb"]);
+    let vdb_entries = String::from_utf8_lossy(&vdb.stdout);
+    assert!(
+        !vdb_entries.lines().any(|l| l == vg),
+        "shown once, under vda: {vdb_entries}"
     );
 }

@@ -54,13 +54,7 @@ pub fn read(dev: &dyn Device) -> Result<Header, LuksError> {
         Ok(p) => vec![u64::try_from(p.bytes.len()).unwrap_or(u64::MAX)],
         Err(_) => HEADER_SIZES.to_vec(),
     };
-    let mut secondary = Err(LuksError::corrupt("no secondary LUKS2 header"));
-    for offset in secondary_offsets {
-        secondary = read_copy(dev, offset, MAGIC_SECONDARY, HeaderCopy::Secondary)?;
-        if secondary.is_ok() {
-            break;
-        }
-    }
+    let secondary = read_secondary(dev, &secondary_offsets)?;
     let chosen = match (primary, secondary) {
         (Ok(p), Ok(s)) if s.seqid > p.seqid => s,
         (Ok(p), _) => p,
@@ -74,6 +68,35 @@ pub fn read(dev: &dyn Device) -> Result<Header, LuksError> {
         }
     };
     parse(&chosen.bytes, chosen.which)
+}
+
+/// The first good secondary copy at `offsets`; else the damage of the first copy there that
+/// has the secondary's magic (a missing magic at the offsets merely allowed says nothing).
+fn read_secondary(dev: &dyn Device, offsets: &[u64]) -> Result<Result<Copy, LuksError>, LuksError> {
+    let mut damage = None;
+    for &offset in offsets {
+        match read_copy(dev, offset, MAGIC_SECONDARY, HeaderCopy::Secondary)? {
+            Ok(copy) => return Ok(Ok(copy)),
+            Err(e) if offsets.len() == 1 => damage = Some(e),
+            Err(e) if damage.is_none() && has_magic(dev, offset, MAGIC_SECONDARY)? => {
+                damage = Some(e);
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(Err(damage.unwrap_or_else(|| {
+        LuksError::corrupt("no secondary LUKS2 header at any offset a header size allows")
+    })))
+}
+
+/// Whether the bytes at `offset` start with `magic` (false past the device's end).
+fn has_magic(dev: &dyn Device, offset: u64, magic: [u8; 6]) -> Result<bool, LuksError> {
+    let mut found = [0u8; 6];
+    match dev.read_at(offset, &mut found) {
+        Ok(()) => Ok(found == magic),
+        Err(DeviceError::PastEnd(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What a damaged copy's error says, without the "damaged LUKS header" prefix.
