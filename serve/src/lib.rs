@@ -1,0 +1,17 @@
+//! `vmstash serve`, as a library (spec/SERVE.md): the configuration, when jobs run, the job
+//! runner with its guards and history, tokens and tenants, and the HTTPS API with its
+//! event stream and dashboard. The work itself (backing up a VM, restoring, checking,
+//! pruning, copying) is the engine's, reached through the binary, which hands the daemon
+//! an implementation of the work; this crate knows nothing of SSH or libvirt.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod jobs;
+pub mod schedule;
+pub mod scheduler;
+pub mod state_dir;
+
+pub use config::Config;
+pub use error::{ConfigIssue, ServeError};
+pub use schedule::Schedule;
