@@ -185,6 +185,16 @@ impl VmstashFs {
             )
     }
 
+    /// Whether `ino` is a directory of a guest filesystem whose directories' change time
+    /// moves with every change of their entries (see
+    /// [`crate::guestfs::GuestFs::directory_ctime_tracks_entries`]).
+    pub fn directory_ctime_tracks_entries(&self, ino: Ino) -> bool {
+        match self.target(&self.tree(), ino) {
+            Ok(Target::Guest { guest, .. }) => guest.fs.directory_ctime_tracks_entries(),
+            _ => false,
+        }
+    }
+
     /// The entries of directory `ino`, without `.` and `..`.
     pub fn children(&self, ino: Ino) -> Result<Vec<Listed>, Errno> {
         self.entries(ino, 2)

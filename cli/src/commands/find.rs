@@ -11,8 +11,14 @@
 //!
 //! A file is "changed" when its size, modification or change time differs from the previous
 //! snapshot's, "new" when the previous one did not have it, "deleted" when this one does not.
+//!
+//! Unchanged directories are not listed twice: in filesystems whose directories' change time
+//! moves with every change of their entries (ext4, XFS, Btrfs), a directory with the same
+//! size, modification and change time as in the series' previous snapshot keeps the names
+//! found there (its matches and subdirectories), and only those are looked up again — for
+//! their own, possibly new, attributes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
@@ -97,11 +103,17 @@ pub fn run(g: &Global, a: &FindArgs) -> Result<ExitCode> {
         .context("reading the repository")?;
     // Found files by where they are (series, filesystem, path): their versions, oldest first.
     let mut found: BTreeMap<(String, String, String), Vec<Version>> = BTreeMap::new();
+    // What each series' filesystems' directories held in its previous snapshot.
+    let mut memos: HashMap<(String, String), DirMemos> = HashMap::new();
+    let mut reused = 0usize;
     for (id, m) in &snapshots {
         let roots = filesystem_roots(&fs, id)?;
         let mut here: BTreeMap<(String, String), FileAttr> = BTreeMap::new();
         for (place, root) in &roots {
-            for (path, attr) in matches_in(&fs, root, &patterns)? {
+            let memo = memos.entry((m.name.clone(), place.clone())).or_default();
+            let (matches, kept) = matches_in(&fs, root, &patterns, memo)?;
+            reused += kept;
+            for (path, attr) in matches {
                 here.insert((place.clone(), path), attr);
             }
         }
@@ -115,6 +127,9 @@ pub fn run(g: &Global, a: &FindArgs) -> Result<ExitCode> {
             snapshots.len(),
             found.len()
         );
+        if g.verbose > 0 {
+            eprintln!("{reused} unchanged directories were not listed again");
+        }
     }
     Ok(exit::ok())
 }
@@ -193,12 +208,25 @@ fn filesystem_roots(fs: &VmstashFs, id: &Id) -> Result<Vec<(String, FileAttr)>> 
     Ok(roots)
 }
 
-/// The files under filesystem root `root` that match any of `patterns`, by path from the root.
+/// A directory as the previous snapshot of a series had it.
+struct DirMemo {
+    /// Its size, modification and change time then.
+    signature: (u64, SystemTime, SystemTime),
+    /// The names in it that mattered: matches and subdirectories.
+    names: Vec<Vec<u8>>,
+}
+
+/// A filesystem's directories by path, as its series' previous snapshot had them.
+type DirMemos = HashMap<String, DirMemo>;
+
+/// The files under filesystem root `root` that match any of `patterns`, by path from the
+/// root, and how many directories `memo` spared listing (it is then brought up to date).
 fn matches_in(
     fs: &VmstashFs,
     root: &FileAttr,
     patterns: &[Pattern],
-) -> Result<Vec<(String, FileAttr)>> {
+    memo: &mut DirMemos,
+) -> Result<(Vec<(String, FileAttr)>, usize)> {
     let mut out = Vec::new();
     let mut walk_needed = false;
     for p in patterns {
@@ -211,12 +239,17 @@ fn matches_in(
             Pattern::PathGlob(_) | Pattern::Name(_) => walk_needed = true,
         }
     }
+    let mut kept = 0;
     if walk_needed {
-        walk_matching(fs, root, patterns, &mut out);
+        let memo_usable = fs.directory_ctime_tracks_entries(root.ino.0);
+        if !memo_usable {
+            memo.clear();
+        }
+        kept = walk_matching(fs, root, patterns, &mut out, memo_usable.then_some(memo));
     }
     out.sort_by(|x, y| x.0.cmp(&y.0));
     out.dedup_by(|x, y| x.0 == y.0);
-    Ok(out)
+    Ok((out, kept))
 }
 
 /// The file at `path` (from the root `root`), if there is one.
@@ -229,34 +262,60 @@ fn lookup(fs: &VmstashFs, root: &FileAttr, path: &str) -> Option<FileAttr> {
 }
 
 /// Walks the filesystem under `root`, adding every file a walking pattern matches to `out`.
-/// Directories that cannot be listed are skipped with a line.
+/// With `memo`, a directory unchanged since the memo's snapshot is not listed: only the names
+/// that mattered there are looked up again; the memo is replaced by this walk's. Returns how
+/// many directories were not listed. Directories that cannot be listed are skipped with a
+/// line.
 fn walk_matching(
     fs: &VmstashFs,
     root: &FileAttr,
     patterns: &[Pattern],
     out: &mut Vec<(String, FileAttr)>,
-) {
-    let mut dirs = vec![(String::new(), root.ino.0)];
+    mut memo: Option<&mut DirMemos>,
+) -> usize {
+    let mut fresh = DirMemos::new();
+    let mut kept = 0;
+    let mut dirs = vec![(String::new(), *root)];
     let mut seen = 0usize;
-    while let Some((path, ino)) = dirs.pop() {
-        let children = match fs.children(ino) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!(
-                    "vmstash find: {}/: {}",
-                    path,
-                    std::io::Error::from_raw_os_error(e.code())
-                );
-                continue;
+    while let Some((path, dir)) = dirs.pop() {
+        let signature = (dir.size, dir.mtime, dir.ctime);
+        let before = memo
+            .as_deref_mut()
+            .and_then(|m| m.remove(&path))
+            .filter(|m| m.signature == signature);
+        let entries: Vec<(Vec<u8>, FileAttr)> = match before {
+            Some(m) => {
+                kept += 1;
+                m.names
+                    .into_iter()
+                    .filter_map(|name| {
+                        let attr = fs.lookup_child(dir.ino.0, OsStr::from_bytes(&name)).ok()?;
+                        Some((name, attr))
+                    })
+                    .collect()
             }
+            None => match fs.children(dir.ino.0) {
+                Ok(c) => c
+                    .into_iter()
+                    .filter_map(|Listed { name, attr, .. }| Some((name, attr?)))
+                    .collect(),
+                Err(e) => {
+                    eprintln!(
+                        "vmstash find: {}/: {}",
+                        path,
+                        std::io::Error::from_raw_os_error(e.code())
+                    );
+                    continue;
+                }
+            },
         };
-        for Listed { name, attr, .. } in children {
+        let mut names = Vec::new();
+        for (name, attr) in entries {
             seen += 1;
             if seen > MAX_FILES_PER_FS {
                 eprintln!("vmstash find: more than {MAX_FILES_PER_FS} files in one filesystem; the rest not searched");
-                return;
+                return kept;
             }
-            let Some(attr) = attr else { continue };
             let child = format!("{path}/{}", String::from_utf8_lossy(&name));
             let hit = patterns.iter().any(|p| match p {
                 Pattern::Name(g) => g.is_match(OsStr::from_bytes(&name)),
@@ -266,11 +325,20 @@ fn walk_matching(
             if hit {
                 out.push((child.clone(), attr));
             }
-            if attr.kind == FileType::Directory {
-                dirs.push((child, attr.ino.0));
+            let is_dir = attr.kind == FileType::Directory;
+            if is_dir {
+                dirs.push((child, attr));
+            }
+            if hit || is_dir {
+                names.push(name);
             }
         }
+        fresh.insert(path, DirMemo { signature, names });
     }
+    if let Some(m) = memo {
+        *m = fresh;
+    }
+    kept
 }
 
 /// Prints what was found: per file, the versions (all, or with `--changed` only those that

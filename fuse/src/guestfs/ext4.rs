@@ -213,6 +213,10 @@ impl GuestFs for Ext4Fs {
         FS
     }
 
+    fn directory_ctime_tracks_entries(&self) -> bool {
+        true
+    }
+
     fn root(&self) -> u64 {
         ROOT_INO
     }

@@ -124,6 +124,13 @@ pub trait GuestFs: Send + Sync {
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether a directory's change time moves whenever an entry is added to it, removed from
+    /// it or renamed in it (true of ext4, XFS and Btrfs, whose kernels set it; not of FAT),
+    /// so that a search may reuse what it found in an earlier snapshot's directory with the
+    /// same size, modification and change time. False by default.
+    fn directory_ctime_tracks_entries(&self) -> bool {
+        false
+    }
 }
 
 /// Who owns files of filesystems that have no owners (FAT, NTFS): the user who mounted.

@@ -281,6 +281,10 @@ impl GuestFs for BtrfsFs {
         FS
     }
 
+    fn directory_ctime_tracks_entries(&self) -> bool {
+        true
+    }
+
     fn root(&self) -> u64 {
         // Numbered first in `open`.
         ROOT_DIR

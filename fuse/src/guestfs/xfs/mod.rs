@@ -289,6 +289,10 @@ impl GuestFs for XfsFs {
         FS
     }
 
+    fn directory_ctime_tracks_entries(&self) -> bool {
+        true
+    }
+
     fn root(&self) -> u64 {
         self.sb.root_ino
     }
