@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ["repo-format/src", "hashblocks/src", "fuse/src", "cli/src", "cli/ssh/src",
-           "cli/libvirt-xml/src", "cli/s3/src", "tests/support/src"]
+           "cli/libvirt-xml/src", "cli/s3/src", "serve/src", "tests/support/src"]
 
 PATH_RE = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
 USE_GROUP_RE = re.compile(r"\buse\s+(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^;]*)\};", re.S)

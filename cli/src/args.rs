@@ -155,6 +155,64 @@ pub enum Command {
     /// Find files in the guest filesystems of snapshots: which snapshots hold them, and when
     /// they changed.
     Find(FindArgs),
+    /// Run the daemon: scheduled jobs, an HTTPS API with live progress, a web dashboard
+    /// (spec/SERVE.md); or check its configuration, or manage its API tokens.
+    Serve(ServeArgs),
+}
+
+/// `vmstash serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The daemon's configuration (TOML, spec/SERVE.md §1).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/vmstash/vmstash.toml",
+        global = true
+    )]
+    pub config: PathBuf,
+    /// Check the configuration, print when every job runs next, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Manage the daemon instead of running it.
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+}
+
+/// What `vmstash serve` does besides running.
+#[derive(Debug, Subcommand)]
+pub enum ServeAction {
+    /// The API's bearer tokens (kept as hashes in the state directory).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `vmstash serve token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it (once: only its hash is kept).
+    Create {
+        /// What it may do: viewer (read), operator (also start and cancel jobs), admin (also
+        /// manage tokens).
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// Limit it to one tenant's repositories, hypervisors and jobs.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// What it is for (shown in lists).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Let it expire after this long (e.g. 90d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List the tokens (without their secrets).
+    List,
+    /// Revoke a token by its id (as `list` shows it).
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
 }
 
 /// `vmstash mount`

@@ -4,13 +4,17 @@
 //! pruning, copying) is the engine's, reached through the binary, which hands the daemon
 //! an implementation of the work; this crate knows nothing of SSH or libvirt.
 
+pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod jobs;
 pub mod schedule;
 pub mod scheduler;
 pub mod state_dir;
+pub mod tls;
+pub mod tokens;
 
 pub use config::Config;
 pub use error::{ConfigIssue, ServeError};

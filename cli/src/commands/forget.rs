@@ -258,7 +258,7 @@ fn damaged_file(listing: &SnapshotListing, spec: &str) -> Option<String> {
 }
 
 /// Deletes the snapshot files; returns how many went. Stops at the first failure, naming it.
-fn remove_all(repo: &Repository, ids: &[Id]) -> Result<usize> {
+pub fn remove_all(repo: &Repository, ids: &[Id]) -> Result<usize> {
     for (done, id) in ids.iter().enumerate() {
         repo.remove_snapshot(id).with_context(|| {
             format!(

@@ -19,6 +19,7 @@ mod prune;
 mod repair;
 mod restore;
 mod restore_files;
+mod serve;
 mod snapshots;
 mod stats;
 mod tag;
@@ -53,6 +54,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Ls(a) => ls::run(g, a),
         Command::Dump(a) => dump::run(g, a),
         Command::Find(a) => find::run(g, a),
+        Command::Serve(a) => serve::run(g, a),
         Command::Copy(a) => copy::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Cat(a) => cat::run(g, a),

@@ -12,8 +12,8 @@ use crate::args::{Global, SnapshotsArgs};
 use crate::output::{human, line, print_json, snapshot_time};
 use crate::{exit, repo};
 
-/// A snapshot as `--json` shows it.
-fn snapshot_json(id: &Id, m: &Manifest) -> serde_json::Value {
+/// A snapshot as `--json` shows it (and the daemon's API).
+pub fn snapshot_json(id: &Id, m: &Manifest) -> serde_json::Value {
     json!({
         "id": id.to_hex(), "short_id": id.short(), "time": m.time, "hostname": m.hostname,
         "username": m.username, "name": m.name, "tags": m.tags, "parent": m.parent,

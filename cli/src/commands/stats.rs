@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde_json::json;
 use vmstash_repo::backend::FileKind;
 use vmstash_repo::disk_reader::map_segment;
+use vmstash_repo::Repository;
 
 use crate::args::Global;
 use crate::output::{human, line, print_json};
@@ -22,6 +23,49 @@ fn approx(n: u64) -> f64 {
 pub fn run(g: &Global) -> Result<ExitCode> {
     let repo = &repo::open(g)?;
     let _lock = repo::lock_for_reading(g, repo, "stats")?;
+    let v = measure(repo)?;
+    if g.json {
+        print_json(&v);
+        return Ok(exit::ok());
+    }
+    let count = |key: &str| v[key].as_u64().unwrap_or(0);
+    let times = |key: &str| v[key].as_f64().unwrap_or(0.0);
+    line(format_args!(
+        "snapshots:                 {}",
+        count("snapshots")
+    ));
+    line(format_args!(
+        "logical size (all disks):  {}",
+        human(count("logical_bytes"))
+    ));
+    line(format_args!(
+        "  of which non-zero:       {}",
+        human(count("nonzero_logical_bytes"))
+    ));
+    line(format_args!(
+        "unique data:               {} in {} blobs",
+        human(count("unique_data_bytes")),
+        count("blobs")
+    ));
+    line(format_args!(
+        "stored in repository:      {}",
+        human(count("repository_bytes"))
+    ));
+    line(format_args!(
+        "deduplication ratio:       {:.2}x",
+        times("dedup_ratio")
+    ));
+    line(format_args!(
+        "compression ratio:         {:.2}x",
+        times("compression_ratio")
+    ));
+    Ok(exit::ok())
+}
+
+/// What `vmstash stats --json` prints: snapshots, logical and non-zero bytes of their disks,
+/// unique and stored bytes, and the ratios (the daemon's `/stats` too). The caller holds a
+/// lock.
+pub fn measure(repo: &Repository) -> Result<serde_json::Value> {
     let idx = repo.load_index()?;
     let snaps = repo::snapshots_warning_of_damage(repo)?.0.snapshots;
     let mut logical = 0u64;
@@ -58,39 +102,12 @@ pub fn run(g: &Global) -> Result<ExitCode> {
             .sum::<u64>();
     }
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { approx(a) / approx(b) };
-    let v = json!({
+    Ok(json!({
         "snapshots": snaps.len(), "blobs": idx.len(), "logical_bytes": logical,
         "nonzero_logical_bytes": nonzero, "unique_data_bytes": unique,
         "stored_blob_bytes": blob_stored, "repository_bytes": files,
+        "stored_bytes": files,
         "dedup_ratio": ratio(nonzero, unique), "compression_ratio": ratio(unique, blob_stored),
         "space_saving_ratio": ratio(logical, files),
-    });
-    if g.json {
-        print_json(&v);
-    } else {
-        line(format_args!("snapshots:                 {}", snaps.len()));
-        line(format_args!(
-            "logical size (all disks):  {}",
-            human(logical)
-        ));
-        line(format_args!(
-            "  of which non-zero:       {}",
-            human(nonzero)
-        ));
-        line(format_args!(
-            "unique data:               {} in {} blobs",
-            human(unique),
-            idx.len()
-        ));
-        line(format_args!("stored in repository:      {}", human(files)));
-        line(format_args!(
-            "deduplication ratio:       {:.2}x",
-            ratio(nonzero, unique)
-        ));
-        line(format_args!(
-            "compression ratio:         {:.2}x",
-            ratio(unique, blob_stored)
-        ));
-    }
-    Ok(exit::ok())
+    }))
 }

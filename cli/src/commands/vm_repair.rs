@@ -33,32 +33,7 @@ pub fn run(g: &Global, a: &VmRepairArgs) -> Result<ExitCode> {
     if a.vm.is_empty() {
         return Err(usage("--vm NAME: which libvirt domain to repair"));
     }
-    let running = matches!(hv.virsh.state(&a.vm)?.as_str(), "running" | "paused");
-    let job = if running {
-        end_leftover_job(&hv.virsh, &a.vm)?
-    } else {
-        None
-    };
-    if let Some(checkpoint) = &job {
-        say(&format!(
-            "{}: ended the backup job an interrupted backup had left, and deleted its checkpoint {checkpoint}",
-            a.vm
-        ));
-    }
-    let repaired = repair_domain(&say, &hv.virsh, &a.vm)?;
-    let done = repaired.done;
-    let mut removed = Vec::new();
-    if !running {
-        let dom = parse_domain(&repaired.xml)?;
-        let key = dom.uuid.as_deref().unwrap_or(&a.vm);
-        for what in end_leftovers(&hv.virsh, &a.vm, key, &dom.disks)? {
-            say(&format!(
-                "{}: removed {what}, left by an interrupted backup",
-                a.vm
-            ));
-            removed.push(what);
-        }
-    }
+    let Repaired { job, done, removed } = repair_libvirt_vm(&hv, &a.vm, &say)?;
     if g.json {
         print_json(&json!({
             "message_type": "repaired", "vm": a.vm, "overlays_committed": done,
@@ -71,6 +46,46 @@ pub fn run(g: &Global, a: &VmRepairArgs) -> Result<ExitCode> {
         ));
     }
     Ok(exit::ok())
+}
+
+/// What [`repair_libvirt_vm`] did.
+pub struct Repaired {
+    /// The checkpoint of the backup job it ended.
+    pub job: Option<String>,
+    /// The overlays it committed.
+    pub done: Vec<String>,
+    /// What else it removed (qemu-nbd servers, bitmaps, scratch files).
+    pub removed: Vec<String>,
+}
+
+/// Ends the backup job a killed backup left on libvirt domain `vm`, commits its overlays
+/// and removes its other leftovers, saying each in `say`.
+pub fn repair_libvirt_vm(hv: &Hypervisor, vm: &str, say: &dyn Fn(&str)) -> Result<Repaired> {
+    let running = matches!(hv.virsh.state(vm)?.as_str(), "running" | "paused");
+    let job = if running {
+        end_leftover_job(&hv.virsh, vm)?
+    } else {
+        None
+    };
+    if let Some(checkpoint) = &job {
+        say(&format!(
+            "{vm}: ended the backup job an interrupted backup had left, and deleted its checkpoint {checkpoint}"
+        ));
+    }
+    let repaired = repair_domain(say, &hv.virsh, vm)?;
+    let done = repaired.done;
+    let mut removed = Vec::new();
+    if !running {
+        let dom = parse_domain(&repaired.xml)?;
+        let key = dom.uuid.as_deref().unwrap_or(vm);
+        for what in end_leftovers(&hv.virsh, vm, key, &dom.disks)? {
+            say(&format!(
+                "{vm}: removed {what}, left by an interrupted backup"
+            ));
+            removed.push(what);
+        }
+    }
+    Ok(Repaired { job, done, removed })
 }
 
 /// `vm-repair` of the QEMU behind a QMP socket: what an interrupted backup left in QEMU (see

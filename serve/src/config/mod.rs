@@ -18,6 +18,8 @@ use vmstash_repo::check::ReadData;
 use vmstash_repo::policy::KeepPolicy;
 use vmstash_repo::prune::PruneOptions;
 
+pub(crate) use checks::is_name;
+
 use crate::error::{ConfigIssue, ServeError};
 use crate::schedule::Schedule;
 

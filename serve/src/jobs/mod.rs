@@ -12,6 +12,5 @@ mod tests;
 
 pub use context::{JobContext, Level};
 pub use model::{Job, JobId, JobKind, JobRequest, JobState, Progress, Trigger};
-pub use runner::{
-    CancelError, Clock, Notifier, Runner, RunnerParts, SubmitError, SystemClock, Work,
-};
+pub use resolve::{Scope, SubmitError};
+pub use runner::{CancelError, Clock, Notifier, Runner, RunnerParts, SystemClock, Work};

@@ -4,8 +4,27 @@
 use vmstash_repo::check::ReadData;
 
 use super::model::{JobKind, JobRequest};
-use super::runner::{Scope, SubmitError};
 use crate::config::{Config, JobDef};
+
+/// Who is asking: the tenant a token is limited to (`None`: every tenant).
+pub type Scope<'a> = Option<&'a str>;
+
+/// Why a job was not created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// It names something that is not configured (or not the caller's tenant's).
+    #[error("{0}")]
+    NotFound(String),
+    /// It is well formed but cannot be done.
+    #[error("{0}")]
+    Invalid(String),
+    /// It reuses an idempotency key with another request.
+    #[error("{0}")]
+    Conflict(String),
+    /// The daemon is stopping.
+    #[error("the daemon is stopping: no new job is started")]
+    Stopping,
+}
 
 /// What a request resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]

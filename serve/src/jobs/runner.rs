@@ -19,7 +19,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::context::{JobContext, Level};
 use super::guards::{claims, conflict};
 use super::model::{Job, JobId, JobKind, JobRequest, JobState, Progress, Trigger};
-use super::resolve::resolve;
+use super::resolve::{resolve, Scope, SubmitError};
 use crate::config::Config;
 use crate::error::ServeError;
 use crate::events::{EventKind, Events};
@@ -62,23 +62,6 @@ impl Clock for SystemClock {
     }
 }
 
-/// Why a job was not created.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubmitError {
-    /// It names something that is not configured (or not the caller's tenant's).
-    #[error("{0}")]
-    NotFound(String),
-    /// It is well formed but cannot be done.
-    #[error("{0}")]
-    Invalid(String),
-    /// It reuses an idempotency key with another request.
-    #[error("{0}")]
-    Conflict(String),
-    /// The daemon is stopping.
-    #[error("the daemon is stopping: no new job is started")]
-    Stopping,
-}
-
 /// Why a job was not canceled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CancelError {
@@ -89,9 +72,6 @@ pub enum CancelError {
     #[error("job {0} has already ended ({1})")]
     Finished(String, &'static str),
 }
-
-/// Who is asking: the tenant a token is limited to (`None`: every tenant).
-pub type Scope<'a> = Option<&'a str>;
 
 struct Table {
     jobs: BTreeMap<JobId, Job>,

@@ -11,8 +11,9 @@ use vmstash_repo::snapshot::QemuConfig;
 use vmstash_repo::{CancelToken, Repository};
 
 use super::cbt_summary::CbtSummary;
-use super::{print_summary, store};
-use crate::args::{BackupArgs, Global};
+use super::sink::BackupSink;
+use super::store;
+use crate::args::BackupArgs;
 use crate::libvirt::hypervisor::{declared_format, Hypervisor};
 
 /// A VM's configuration as a snapshot keeps it.
@@ -26,8 +27,9 @@ pub(super) enum VmConfig {
 /// One VM's backup: what both ways of reading a running VM (changed-block tracking, or an
 /// external snapshot) share.
 pub(super) struct VmBackup<'a> {
-    pub g: &'a Global,
     pub say: &'a dyn Fn(&str),
+    /// Who hears of the snapshot's progress and summary.
+    pub sink: &'a dyn BackupSink,
     pub repo: &'a Repository,
     pub hv: &'a Hypervisor,
     pub name: &'a str,
@@ -71,14 +73,14 @@ impl VmBackup<'_> {
         plan.started = Some(self.since);
         plan.time = time.or_else(|| self.a.time.clone());
         adjust(&mut plan);
-        store(self.g, self.repo, plan, self.cancel)
+        store(self.sink, self.repo, plan, self.cancel)
     }
 
     /// Prints the summary of `report`, its duration counted from [`VmBackup::since`].
     pub fn summarise(&self, report: &BackupReport, cbt: Option<&CbtSummary>) {
         let mut report = report.clone();
         report.manifest.summary.duration_seconds = self.since.elapsed().as_secs_f64();
-        print_summary(self.g, &report, cbt);
+        self.sink.summary(&report, cbt);
     }
 
     /// Reads every disk from its image (the helper hashing it on the host where it runs).

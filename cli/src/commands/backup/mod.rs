@@ -3,9 +3,10 @@
 //! bar, and printing what it did.
 
 mod cbt;
-mod cbt_summary;
+pub mod cbt_summary;
 mod domain;
 mod qmp;
+pub mod sink;
 mod vm;
 
 use std::path::Path;
@@ -20,7 +21,10 @@ use vmstash_repo::{CancelToken, Repository};
 use crate::args::{BackupArgs, Global};
 use crate::exit::{self, usage};
 use crate::output::{self, human, print_json};
-use crate::{interrupt, progress, repo, source};
+use crate::{interrupt, repo, source};
+
+pub use sink::BackupSink;
+pub use vm::back_up_vms;
 
 /// Runs `vmstash backup`.
 pub fn run(g: &Global, a: &BackupArgs) -> Result<ExitCode> {
@@ -68,8 +72,9 @@ fn run_disks(g: &Global, a: &BackupArgs) -> Result<ExitCode> {
     plan.tags.clone_from(&a.tags);
     plan.started = Some(started);
     plan.time.clone_from(&a.time);
-    let report = store(g, &repo, plan, &cancel)?;
-    print_summary(g, &report, None);
+    let terminal = sink::Terminal::new(g);
+    let report = store(&terminal, &repo, plan, &cancel)?;
+    terminal.summary(&report, None);
     Ok(exit::ok())
 }
 
@@ -89,64 +94,30 @@ fn check_names(name: &str, tags: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Backs up `plan` with a progress bar (on a terminal), saying more with `-v`. The caller holds
-/// the repository lock. When `cancel` is set the backup stops, no snapshot is written, and one
-/// line says so.
+/// Backs up `plan`, telling `sink` (a progress bar on a terminal, saying more with `-v`; a
+/// daemon job's progress). The caller holds the repository lock. When `cancel` is set the
+/// backup stops, no snapshot is written, and one line says so.
 pub fn store(
-    g: &Global,
+    sink: &dyn BackupSink,
     repo: &Repository,
     plan: BackupPlan,
     cancel: &CancelToken,
 ) -> Result<BackupReport> {
-    let total: u64 = plan.disks.iter().map(|d| d.reader.size()).sum();
-    let bar = progress::bytes(g, total, "backup");
-    if g.verbose > 0 {
-        for d in &plan.disks {
-            eprintln!(
-                "disk {}: {} ({}), {} virtual",
-                d.name,
-                d.source,
-                d.reader.format().name(),
-                human(d.reader.size())
-            );
-        }
-    }
-    let names: Vec<&str> = plan.disks.iter().map(|d| d.name.as_str()).collect();
-    bar.set_message(names.join(" "));
+    sink.starting(&plan.name, &plan.disks);
     let what: Vec<String> = plan
         .disks
         .iter()
         .map(|d| format!("{} ({})", d.name, d.source))
         .collect();
     let snapshot = plan.name.clone();
-    let report = back_up(repo, plan, &|n| bar.inc(n), cancel);
-    bar.finish_and_clear();
+    let report = back_up(repo, plan, &|n| sink.advance(n), cancel);
+    sink.ended(report.as_ref().ok());
     if matches!(report, Err(vmstash_repo::Error::Cancelled)) {
-        eprintln!(
+        sink.say(&format!(
             "vmstash: interrupted: no snapshot of {snapshot} was written; the data already uploaded stays in the repository for the next backup to reuse, and the repository is intact"
-        );
+        ));
     }
-    let report = report.with_context(|| format!("backing up disk(s) {}", what.join(", ")))?;
-    if g.verbose > 0 {
-        let parent = report
-            .parent
-            .map_or_else(|| "none".to_string(), |p| p.short());
-        eprintln!(
-            "snapshot name {:?}, parent snapshot {parent}, {} blobs were in the repository",
-            report.manifest.name, report.known_blobs
-        );
-        for (d, c) in report.manifest.disks.iter().zip(&report.disks) {
-            eprintln!(
-                "disk {}: {} chunks, {} all-zero, {} new, {} read",
-                d.name,
-                c.chunks,
-                c.zero,
-                c.new,
-                human(c.read)
-            );
-        }
-    }
-    Ok(report)
+    report.with_context(|| format!("backing up disk(s) {}", what.join(", ")))
 }
 
 /// Prints what a backup did: one line (two with changed-block tracking), or the JSON summary.

@@ -50,11 +50,8 @@ pub(super) fn run(
         }
         hv.start_helper().map_err(|why| anyhow!(why))?;
     }
-    let say = |m: &str| {
-        if !g.quiet {
-            eprintln!("{m}");
-        }
-    };
+    let sink = super::sink::Terminal::new(g);
+    let say = |m: &str| super::sink::BackupSink::say(&sink, m);
     let link = QmpLink::new(hv)?;
     let cancel = interrupt::cancel_on_signals()?;
     let _lock = repo::lock_for_writing(g, repo, "backup")?;
@@ -86,8 +83,8 @@ pub(super) fn run(
     };
     let defs: Vec<DiskDef> = disks.iter().map(disk_def).collect();
     let v = VmBackup {
-        g,
         say: &say,
+        sink: &sink,
         repo,
         hv,
         name: &name,

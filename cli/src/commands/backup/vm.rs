@@ -13,6 +13,7 @@ use vmstash_repo::{CancelToken, Repository};
 use super::cbt;
 use super::cbt_summary::cbt_verdict;
 use super::domain::{VmBackup, VmConfig};
+use super::sink::{BackupSink, Terminal};
 use crate::args::{BackupArgs, CbtMode, Global};
 use crate::exit;
 use crate::libvirt::backup_job::end_leftover_job;
@@ -23,18 +24,73 @@ use crate::{interrupt, repo};
 
 /// Runs `vmstash backup --connect URI …`.
 pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode> {
+    let sink = Terminal::new(g);
+    let hv = Hypervisor::connect(connect, &g.ssh_options())?;
+    if hv.qmp_socket().is_some() {
+        let repo = repo::open(g)?;
+        return super::qmp::run(g, &repo, &hv, a, Instant::now());
+    }
+    let cancel = interrupt::cancel_on_signals()?;
+    let choose = |hv: &Hypervisor| -> Result<Vec<String>> {
+        if a.all {
+            hv.virsh.list_all()
+        } else {
+            Ok(a.vms.clone())
+        }
+    };
+    let outcome = back_up_vms(g, &hv, a, &choose, &sink, &cancel)?;
+    if cancel.is_cancelled() {
+        eprintln!("vmstash: interrupted; every VM was left on its original disks");
+        return Ok(ExitCode::from(exit::INTERRUPTED));
+    }
+    match outcome.failed.as_slice() {
+        [] => Ok(exit::ok()),
+        [(_, e)] if outcome.names.len() == 1 => Err(anyhow::anyhow!("{e:#}")),
+        failed => {
+            for (name, e) in failed {
+                eprintln!("vmstash: backing up {name}: {}", crate::output::describe(e));
+            }
+            let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+            bail!(
+                "{} of {} VMs failed: {}",
+                failed.len(),
+                outcome.names.len(),
+                names.join(", ")
+            )
+        }
+    }
+}
+
+/// What [`back_up_vms`] did.
+pub struct VmsOutcome {
+    /// The VMs it was to back up.
+    pub names: Vec<String>,
+    /// Those that failed, with why.
+    pub failed: Vec<(String, anyhow::Error)>,
+}
+
+/// Backs up the libvirt domains `choose` picks on `hv` (connected; not a QMP socket) into
+/// the repository of `g`, one snapshot each, telling `sink`; stops between (and inside)
+/// VMs when `cancel` is set, every VM back on its own disks. An error is one that stops
+/// them all (the repository, the hypervisor); a VM's own failure is in the outcome.
+pub fn back_up_vms(
+    g: &Global,
+    hv: &Hypervisor,
+    a: &BackupArgs,
+    choose: &dyn Fn(&Hypervisor) -> Result<Vec<String>>,
+    sink: &dyn BackupSink,
+    cancel: &CancelToken,
+) -> Result<VmsOutcome> {
     // Each VM's summary counts from here (the first) or from the end of the VM before: its
     // share of the connection, the helper's start, the snapshot and the commit included.
     let mut since = Instant::now();
-    let say = |m: &str| {
-        if !g.quiet {
-            eprintln!("{m}");
-        }
-    };
+    let say = |m: &str| sink.say(m);
     let repo = repo::open(g)?;
-    let hv = Hypervisor::connect(connect, &g.ssh_options())?;
     if hv.qmp_socket().is_some() {
-        return super::qmp::run(g, &repo, &hv, a, since);
+        bail!(
+            "{} is a QEMU's QMP socket, not libvirt: back it up with `vmstash backup --connect`",
+            hv.uri()
+        );
     }
     if !a.no_helper {
         if let Err(why) = hv.start_helper() {
@@ -43,49 +99,25 @@ pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode>
             ));
         }
     }
-    let names = if a.all {
-        hv.virsh.list_all()?
-    } else {
-        a.vms.clone()
-    };
+    let names = choose(hv)?;
     if names.is_empty() {
         bail!("no VM to back up: give --vm NAME or --all");
     }
-    let cancel = interrupt::cancel_on_signals()?;
     let _lock = repo::lock_for_writing(g, &repo, "backup")?;
     let mut failed = Vec::new();
     for name in &names {
         if cancel.is_cancelled() {
             break;
         }
-        let result = back_up_domain(g, &say, &repo, &hv, name, a, since, &cancel);
+        let result = back_up_domain(&say, sink, &repo, hv, name, a, since, cancel);
         since = Instant::now();
         match result {
             Ok(()) => {}
             Err(_) if cancel.is_cancelled() => break,
-            Err(e) if names.len() == 1 => return Err(e),
-            Err(e) => {
-                eprintln!(
-                    "vmstash: backing up {name}: {}",
-                    crate::output::describe(&e)
-                );
-                failed.push(name.clone());
-            }
+            Err(e) => failed.push((name.clone(), e)),
         }
     }
-    if cancel.is_cancelled() {
-        eprintln!("vmstash: interrupted; every VM was left on its original disks");
-        return Ok(ExitCode::from(exit::INTERRUPTED));
-    }
-    if !failed.is_empty() {
-        bail!(
-            "{} of {} VMs failed: {}",
-            failed.len(),
-            names.len(),
-            failed.join(", ")
-        );
-    }
-    Ok(exit::ok())
+    Ok(VmsOutcome { names, failed })
 }
 
 /// Backs up one domain: a running one with changed-block tracking where it can (see
@@ -93,8 +125,8 @@ pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode>
 /// on its disks, counts the time from `since`.
 #[allow(clippy::too_many_arguments)]
 fn back_up_domain(
-    g: &Global,
     say: &dyn Fn(&str),
+    sink: &dyn BackupSink,
     repo: &Repository,
     hv: &Hypervisor,
     name: &str,
@@ -126,8 +158,8 @@ fn back_up_domain(
         bail!("{name} has no disk vmstash can back up");
     }
     let v = VmBackup {
-        g,
         say,
+        sink,
         repo,
         hv,
         name,

@@ -1,0 +1,372 @@
+//! The daemon's work, on the engine and this binary's hypervisor code: a job's backup goes
+//! through the same code as `vmstash backup --connect` ([`back_up_vms`]), with its lines and
+//! progress going to the job ([`JobSink`]) instead of the terminal; check, prune and forget
+//! call the engine; a backup the previous daemon left unfinished is repaired like
+//! `vmstash vm-repair`.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::Utc;
+use vmstash_repo::backup::{BackupDisk, BackupReport};
+use vmstash_repo::check::{check, ReadData};
+use vmstash_repo::policy;
+use vmstash_repo::prune::{prune, Phase, PruneOptions, PruneProgress};
+use vmstash_repo::selection::{group, GroupBy};
+use vmstash_serve::config::{Config, HypervisorDef, JobDef, RepositoryDef};
+use vmstash_serve::jobs::model::DiskProgress;
+use vmstash_serve::jobs::{Job, JobContext, JobRequest, Level, Work};
+
+use super::global;
+use crate::args::{BackupArgs, CbtMode, Global};
+use crate::commands::backup::cbt_summary::CbtSummary;
+use crate::commands::backup::{back_up_vms, BackupSink};
+use crate::commands::forget::remove_all;
+use crate::commands::vm_repair::repair_libvirt_vm;
+use crate::libvirt::hypervisor::Hypervisor;
+use crate::output::{describe, human};
+use crate::repo;
+
+/// The daemon's work.
+pub struct DaemonWork {
+    config: Arc<Config>,
+}
+
+impl DaemonWork {
+    /// The work for the jobs of `config`.
+    pub fn new(config: Arc<Config>) -> DaemonWork {
+        DaemonWork { config }
+    }
+
+    fn repository(&self, name: Option<&str>) -> Result<&RepositoryDef> {
+        let name = name.context("the job names no repository")?;
+        self.config
+            .repositories
+            .get(name)
+            .ok_or_else(|| anyhow!("repository {name:?} is no longer configured"))
+    }
+
+    fn hypervisor(&self, name: Option<&str>) -> Result<&HypervisorDef> {
+        let name = name.context("the job names no hypervisor")?;
+        self.config
+            .hypervisors
+            .get(name)
+            .ok_or_else(|| anyhow!("hypervisor {name:?} is no longer configured"))
+    }
+
+    fn configured(&self, job: &Job) -> Option<&JobDef> {
+        job.job.as_ref().and_then(|n| self.config.jobs.get(n))
+    }
+
+    fn dispatch(&self, job: &Job, ctx: &JobContext) -> Result<()> {
+        match &job.request {
+            JobRequest::Backup { .. } => self.backup(job, ctx),
+            JobRequest::Check {
+                repository,
+                read_data_subset,
+            } => self.check(repository, read_data_subset.as_deref(), ctx),
+            JobRequest::Prune { repository } => {
+                let g = global::for_repository(self.repository(Some(repository))?, None);
+                prune_with(&g, &PruneOptions::default(), ctx)
+            }
+            JobRequest::Forget {
+                repository,
+                job: name,
+                prune,
+            } => self.forget(repository, name, *prune, ctx),
+            JobRequest::Copy { .. } | JobRequest::Restore { .. } => bail!(
+                "the daemon does not run {:?} jobs yet: run `vmstash copy` or `vmstash restore`",
+                job.kind
+            ),
+        }
+    }
+
+    fn backup(&self, job: &Job, ctx: &JobContext) -> Result<()> {
+        let repository = self.repository(job.repository.as_deref())?;
+        let hypervisor = self.hypervisor(job.hypervisor.as_deref())?;
+        let def = self.configured(job);
+        let g = global::for_repository(repository, Some(hypervisor));
+        let a = BackupArgs {
+            disks: Vec::new(),
+            connect: Some(hypervisor.uri.clone()),
+            vms: job.vms.clone(),
+            all: false,
+            exclude_disks: def.map(|d| d.exclude_disks.clone()).unwrap_or_default(),
+            name: None,
+            tags: def.map(|d| d.tags.clone()).unwrap_or_default(),
+            time: None,
+            no_helper: false,
+            cbt: CbtMode::Auto,
+            verify_cbt: false,
+        };
+        let choose = |hv: &Hypervisor| -> Result<Vec<String>> {
+            let chosen = match def.filter(|_| job.vms.is_empty()) {
+                Some(def) => {
+                    let all = hv.virsh.list_all()?;
+                    def.vms
+                        .select(&all)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect()
+                }
+                None => job.vms.clone(),
+            };
+            ctx.set_vms(chosen.clone());
+            ctx.log(Level::Info, &format!("backing up {}", chosen.join(", ")));
+            Ok(chosen)
+        };
+        let hv = Hypervisor::connect(&hypervisor.uri, &g.ssh_options())?;
+        let sink = JobSink { ctx };
+        let outcome = back_up_vms(&g, &hv, &a, &choose, &sink, ctx.cancel_token())?;
+        if ctx.cancel_token().is_cancelled() {
+            bail!("canceled; every VM was left on its original disks");
+        }
+        if outcome.failed.is_empty() {
+            return Ok(());
+        }
+        for (name, e) in &outcome.failed {
+            ctx.log(Level::Error, &format!("backing up {name}: {}", describe(e)));
+        }
+        let names: Vec<&str> = outcome.failed.iter().map(|(n, _)| n.as_str()).collect();
+        bail!(
+            "{} of {} VMs failed: {}",
+            outcome.failed.len(),
+            outcome.names.len(),
+            names.join(", ")
+        )
+    }
+
+    fn check(&self, repository: &str, subset: Option<&str>, ctx: &JobContext) -> Result<()> {
+        let g = global::for_repository(self.repository(Some(repository))?, None);
+        let read = subset
+            .map(ReadData::parse_subset)
+            .transpose()?
+            .unwrap_or(ReadData::None);
+        let repo = repo::open(&g)?;
+        let _lock = repo::lock_for_reading(&g, &repo, "check")?;
+        let report = check(&repo, read, &|n| ctx.update(|p| p.bytes_scanned += n))?;
+        for w in &report.warnings {
+            ctx.log(Level::Warn, w);
+        }
+        for e in &report.errors {
+            ctx.log(Level::Error, e);
+        }
+        ctx.log(
+            Level::Info,
+            &format!(
+                "checked {} snapshots, {} packs ({} read), {} blobs",
+                report.snapshots, report.packs, report.packs_read, report.blobs
+            ),
+        );
+        if !report.is_ok() {
+            bail!(
+                "the repository has {} errors (see the log); `vmstash repair` may help",
+                report.errors.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies configured job `name`'s retention to its VMs' snapshots, then prunes when
+    /// asked.
+    fn forget(
+        &self,
+        repository: &str,
+        name: &str,
+        and_prune: bool,
+        ctx: &JobContext,
+    ) -> Result<()> {
+        let def = self
+            .config
+            .jobs
+            .get(name)
+            .ok_or_else(|| anyhow!("job {name:?} is no longer configured"))?;
+        let retention = def
+            .retention
+            .as_ref()
+            .ok_or_else(|| anyhow!("job {name:?} has no retention"))?;
+        let g = global::for_repository(self.repository(Some(repository))?, None);
+        let repo = repo::open(&g)?;
+        let removed = {
+            let _lock = repo::lock_for_writing(&g, &repo, "forget")?;
+            let considered: Vec<_> = repo::snapshots_warning_of_damage(&repo)?
+                .0
+                .snapshots
+                .into_iter()
+                .filter(|(_, m)| def.vms.contains(&m.name))
+                .collect();
+            let now = Utc::now();
+            let mut remove = Vec::new();
+            for (_, snapshots) in group(considered, &GroupBy::default()) {
+                for d in policy::apply(&retention.policy, &snapshots, now) {
+                    if !d.keep {
+                        remove.push(d.id);
+                    }
+                }
+            }
+            remove_all(&repo, &remove)?
+        };
+        ctx.log(
+            Level::Info,
+            &format!("forgot {removed} snapshots by job {name}'s retention"),
+        );
+        match &retention.prune {
+            Some(options) if and_prune => prune_with(&g, options, ctx),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Prunes the repository of `g`, its phases' progress going to the job.
+fn prune_with(g: &Global, options: &PruneOptions, ctx: &JobContext) -> Result<()> {
+    let repo = repo::open(g)?;
+    let report = prune(&repo, options, &JobPrune { ctx }, ctx.cancel_token()).context("pruning")?;
+    ctx.log(
+        Level::Info,
+        &format!(
+            "prune: {}",
+            serde_json::to_string(&report).unwrap_or_default()
+        ),
+    );
+    Ok(())
+}
+
+impl Work for DaemonWork {
+    fn run(&self, job: &Job, ctx: &JobContext) -> Result<(), String> {
+        self.dispatch(job, ctx).map_err(|e| describe(&e))
+    }
+
+    fn repair(&self, job: &Job, ctx: &JobContext) -> Result<(), String> {
+        let repair = || -> Result<()> {
+            let repository = self.repository(job.repository.as_deref())?;
+            let hypervisor = self.hypervisor(job.hypervisor.as_deref())?;
+            let g = global::for_repository(repository, Some(hypervisor));
+            let hv = Hypervisor::connect(&hypervisor.uri, &g.ssh_options())?;
+            let vms = if job.vms.is_empty() {
+                // A job of globs that had not listed its VMs yet: every VM it may have touched.
+                let all = hv.virsh.list_all()?;
+                match self.configured(job) {
+                    Some(def) => def
+                        .vms
+                        .select(&all)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                    None => Vec::new(),
+                }
+            } else {
+                job.vms.clone()
+            };
+            for vm in vms {
+                repair_libvirt_vm(&hv, &vm, &|m| ctx.log(Level::Info, m))?;
+            }
+            Ok(())
+        };
+        repair().map_err(|e| describe(&e))
+    }
+}
+
+/// A backup's lines and progress, into its job.
+struct JobSink<'a> {
+    ctx: &'a JobContext,
+}
+
+impl BackupSink for JobSink<'_> {
+    fn say(&self, line: &str) {
+        self.ctx.log(Level::Info, line);
+    }
+
+    fn starting(&self, name: &str, disks: &[BackupDisk]) {
+        self.ctx.update(|p| {
+            for d in disks {
+                p.bytes_total += d.reader.size();
+                p.disks.push(DiskProgress {
+                    vm: name.to_owned(),
+                    disk: d.name.clone(),
+                    bytes_total: d.reader.size(),
+                    bytes_scanned: 0,
+                });
+            }
+        });
+        let what: Vec<String> = disks
+            .iter()
+            .map(|d| format!("{} ({})", d.name, human(d.reader.size())))
+            .collect();
+        self.ctx
+            .log(Level::Info, &format!("{name}: reading {}", what.join(", ")));
+    }
+
+    fn advance(&self, bytes: u64) {
+        // The engine reads a snapshot's disks one after the other: the bytes go to the first
+        // disk not yet done.
+        self.ctx.update(|p| {
+            p.bytes_scanned += bytes;
+            let mut left = bytes;
+            for d in p
+                .disks
+                .iter_mut()
+                .filter(|d| d.bytes_scanned < d.bytes_total)
+            {
+                let take = left.min(d.bytes_total - d.bytes_scanned);
+                d.bytes_scanned += take;
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn ended(&self, report: Option<&BackupReport>) {
+        let Some(report) = report else { return };
+        self.ctx.update(|p| {
+            for c in &report.disks {
+                p.bytes_read += c.read;
+                p.chunks_new += c.new;
+                p.chunks_known += c.chunks.saturating_sub(c.new + c.zero);
+            }
+            p.bytes_stored += report.manifest.summary.bytes_added;
+        });
+    }
+
+    fn summary(&self, report: &BackupReport, cbt: Option<&CbtSummary>) {
+        self.ctx.add_snapshot(report.id.to_hex());
+        let s = &report.manifest.summary;
+        self.ctx.log(
+            Level::Info,
+            &format!(
+                "{}: snapshot {} saved: {} disk(s), {}; read {}, added {} ({} new of {} chunks)",
+                report.manifest.name,
+                report.id.short(),
+                report.manifest.disks.len(),
+                human(s.disk_bytes),
+                human(s.bytes_read),
+                human(s.bytes_added),
+                s.new_chunks,
+                s.chunks
+            ),
+        );
+        if let Some(cbt) = cbt {
+            self.ctx.log(Level::Info, &cbt.line());
+        }
+    }
+}
+
+/// A prune's phases, into its job's progress.
+struct JobPrune<'a> {
+    ctx: &'a JobContext,
+}
+
+impl PruneProgress for JobPrune<'_> {
+    fn start(&self, phase: Phase, total: u64) {
+        self.ctx.log(Level::Info, &format!("prune: {phase:?}"));
+        self.ctx.update(|p| {
+            p.bytes_total = total;
+            p.bytes_scanned = 0;
+        });
+    }
+
+    fn advance(&self, n: u64) {
+        self.ctx.update(|p| p.bytes_scanned += n);
+    }
+}
