@@ -76,7 +76,9 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()>) -> Result<(),
         runner: runner.clone(),
         tokens: Arc::new(Tokens::new(state.clone())),
         catalog: parts.catalog,
-        limiter: Arc::default(),
+        limiter: Arc::new(crate::api::auth::FailureLimiter::new(
+            config.server.max_auth_failures,
+        )),
     })
     .into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();

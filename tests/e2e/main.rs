@@ -22,6 +22,7 @@ mod qmp;
 mod repair;
 mod roundtrip;
 mod s3;
+mod serve;
 mod ssh;
 mod util;
 mod vectors;

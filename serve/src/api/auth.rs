@@ -1,6 +1,6 @@
 //! Who is calling (spec/SERVE.md §3): the bearer token checked against the tokens file, the
-//! role a route needs, and a limit on failed attempts per address (10 a minute, then 429 for
-//! a minute, whatever is sent).
+//! role a route needs, and a limit on failed attempts per address (`max_auth_failures` a
+//! minute, 10 by default, then 429 for a minute, whatever is sent).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,28 +14,34 @@ use axum::http::{header, StatusCode};
 use super::{ApiError, ApiState};
 use crate::tokens::{Role, TokenRecord, Verdict};
 
-/// Failed attempts an address may make within [`WINDOW`].
-const MAX_FAILURES: usize = 10;
 /// The window failures are counted in, and how long an address is refused after.
 const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses tracked at most (the oldest entries go first when full).
 const MAX_TRACKED: usize = 10_000;
 
 /// Failed authentications per address.
-#[derive(Default)]
 pub struct FailureLimiter {
+    max: usize,
     failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
 }
 
 impl FailureLimiter {
-    /// Whether `ip` is refused now: it failed [`MAX_FAILURES`] times within the window.
+    /// A limiter that refuses an address after `max` failures within a minute.
+    pub fn new(max: usize) -> FailureLimiter {
+        FailureLimiter {
+            max,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` is refused now: it failed `max` times within the window.
     fn refused(&self, ip: IpAddr, now: Instant) -> bool {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(times) = failures.get_mut(&ip) else {
             return false;
         };
         times.retain(|t| now.duration_since(*t) < WINDOW);
-        times.len() >= MAX_FAILURES
+        times.len() >= self.max
     }
 
     /// Counts a failure of `ip`.

@@ -3,8 +3,10 @@
 //! blocking work (reading a repository) runs on tokio's blocking threads.
 
 pub mod auth;
+pub mod openapi;
 pub mod routes;
 pub mod sse;
+pub mod types;
 pub mod ui;
 
 use std::sync::Arc;
@@ -108,6 +110,10 @@ impl IntoResponse for ApiError {
 /// The whole router: the API under `/v1`, the dashboard at `/` and `/ui/*`.
 pub fn router(state: ApiState) -> axum::Router {
     routes::v1()
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(openapi::openapi_json),
+        )
         .merge(ui::routes())
         .with_state(state)
         .layer(axum::middleware::from_fn(security_headers))

@@ -8,6 +8,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::types::{
+    CheckSchedule, CreatedToken, ErrorBody, Health, HypervisorInfo, NewToken, RepositoryInfo,
+    ScheduleInfo, TokenInfo, WhoAmI,
+};
+use crate::jobs::model::rfc3339_text;
+
 use super::auth::Caller;
 use super::{sse, ApiError, ApiState};
 use crate::config::RepositoryDef;
@@ -40,13 +46,36 @@ pub fn v1() -> Router<ApiState> {
         .route("/v1/tokens/{id}", delete(revoke_token))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "public",
+    description = "Whether the daemon answers; no token needed.",
+    responses((status = 200, body = Health))
+)]
+pub(super) async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
-async fn whoami(caller: Caller) -> Json<Value> {
-    let t = &caller.token;
-    Json(json!({ "id": t.id, "name": t.name, "role": t.role, "tenant": t.tenant }))
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "viewer",
+    description = "The caller's token: id, name, role, tenant.",
+    responses((status = 200, body = WhoAmI), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    let t = caller.token;
+    Json(WhoAmI {
+        id: t.id,
+        name: t.name,
+        role: t.role,
+        tenant: t.tenant,
+    })
 }
 
 /// A location as the API shows it: without the user part of a URL.
@@ -78,15 +107,34 @@ fn visible_repository<'s>(
         .ok_or_else(|| ApiError::not_found(format!("no repository {name:?}")))
 }
 
-async fn repositories(State(state): State<ApiState>, caller: Caller) -> Json<Value> {
-    let list: Vec<Value> = state
+#[utoipa::path(
+    get,
+    path = "/v1/repositories",
+    tag = "viewer",
+    description = "The configured repositories the caller's tenant sees.",
+    responses((status = 200, body = Vec<RepositoryInfo>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn repositories(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Json<Vec<RepositoryInfo>> {
+    let list = state
         .config()
         .repositories
         .values()
-        .filter(|r| caller.scope().is_none_or(|t| r.tenant.as_deref() == Some(t)))
-        .map(|r| json!({ "name": r.name, "location": shown_location(&r.location), "tenant": r.tenant }))
+        .filter(|r| {
+            caller
+                .scope()
+                .is_none_or(|t| r.tenant.as_deref() == Some(t))
+        })
+        .map(|r| RepositoryInfo {
+            name: r.name.clone(),
+            location: shown_location(&r.location),
+            tenant: r.tenant.clone(),
+        })
         .collect();
-    Json(Value::Array(list))
+    Json(list)
 }
 
 /// Runs a catalog call on a blocking thread; its error is the daemon's fault (500), logged.
@@ -105,12 +153,21 @@ async fn catalog_call<T: Send + 'static>(
 }
 
 #[derive(Deserialize)]
-struct SnapshotQuery {
+pub(super) struct SnapshotQuery {
     vm: Option<String>,
     tag: Option<String>,
 }
 
-async fn snapshots(
+#[utoipa::path(
+    get,
+    path = "/v1/repositories/{name}/snapshots",
+    tag = "viewer",
+    description = "A repository's snapshots, newest first (as `vmstash snapshots --json`).",
+    params(("name" = String, Path, description = "the repository"), ("vm" = Option<String>, Query, description = "only this VM's"), ("tag" = Option<String>, Query, description = "only those with this tag")),
+    responses((status = 200, body = Vec<serde_json::Value>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn snapshots(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -131,7 +188,16 @@ async fn snapshots(
     Ok(Json(Value::Array(list)))
 }
 
-async fn stats(
+#[utoipa::path(
+    get,
+    path = "/v1/repositories/{name}/stats",
+    tag = "viewer",
+    description = "Logical and stored sizes, dedup and compression ratios (as `vmstash stats --json`).",
+    params(("name" = String, Path, description = "the repository")),
+    responses((status = 200, body = serde_json::Value), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn stats(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -151,7 +217,16 @@ async fn stats(
     Ok(Json(stats))
 }
 
-async fn snapshot(
+#[utoipa::path(
+    get,
+    path = "/v1/snapshots/{id}",
+    tag = "viewer",
+    description = "One snapshot by id or unique prefix, in any repository the caller sees.",
+    params(("id" = String, Path, description = "the snapshot's id or a unique prefix of it")),
+    responses((status = 200, body = serde_json::Value), (status = 400, description = "not 4 to 64 hex digits", body = ErrorBody), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 409, description = "the prefix is ambiguous", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn snapshot(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -178,17 +253,29 @@ async fn snapshot(
     let wanted = id.to_ascii_lowercase();
     let found = catalog_call(format!("looking for snapshot {id}"), move || {
         let mut found = Vec::new();
+        let mut unreadable = Vec::new();
         for name in names {
             let Some(repo) = runner.config().repositories.get(&name) else {
                 continue;
             };
-            for s in catalog.snapshots(repo, None, None)? {
+            let snapshots = match catalog.snapshots(repo, None, None) {
+                Ok(s) => s,
+                Err(e) => {
+                    unreadable.push(format!("{name}: {e}"));
+                    continue;
+                }
+            };
+            for s in snapshots {
                 if s["id"].as_str().is_some_and(|i| i.starts_with(&wanted)) {
                     let mut s = s;
                     s["repository"] = json!(name);
                     found.push(s);
                 }
             }
+        }
+        // A repository that cannot be read may hold it: not "not found", then.
+        if found.is_empty() && !unreadable.is_empty() {
+            return Err(unreadable.join("; "));
         }
         Ok(found)
     })
@@ -203,8 +290,19 @@ async fn snapshot(
     }
 }
 
-async fn hypervisors(State(state): State<ApiState>, caller: Caller) -> Json<Value> {
-    let list: Vec<Value> = state
+#[utoipa::path(
+    get,
+    path = "/v1/hypervisors",
+    tag = "viewer",
+    description = "The configured hypervisors the caller's tenant sees.",
+    responses((status = 200, body = Vec<HypervisorInfo>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn hypervisors(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Json<Vec<HypervisorInfo>> {
+    let list = state
         .config()
         .hypervisors
         .values()
@@ -213,46 +311,76 @@ async fn hypervisors(State(state): State<ApiState>, caller: Caller) -> Json<Valu
                 .scope()
                 .is_none_or(|t| h.tenant.as_deref() == Some(t))
         })
-        .map(|h| json!({ "name": h.name, "uri": shown_location(&h.uri), "tenant": h.tenant }))
+        .map(|h| HypervisorInfo {
+            name: h.name.clone(),
+            uri: shown_location(&h.uri),
+            tenant: h.tenant.clone(),
+        })
         .collect();
-    Json(Value::Array(list))
+    Json(list)
 }
 
-async fn schedules(State(state): State<ApiState>, caller: Caller) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    tag = "viewer",
+    description = "The configured jobs with their next runs.",
+    responses((status = 200, body = Vec<ScheduleInfo>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn schedules(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Json<Vec<ScheduleInfo>> {
     let now = state.runner.now();
-    let list: Vec<Value> = state
+    let next = |s: &crate::schedule::Schedule| s.next_after(now).map(|t| rfc3339_text(&t));
+    let list = state
         .config()
         .jobs
         .values()
-        .filter(|j| caller.scope().is_none_or(|t| j.tenant.as_deref() == Some(t)))
-        .map(|j| {
-            let next = j.schedule.as_ref().and_then(|s| s.next_after(now));
-            json!({
-                "name": j.name, "kind": "backup", "repository": j.repository,
-                "hypervisor": j.hypervisor, "vms": j.vms.names, "all": j.vms.all,
-                "exclude": j.vms.exclude,
-                "schedule": j.schedule.as_ref().map(|s| s.text()),
-                "time_zone": j.schedule.as_ref().map(|s| s.zone().name()),
-                "next_run": next.map(|t| crate::jobs::model::rfc3339_text(&t)),
-                "check": j.check.as_ref().map(|c| json!({
-                    "schedule": c.schedule.text(),
-                    "next_run": c.schedule.next_after(now).map(|t| crate::jobs::model::rfc3339_text(&t)),
-                })),
-                "tenant": j.tenant,
-            })
+        .filter(|j| {
+            caller
+                .scope()
+                .is_none_or(|t| j.tenant.as_deref() == Some(t))
+        })
+        .map(|j| ScheduleInfo {
+            name: j.name.clone(),
+            kind: "backup".into(),
+            repository: j.repository.clone(),
+            hypervisor: j.hypervisor.clone(),
+            vms: j.vms.names.clone(),
+            all: j.vms.all,
+            exclude: j.vms.exclude.clone(),
+            schedule: j.schedule.as_ref().map(|s| s.text().to_owned()),
+            time_zone: j.schedule.as_ref().map(|s| s.zone().name().to_owned()),
+            next_run: j.schedule.as_ref().and_then(next),
+            check: j.check.as_ref().map(|c| CheckSchedule {
+                schedule: c.schedule.text().to_owned(),
+                next_run: next(&c.schedule),
+            }),
+            tenant: j.tenant.clone(),
         })
         .collect();
-    Json(Value::Array(list))
+    Json(list)
 }
 
 #[derive(Deserialize)]
-struct JobQuery {
+pub(super) struct JobQuery {
     state: Option<String>,
     kind: Option<String>,
     limit: Option<usize>,
 }
 
-async fn jobs(
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "viewer",
+    description = "Jobs the caller's tenant sees, newest first.",
+    params(("state" = Option<String>, Query, description = "only jobs in this state"), ("kind" = Option<String>, Query, description = "only jobs of this kind"), ("limit" = Option<usize>, Query, description = "at most this many (1000 at most)")),
+    responses((status = 200, body = Vec<Job>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn jobs(
     State(state): State<ApiState>,
     caller: Caller,
     Query(q): Query<JobQuery>,
@@ -288,7 +416,17 @@ fn accepted(job: Job) -> Response {
         .into_response()
 }
 
-async fn start_job(
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "operator",
+    description = "Starts a job (spec section 6.3); a repeated Idempotency-Key returns the first job.",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 64 printable ASCII characters")),
+    request_body = JobRequest,
+    responses((status = 202, description = "the job; its URL in Location", body = Job), (status = 400, description = "a malformed Idempotency-Key", body = ErrorBody), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 403, description = "the token's role is too weak", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 409, description = "the Idempotency-Key was used for another request", body = ErrorBody), (status = 422, description = "not a job this daemon runs", body = ErrorBody), (status = 503, description = "the daemon is stopping", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn start_job(
     State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
@@ -337,7 +475,16 @@ async fn start_job(
     }
 }
 
-async fn job(
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "viewer",
+    description = "One job.",
+    params(("id" = String, Path, description = "the job's id")),
+    responses((status = 200, body = Job), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn job(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -349,7 +496,16 @@ async fn job(
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
-async fn job_log(
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/log",
+    tag = "viewer",
+    description = "A job's log (its last 8 MiB), one line per event.",
+    params(("id" = String, Path, description = "the job's id")),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn job_log(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -373,7 +529,16 @@ async fn job_log(
     }
 }
 
-async fn cancel_job(
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    tag = "operator",
+    description = "Cancels a queued job, or stops a running one safely.",
+    params(("id" = String, Path, description = "the job's id")),
+    responses((status = 202, body = Job), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 403, description = "the token's role is too weak", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 409, description = "the job has already ended", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn cancel_job(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -393,34 +558,48 @@ fn manages(caller: &Caller, tenant: Option<&str>) -> bool {
     caller.scope().is_none_or(|t| tenant == Some(t))
 }
 
-async fn tokens(State(state): State<ApiState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "admin",
+    description = "The tokens (the caller's tenant's), without their secrets.",
+    responses((status = 200, body = Vec<TokenInfo>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 403, description = "the token's role is too weak", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn tokens(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     caller.require(Role::Admin)?;
     let list = state.tokens.list().map_err(|e| {
         tracing::error!("tokens: {e}");
         ApiError::internal("the tokens cannot be read (see the daemon's log)")
     })?;
-    let shown: Vec<Value> = list
+    let shown = list
         .into_iter()
         .filter(|t| manages(&caller, t.tenant.as_deref()))
-        .map(|t| {
-            json!({ "id": t.id, "name": t.name, "role": t.role, "tenant": t.tenant,
-                    "created": t.created, "expires": t.expires })
+        .map(|t| TokenInfo {
+            id: t.id,
+            name: t.name,
+            role: t.role,
+            tenant: t.tenant,
+            created: rfc3339_text(&t.created),
+            expires: t.expires.as_ref().map(rfc3339_text),
         })
         .collect();
-    Ok(Json(Value::Array(shown)))
+    Ok(Json(shown))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewToken {
-    name: String,
-    role: Role,
-    tenant: Option<String>,
-    /// Days it is valid.
-    expires_days: Option<u32>,
-}
-
-async fn create_token(
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "admin",
+    description = "Makes a token; its secret is in this answer only.",
+    request_body = NewToken,
+    responses((status = 201, body = CreatedToken), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 403, description = "the token's role is too weak", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 422, description = "not a token request", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn create_token(
     State(state): State<ApiState>,
     caller: Caller,
     body: axum::body::Bytes,
@@ -450,15 +629,27 @@ async fn create_token(
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "id": record.id, "token": secret, "role": record.role,
-                     "tenant": record.tenant, "expires": record.expires }),
-        ),
+        Json(CreatedToken {
+            id: record.id,
+            token: secret,
+            role: record.role,
+            tenant: record.tenant,
+            expires: record.expires.as_ref().map(rfc3339_text),
+        }),
     )
         .into_response())
 }
 
-async fn revoke_token(
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "admin",
+    description = "Revokes a token.",
+    params(("id" = String, Path, description = "the token's id")),
+    responses((status = 204, description = "revoked"), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 403, description = "the token's role is too weak", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(super) async fn revoke_token(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -138,6 +138,15 @@ fn sse(
 }
 
 /// `GET /v1/events`: every job the caller sees.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "viewer",
+    description = "Server-Sent Events of every job the caller's tenant sees (spec section 6.4): job, progress, log, reset; replay after Last-Event-ID.",
+    params(("Last-Event-ID" = Option<String>, Header, description = "the id of the last event received")),
+    responses((status = 200, content_type = "text/event-stream", body = String), (status = 401, description = "no, a wrong or an expired token", body = crate::api::types::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn all_events(
     State(state): State<ApiState>,
     caller: Caller,
@@ -151,6 +160,22 @@ pub async fn all_events(
 }
 
 /// `GET /v1/jobs/{id}/events`: one job.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    tag = "viewer",
+    description = "Server-Sent Events of one job (spec section 6.4).",
+    params(
+        ("id" = String, Path, description = "the job's id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "the id of the last event received")
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String),
+        (status = 401, description = "no, a wrong or an expired token", body = crate::api::types::ErrorBody),
+        (status = 404, description = "no such job (or another tenant's)", body = crate::api::types::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn job_events(
     State(state): State<ApiState>,
     caller: Caller,

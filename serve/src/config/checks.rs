@@ -19,7 +19,7 @@ use super::raw;
 use super::{
     CheckDef, Config, Email, HypervisorDef, JobDef, NotificationDef, NotifyOn, PasswordSource,
     RepositoryDef, Retention, Server, Transport, VmSelection, DEFAULT_KEEP_HISTORY, DEFAULT_LISTEN,
-    DEFAULT_MAX_JOBS, DEFAULT_STATE_DIR,
+    DEFAULT_MAX_AUTH_FAILURES, DEFAULT_MAX_JOBS, DEFAULT_STATE_DIR,
 };
 use crate::error::{ConfigIssue, ServeError};
 use crate::schedule::Schedule;
@@ -166,6 +166,12 @@ impl Checker<'_> {
         }
         let max_jobs = self.bounded(s.max_jobs.as_ref(), "max_jobs", 1, MAX_MAX_JOBS);
         let keep_history = self.bounded(s.keep_history.as_ref(), "keep_history", 1, 1_000_000);
+        let max_auth_failures = self.bounded(
+            s.max_auth_failures.as_ref(),
+            "max_auth_failures",
+            1,
+            1_000_000,
+        );
         Server {
             listen,
             transport,
@@ -178,6 +184,7 @@ impl Checker<'_> {
                 .unwrap_or(NonZeroUsize::MIN),
             time_zone: self.zone(s.time_zone.as_ref()).unwrap_or(Tz::UTC),
             keep_history: keep_history.unwrap_or(DEFAULT_KEEP_HISTORY),
+            max_auth_failures: max_auth_failures.unwrap_or(DEFAULT_MAX_AUTH_FAILURES),
         }
     }
 

@@ -31,6 +31,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/vmstash";
 pub const DEFAULT_MAX_JOBS: usize = 2;
 /// Finished jobs kept in the history when `keep_history` is not given.
 pub const DEFAULT_KEEP_HISTORY: usize = 1000;
+/// Failed authentications an address may make in a minute when `max_auth_failures` is not
+/// given.
+pub const DEFAULT_MAX_AUTH_FAILURES: usize = 10;
 
 /// The whole configuration, checked.
 #[derive(Debug)]
@@ -66,6 +69,9 @@ pub struct Server {
     pub time_zone: Tz,
     /// Finished jobs kept.
     pub keep_history: usize,
+    /// Failed authentications an address may make in a minute before it is refused (429)
+    /// for a minute.
+    pub max_auth_failures: usize,
 }
 
 /// How the API's connections are secured (§5).

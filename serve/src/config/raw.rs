@@ -36,6 +36,7 @@ pub(super) struct Server {
     pub max_jobs: Option<Spanned<i64>>,
     pub time_zone: Option<Spanned<String>>,
     pub keep_history: Option<Spanned<i64>>,
+    pub max_auth_failures: Option<Spanned<i64>>,
 }
 
 /// `[repositories.<name>]`.

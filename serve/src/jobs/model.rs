@@ -3,9 +3,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// What a job does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     /// Back up VMs of a hypervisor.
@@ -23,7 +24,7 @@ pub enum JobKind {
 }
 
 /// Where a job is in its life. The last three are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for its VMs, its repository or a free slot.
@@ -60,7 +61,7 @@ impl JobState {
 }
 
 /// Who started a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// Its configured schedule (or a configured job's follow-up: retention, copy).
@@ -70,7 +71,7 @@ pub enum Trigger {
 }
 
 /// A disk's share of a backup's progress.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DiskProgress {
     /// The VM.
     pub vm: String,
@@ -83,7 +84,7 @@ pub struct DiskProgress {
 }
 
 /// How far a running job is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Progress {
     /// Bytes the job will look at (a backup: the disks' virtual sizes).
     pub bytes_total: u64,
@@ -106,7 +107,7 @@ pub struct Progress {
 }
 
 /// What can be asked of the daemon: the body of `POST /v1/jobs` (§6.3).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum JobRequest {
     /// Back up: a configured job now, or VMs of a configured hypervisor into a repository.
@@ -190,8 +191,9 @@ impl JobRequest {
 
 /// A job's id: `j-`, its creation time (UTC, basic format), `-`, 4 random hex digits; ids
 /// sort by creation.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, example = "j-20261204T020000Z-3f9a")]
 pub struct JobId(String);
 
 impl JobId {
@@ -229,7 +231,7 @@ impl std::fmt::Display for JobId {
 }
 
 /// A job: what the API shows and the history keeps (§6.1).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {
     /// Its id.
     pub id: JobId,

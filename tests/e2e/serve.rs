@@ -1,0 +1,541 @@
+//! `vmstash serve`: the real daemon over HTTPS (its own self-signed certificate, pinned by
+//! the client), its tokens, roles and tenants on every route of its OpenAPI document, the
+//! failed-authentication limit, and a real backup job of a real libvirt VM over SSH watched
+//! through Server-Sent Events that are dropped and resumed.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, Response};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::fixtures::libvirt::TestVm;
+use crate::fixtures::sshd::Sshd;
+use crate::util::{assert_raw_images_equal, bin, sha256_file, Repo, PASSWORD};
+
+/// How long the daemon may take to answer its first request.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running daemon on a free loopback port with its own state directory; killed on drop.
+struct Daemon {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    base: String,
+    client: Client,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Daemon {
+    /// Starts `vmstash serve` with repository `main` (the test repository), a repository
+    /// `acme` of tenant acme, `server` lines added to `[server]`, and `extra` tables.
+    fn start(repo: &Repo, server: &str, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, format!("{PASSWORD}\n")).expect("write");
+        std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let port = free_port();
+        let config = dir.path().join("vmstash.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{state}\"\n{server}\n\
+                 [repositories.main]\nlocation = \"{main}\"\npassword_file = \"{pass}\"\n\
+                 [repositories.acme]\nlocation = \"{acme}\"\npassword_file = \"{pass}\"\ntenant = \"acme\"\n{extra}",
+                state = dir.path().join("state").display(),
+                main = repo.path.display(),
+                acme = dir.path().join("acme-repo").display(),
+                pass = pass.display(),
+            ),
+        )
+        .expect("config");
+        let acme = Command::new(bin())
+            .arg("-r")
+            .arg(dir.path().join("acme-repo"))
+            .arg("init")
+            .env("VMSTASH_PASSWORD", PASSWORD)
+            .output()
+            .expect("init acme's repository");
+        assert!(acme.status.success(), "{}", crate::util::describe(&acme));
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log");
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        let cert = dir.path().join("state/tls/cert.pem");
+        let started = Instant::now();
+        let mut daemon = Daemon {
+            base: format!("https://127.0.0.1:{port}"),
+            client: Client::new(),
+            config,
+            child: Some(child),
+            dir,
+        };
+        loop {
+            assert!(
+                started.elapsed() < START_PATIENCE,
+                "the daemon did not answer: {}",
+                daemon.log()
+            );
+            if let Ok(pem) = std::fs::read(&cert) {
+                // Trust exactly the daemon's own certificate.
+                let client = reqwest::Certificate::from_pem(&pem)
+                    .ok()
+                    .and_then(|c| Client::builder().tls_certs_only([c]).build().ok());
+                if let Some(client) = client {
+                    daemon.client = client;
+                    let health = daemon.client.get(daemon.url("/v1/health")).send();
+                    if health.is_ok_and(|r| r.status() == StatusCode::OK) {
+                        return daemon;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A new token (`vmstash serve token create`).
+    fn token(&self, role: &str, tenant: Option<&str>, expires: Option<&str>) -> String {
+        let mut c = Command::new(bin());
+        c.args(["serve", "--config"]).arg(&self.config);
+        c.args(["token", "create", "--role", role]);
+        if let Some(t) = tenant {
+            c.args(["--tenant", t]);
+        }
+        if let Some(e) = expires {
+            c.args(["--expires", e]);
+        }
+        let out = c.output().expect("token create");
+        assert!(out.status.success(), "{}", crate::util::describe(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut r = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        r.send().expect("request")
+    }
+
+    fn json(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let r = self.request(method, path, Some(token), body);
+        let status = r.status();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    /// SIGTERM, and the exit status once it stopped.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        crate::util::sh("kill", &["-TERM", &child.id().to_string()]);
+        let status = child.wait().expect("wait");
+        (status, self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Every route of the daemon's own OpenAPI document (so that a new route cannot be left
+/// out): method, path and the least role (its tag; `None`: public).
+fn documented_routes(daemon: &Daemon) -> Vec<(String, String, Option<String>)> {
+    let doc: Value = daemon
+        .request("GET", "/v1/openapi.json", None, None)
+        .json()
+        .expect("the OpenAPI document");
+    let mut routes = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            let tag = op["tags"][0].as_str().expect("a role tag");
+            let role = (tag != "public").then(|| tag.to_owned());
+            routes.push((method.to_uppercase(), path.clone(), role));
+        }
+    }
+    routes
+}
+
+#[test]
+fn every_route_refuses_missing_wrong_expired_weak_and_other_tenants_tokens() {
+    let repo = Repo::init();
+    let daemon = Daemon::start(&repo, "max_auth_failures = 100000", "");
+    let admin = daemon.token("admin", None, None);
+    let operator = daemon.token("operator", None, None);
+    let viewer = daemon.token("viewer", None, None);
+    let acme_admin = daemon.token("admin", Some("acme"), None);
+    let expired = daemon.token("admin", None, Some("1s"));
+    std::thread::sleep(Duration::from_millis(1500));
+    // Objects of the global tenant for the routes that name one.
+    let (status, job) = daemon.json(
+        "POST",
+        "/v1/jobs",
+        &admin,
+        Some(&json!({"kind": "check", "repository": "main"})),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["id"].as_str().expect("job id").to_owned();
+    let token_id = viewer[4..12].to_owned();
+    let fill = |path: &str| {
+        path.replace("{name}", "main").replace(
+            "{id}",
+            if path.starts_with("/v1/tokens") {
+                &token_id
+            } else if path.starts_with("/v1/snapshots") {
+                "00000000"
+            } else {
+                &job_id
+            },
+        )
+    };
+    let body_for = |method: &str, path: &str| -> Option<Value> {
+        (method == "POST").then(|| match path {
+            "/v1/jobs" => json!({"kind": "check", "repository": "main"}),
+            "/v1/tokens" => json!({"name": "t", "role": "viewer", "tenant": "other"}),
+            _ => json!({}),
+        })
+    };
+    let routes = documented_routes(&daemon);
+    assert!(routes.len() >= 19, "the documented routes: {routes:?}");
+    let weaker = |role: &str| match role {
+        "admin" => Some(&operator),
+        "operator" => Some(&viewer),
+        _ => None,
+    };
+    let mut checked = 0;
+    for (method, path, role) in &routes {
+        let path = fill(path);
+        let body = body_for(method, &path);
+        let Some(role) = role else {
+            let r = daemon.request(method, &path, None, None);
+            assert!(
+                r.status().is_success(),
+                "{method} {path} needs no token: {}",
+                r.status()
+            );
+            continue;
+        };
+        for (what, token) in [
+            ("no", None),
+            ("a wrong", Some("vms_not-a-token")),
+            ("an expired", Some(expired.as_str())),
+        ] {
+            let r = daemon.request(method, &path, token, body.as_ref());
+            assert_eq!(
+                r.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {what} token"
+            );
+            assert_eq!(
+                r.headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok()),
+                Some("Bearer"),
+                "{method} {path}"
+            );
+        }
+        if let Some(weak) = weaker(role) {
+            let r = daemon.request(method, &path, Some(weak), body.as_ref());
+            assert_eq!(
+                r.status(),
+                StatusCode::FORBIDDEN,
+                "{method} {path} with a weaker role than {role}"
+            );
+        }
+        // Another tenant's objects do not exist for acme; lists leave them out.
+        let r = daemon.request(method, &path, Some(&acme_admin), body.as_ref());
+        let names_global = path.contains("/main")
+            || path.contains(&job_id)
+            || path.contains(&token_id)
+            || path.starts_with("/v1/snapshots/")
+            || method == "POST";
+        if names_global {
+            assert_eq!(
+                r.status(),
+                StatusCode::NOT_FOUND,
+                "{method} {path} as tenant acme"
+            );
+        } else if method == "GET" && !path.ends_with("/events") {
+            assert_eq!(r.status(), StatusCode::OK, "{method} {path} as tenant acme");
+            let text = r.text().expect("body");
+            assert!(
+                !text.contains(&job_id) && !text.contains("\"main\"") && !text.contains(&token_id),
+                "{method} {path} shows acme another tenant's objects: {text}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 16, "{checked} routes checked");
+    let (status, _) = daemon.json("GET", "/v1/whoami", &admin, None);
+    assert_eq!(status, StatusCode::OK);
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn failed_authentications_are_limited_per_address() {
+    let repo = Repo::init();
+    let daemon = Daemon::start(&repo, "max_auth_failures = 5", "");
+    let viewer = daemon.token("viewer", None, None);
+    for _ in 0..5 {
+        let r = daemon.request("GET", "/v1/jobs", Some("vms_wrong"), None);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = daemon.request("GET", "/v1/jobs", Some(&viewer), None);
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "refused whatever it sends"
+    );
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("60")
+    );
+}
+
+#[test]
+fn a_repeated_idempotency_key_starts_nothing_new() {
+    let repo = Repo::init();
+    let daemon = Daemon::start(&repo, "", "");
+    let operator = daemon.token("operator", None, None);
+    let send = |body: &Value| {
+        daemon
+            .client
+            .post(daemon.url("/v1/jobs"))
+            .bearer_auth(&operator)
+            .header("Idempotency-Key", "nightly-2026-12-04")
+            .json(body)
+            .send()
+            .expect("post")
+    };
+    let check = json!({"kind": "check", "repository": "main"});
+    let first = send(&check);
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let location = first.headers().get("location").cloned().expect("Location");
+    let again = send(&check);
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(again.headers().get("location"), Some(&location));
+    let other = send(&json!({"kind": "prune", "repository": "main"}));
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    let (_, jobs) = daemon.json("GET", "/v1/jobs", &operator, None);
+    assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
+}
+
+/// One Server-Sent Event, with when it arrived.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: u64,
+    event: String,
+    data: Value,
+    at: Instant,
+}
+
+/// Reads events from `response` into `tx` until it ends or `stop` says so (after sending).
+fn read_events(response: Response, tx: &mpsc::Sender<Sse>, mut stop: impl FnMut(&Sse) -> bool) {
+    let mut reader = BufReader::new(response);
+    let (mut id, mut event, mut data) = (None, String::new(), String::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            if let Some(id) = id.take() {
+                let e = Sse {
+                    id,
+                    event: std::mem::take(&mut event),
+                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                    at: Instant::now(),
+                };
+                data.clear();
+                let done = stop(&e);
+                if tx.send(e).is_err() || done {
+                    return;
+                }
+            }
+        } else if let Some(v) = l.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = l.strip_prefix("event:") {
+            event = v.trim().to_owned();
+        } else if let Some(v) = l.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+}
+
+fn is_final(e: &Sse) -> bool {
+    e.event == "job"
+        && matches!(
+            e.data["state"].as_str(),
+            Some("succeeded" | "failed" | "canceled")
+        )
+}
+
+#[test]
+fn a_backup_job_of_a_real_vm_streams_its_events_without_gap_across_a_reconnect() {
+    if !Sshd::available() || !TestVm::available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let vm = TestVm::create("serve");
+    let repo = Repo::init();
+    let hypervisor = format!(
+        "[hypervisors.kvm]\nuri = \"qemu+ssh://root@127.0.0.1:{}/system\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
+        sshd.port,
+        sshd.client_key.display(),
+        sshd.known_hosts.display()
+    );
+    let daemon = Daemon::start(&repo, "", &hypervisor);
+    let operator = daemon.token("operator", None, None);
+    // A watcher that never drops: every event of the daemon, from before the job.
+    let (all_tx, all_rx) = mpsc::channel();
+    let watcher = daemon
+        .client
+        .get(daemon.url("/v1/events"))
+        .bearer_auth(&operator)
+        .send()
+        .expect("events");
+    assert_eq!(watcher.status(), StatusCode::OK);
+    let watching = std::thread::spawn(move || read_events(watcher, &all_tx, is_final));
+    let (status, job) = daemon.json(
+        "POST",
+        "/v1/jobs",
+        &operator,
+        Some(
+            &json!({"kind": "backup", "hypervisor": "kvm", "repository": "main", "vms": [vm.name]}),
+        ),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().expect("id").to_owned();
+    // The job's own stream from its start; dropped after three events, resumed after the
+    // last one seen.
+    let (tx, rx) = mpsc::channel();
+    let first = daemon
+        .client
+        .get(daemon.url(&format!("/v1/jobs/{id}/events")))
+        .bearer_auth(&operator)
+        .header("Last-Event-ID", "0")
+        .send()
+        .expect("job events");
+    let mut seen = 0;
+    read_events(first, &tx, |e| {
+        seen += 1;
+        seen >= 3 || is_final(e)
+    });
+    let mut got: Vec<Sse> = rx.try_iter().collect();
+    let last = got.last().map(|e| e.id).expect("events before the drop");
+    if !got.iter().any(is_final) {
+        let again = daemon
+            .client
+            .get(daemon.url(&format!("/v1/jobs/{id}/events")))
+            .bearer_auth(&operator)
+            .header("Last-Event-ID", last.to_string())
+            .send()
+            .expect("resumed events");
+        read_events(again, &tx, is_final);
+        got.extend(rx.try_iter());
+    }
+    watching.join().expect("watcher");
+    let all: Vec<Sse> = all_rx
+        .try_iter()
+        .filter(|e| e.data["id"].as_str() == Some(id.as_str()))
+        .collect();
+    let ids = |v: &[Sse]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&got),
+        ids(&all),
+        "no gap, no duplicate across the reconnect"
+    );
+    let finished = got.last().expect("events");
+    assert_eq!(finished.data["state"], "succeeded", "{}", daemon.log());
+    // Progress at least once a second while it ran.
+    let started = all
+        .iter()
+        .find(|e| e.event == "job" && e.data["state"] == "running")
+        .map(|e| e.at)
+        .expect("running");
+    let mut ticks: Vec<Instant> = all
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| e.at)
+        .collect();
+    ticks.insert(0, started);
+    ticks.push(finished.at);
+    let widest = ticks
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    assert!(
+        widest < Duration::from_millis(2500),
+        "a {widest:?} gap between progress events"
+    );
+    // The snapshot restores bit for bit, and the VM is back on its own disks.
+    let snapshots = finished.data["snapshots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(snapshots.len(), 1, "{}", finished.data);
+    vm.assert_on_original_disks();
+    let out = repo.restore("latest");
+    assert_raw_images_equal(&out.join("vda.raw"), &vm.vda_source);
+    assert_eq!(sha256_file(&out.join("vdb.raw")), sha256_file(&vm.vdb));
+    let (_, log) = daemon.json("GET", &format!("/v1/jobs/{id}"), &operator, None);
+    assert_eq!(log["vms"], json!([vm.name]));
+    let text = daemon
+        .request("GET", &format!("/v1/jobs/{id}/log"), Some(&operator), None)
+        .text()
+        .expect("log");
+    assert!(
+        text.contains("snapshot") && text.contains("saved"),
+        "{text}"
+    );
+    let (status, daemon_log) = daemon.stop();
+    assert!(status.success(), "{daemon_log}");
+}
