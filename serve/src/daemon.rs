@@ -46,16 +46,20 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()>) -> Result<(),
     let config = Arc::clone(&parts.config);
     let state_dir = config.server.state_dir.clone();
     let state = tokio::task::block_in_place(|| StateDir::open(&state_dir))?;
+    // Recovery repairs VMs over SSH, whose client blocks on a runtime of its own: it runs on
+    // a plain thread, outside this one's.
+    let runner_parts = RunnerParts {
+        config: Arc::clone(&config),
+        work: parts.work,
+        notifier: parts.notifier,
+        clock: Arc::new(SystemClock),
+        state: state.clone(),
+        events: Events::new(),
+    };
     let runner = tokio::task::block_in_place(|| {
-        Runner::start(RunnerParts {
-            config: Arc::clone(&config),
-            work: parts.work,
-            notifier: parts.notifier,
-            clock: Arc::new(SystemClock),
-            state: state.clone(),
-            events: Events::new(),
-        })
-    })?;
+        std::thread::scope(|s| s.spawn(|| Runner::start(runner_parts)).join())
+    })
+    .map_err(|_| ServeError::State("recovering interrupted jobs failed (see the log)".into()))??;
     let scheduler = Scheduler::new(runner.clone(), state.clone())?;
     let stop_ticker = Arc::new(AtomicBool::new(false));
     let ticker = {

@@ -40,6 +40,11 @@ impl Daemon {
     /// Starts `vmstash serve` with repository `main` (the test repository), a repository
     /// `acme` of tenant acme, `server` lines added to `[server]`, and `extra` tables.
     fn start(repo: &Repo, server: &str, extra: &str) -> Daemon {
+        Daemon::start_with(repo, server, extra, &[])
+    }
+
+    /// [`Daemon::start`] with `env` added to the daemon's environment.
+    fn start_with(repo: &Repo, server: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let pass = dir.path().join("pass");
         std::fs::write(&pass, format!("{PASSWORD}\n")).expect("write");
@@ -68,15 +73,32 @@ impl Daemon {
             .output()
             .expect("init acme's repository");
         assert!(acme.status.success(), "{}", crate::util::describe(&acme));
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log");
+        Daemon::spawn(dir, config, env)
+    }
+
+    /// Runs the daemon of `config` (its state in `dir`) with `env` added to its environment;
+    /// returns once it answers.
+    fn spawn(dir: tempfile::TempDir, config: PathBuf, env: &[(&str, &str)]) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("daemon.log"))
+            .expect("log");
         let child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start the daemon");
+        let port = std::fs::read_to_string(&config)
+            .expect("config")
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|l| l.trim_end_matches('"').parse::<u16>().ok())
+            .expect("the port");
         let cert = dir.path().join("state/tls/cert.pem");
         let started = Instant::now();
         let mut daemon = Daemon {
@@ -106,6 +128,53 @@ impl Daemon {
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the daemon with SIGKILL (a crash); returns its directory and configuration for
+    /// [`Daemon::spawn`].
+    fn kill_9(mut self) -> (tempfile::TempDir, PathBuf) {
+        let mut child = self.child.take().expect("running");
+        crate::util::sh("kill", &["-9", &child.id().to_string()]);
+        let _ = child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (dir, self.config.clone())
+    }
+
+    /// Waits until job `id` is in a final state; returns it.
+    fn wait_final(&self, token: &str, id: &str, patience: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, job) = self.json("GET", &format!("/v1/jobs/{id}"), token, None);
+            if matches!(
+                job["state"].as_str(),
+                Some("succeeded" | "failed" | "canceled")
+            ) {
+                return job;
+            }
+            assert!(
+                started.elapsed() < patience,
+                "job {id} did not end: {job}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until job `id` runs and has scanned something; returns it.
+    fn wait_scanning(&self, token: &str, id: &str, patience: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, job) = self.json("GET", &format!("/v1/jobs/{id}"), token, None);
+            if job["state"] == "running" && job["progress"]["bytes_scanned"].as_u64() > Some(0) {
+                return job;
+            }
+            assert!(
+                started.elapsed() < patience,
+                "job {id} did not start reading: {job}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -417,6 +486,142 @@ fn is_final(e: &Sse) -> bool {
         )
 }
 
+/// The `[hypervisors.kvm]` table of `sshd`'s libvirt, reached as `qemu+ssh://`.
+fn hypervisor_over_ssh(sshd: &Sshd) -> String {
+    format!(
+        "[hypervisors.kvm]\nuri = \"qemu+ssh://root@127.0.0.1:{}/system\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
+        sshd.port,
+        sshd.client_key.display(),
+        sshd.known_hosts.display()
+    )
+}
+
+/// "None" when the domain runs no job, else the job's type ("?" while libvirt cannot say).
+fn job_type(vm: &TestVm) -> String {
+    let out = crate::fixtures::libvirt::virsh_output(&["domjobinfo", &vm.name]);
+    if !out.status.success() {
+        return "?".to_owned();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Job type:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The VM runs on its own disks, with no backup job and nothing of a backup left beside it.
+fn assert_vm_clean(vm: &TestVm) {
+    assert_eq!(vm.state(), "running");
+    vm.assert_on_original_disks();
+    let started = Instant::now();
+    while job_type(vm) == "?" && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(job_type(vm), "None", "a backup job is left on {}", vm.name);
+    assert!(
+        vm.leftover_files().is_empty(),
+        "leftovers: {:?}",
+        vm.leftover_files()
+    );
+}
+
+/// A daemon job's backup waits this long after each chunk it reads, so that it reads for
+/// seconds (the test VM's disks are small).
+const SLOW_READS: (&str, &str) = ("VMSTASH_TEST_PROGRESS_DELAY_MS", "200");
+
+fn backup_request(vm: &TestVm) -> Value {
+    json!({"kind": "backup", "hypervisor": "kvm", "repository": "main", "vms": [vm.name]})
+}
+
+#[test]
+fn canceling_a_running_backup_job_leaves_the_vm_on_its_disks_and_no_snapshot() {
+    if !Sshd::available() || !TestVm::available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let vm = TestVm::create("srvcancel");
+    let repo = Repo::init();
+    let daemon = Daemon::start_with(&repo, "", &hypervisor_over_ssh(&sshd), &[SLOW_READS]);
+    let operator = daemon.token("operator", None, None);
+    let (status, job) = daemon.json("POST", "/v1/jobs", &operator, Some(&backup_request(&vm)));
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().expect("id").to_owned();
+    daemon.wait_scanning(&operator, &id, Duration::from_secs(60));
+    let (status, _) = daemon.json("POST", &format!("/v1/jobs/{id}/cancel"), &operator, None);
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job = daemon.wait_final(&operator, &id, Duration::from_secs(120));
+    assert_eq!(job["state"], "canceled", "{job}\n{}", daemon.log());
+    assert_vm_clean(&vm);
+    assert!(
+        repo.json(&["snapshots"])
+            .as_array()
+            .expect("array")
+            .is_empty(),
+        "no snapshot"
+    );
+    repo.ok(&["check"]);
+    let (status, _) = daemon.json("POST", &format!("/v1/jobs/{id}/cancel"), &operator, None);
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a finished job cannot be canceled"
+    );
+}
+
+#[test]
+fn a_daemon_killed_mid_backup_fails_the_job_repairs_the_vm_and_backs_it_up_after() {
+    if !Sshd::available() || !TestVm::available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let vm = TestVm::create("srvkill");
+    let repo = Repo::init();
+    let daemon = Daemon::start_with(&repo, "", &hypervisor_over_ssh(&sshd), &[SLOW_READS]);
+    let operator = daemon.token("operator", None, None);
+    let (status, job) = daemon.json("POST", "/v1/jobs", &operator, Some(&backup_request(&vm)));
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().expect("id").to_owned();
+    daemon.wait_scanning(&operator, &id, Duration::from_secs(60));
+    let (dir, config) = daemon.kill_9();
+    // libvirt finishes what it was asked whatever happens to its client; let it.
+    std::thread::sleep(Duration::from_secs(2));
+    let daemon = Daemon::spawn(dir, config, &[]);
+    let (_, job) = daemon.json("GET", &format!("/v1/jobs/{id}"), &operator, None);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the daemon stopped while the job was running"),
+        "{job}"
+    );
+    let log = daemon
+        .request("GET", &format!("/v1/jobs/{id}/log"), Some(&operator), None)
+        .text()
+        .expect("log");
+    assert!(
+        log.contains("its VMs were repaired"),
+        "{log}\n{}",
+        daemon.log()
+    );
+    assert_vm_clean(&vm);
+    repo.ok(&["check"]);
+    // The next run succeeds and restores bit for bit.
+    let (status, next) = daemon.json("POST", "/v1/jobs", &operator, Some(&backup_request(&vm)));
+    assert_eq!(status, StatusCode::ACCEPTED, "{next}");
+    let next = daemon.wait_final(
+        &operator,
+        next["id"].as_str().expect("id"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(next["state"], "succeeded", "{next}\n{}", daemon.log());
+    assert_vm_clean(&vm);
+    let out = repo.restore("latest");
+    assert_raw_images_equal(&out.join("vda.raw"), &vm.vda_source);
+    assert_eq!(sha256_file(&out.join("vdb.raw")), sha256_file(&vm.vdb));
+}
+
 #[test]
 fn a_backup_job_of_a_real_vm_streams_its_events_without_gap_across_a_reconnect() {
     if !Sshd::available() || !TestVm::available() {
@@ -425,13 +630,7 @@ fn a_backup_job_of_a_real_vm_streams_its_events_without_gap_across_a_reconnect()
     let sshd = Sshd::start();
     let vm = TestVm::create("serve");
     let repo = Repo::init();
-    let hypervisor = format!(
-        "[hypervisors.kvm]\nuri = \"qemu+ssh://root@127.0.0.1:{}/system\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
-        sshd.port,
-        sshd.client_key.display(),
-        sshd.known_hosts.display()
-    );
-    let daemon = Daemon::start(&repo, "", &hypervisor);
+    let daemon = Daemon::start(&repo, "", &hypervisor_over_ssh(&sshd));
     let operator = daemon.token("operator", None, None);
     // A watcher that never drops: every event of the daemon, from before the job.
     let (all_tx, all_rx) = mpsc::channel();

@@ -137,12 +137,26 @@ pub(super) async fn repositories(
     Json(list)
 }
 
-/// Runs a catalog call on a blocking thread; its error is the daemon's fault (500), logged.
+/// Runs a catalog call; its error is the daemon's fault (500), logged.
+///
+/// It runs on a thread of its own, outside the async runtime: the engine's SSH and S3
+/// clients block on runtimes of their own, which they may not do inside another's.
 async fn catalog_call<T: Send + 'static>(
     what: String,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("catalog".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    if spawned.is_err() {
+        return Err(ApiError::internal(&format!(
+            "{what}: no thread could be started"
+        )));
+    }
+    match rx.await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
             tracing::warn!("{what}: {e}");

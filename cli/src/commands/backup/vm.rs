@@ -38,14 +38,20 @@ pub(super) fn run(g: &Global, connect: &str, a: &BackupArgs) -> Result<ExitCode>
             Ok(a.vms.clone())
         }
     };
-    let outcome = back_up_vms(g, &hv, a, &choose, &sink, &cancel)?;
+    let mut outcome = back_up_vms(g, &hv, a, &choose, &sink, &cancel)?;
     if cancel.is_cancelled() {
         eprintln!("vmstash: interrupted; every VM was left on its original disks");
         return Ok(ExitCode::from(exit::INTERRUPTED));
     }
+    if outcome.names.len() == 1 {
+        // One VM: its own error, whose kind sets the exit code (3 for missed CBT writes).
+        return match outcome.failed.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(exit::ok()),
+        };
+    }
     match outcome.failed.as_slice() {
         [] => Ok(exit::ok()),
-        [(_, e)] if outcome.names.len() == 1 => Err(anyhow::anyhow!("{e:#}")),
         failed => {
             for (name, e) in failed {
                 eprintln!("vmstash: backing up {name}: {}", crate::output::describe(e));

@@ -116,7 +116,10 @@ impl DaemonWork {
             Ok(chosen)
         };
         let hv = Hypervisor::connect(&hypervisor.uri, &g.ssh_options())?;
-        let sink = JobSink { ctx };
+        let sink = JobSink {
+            ctx,
+            delay: crate::failpoint::progress_delay(),
+        };
         let outcome = back_up_vms(&g, &hv, &a, &choose, &sink, ctx.cancel_token())?;
         if ctx.cancel_token().is_cancelled() {
             bail!("canceled; every VM was left on its original disks");
@@ -269,6 +272,8 @@ impl Work for DaemonWork {
 /// A backup's lines and progress, into its job.
 struct JobSink<'a> {
     ctx: &'a JobContext,
+    /// A test hook's wait at each progress report (see [`crate::failpoint`]).
+    delay: Option<std::time::Duration>,
 }
 
 impl BackupSink for JobSink<'_> {
@@ -297,6 +302,9 @@ impl BackupSink for JobSink<'_> {
     }
 
     fn advance(&self, bytes: u64) {
+        if let Some(delay) = self.delay {
+            std::thread::sleep(delay);
+        }
         // The engine reads a snapshot's disks one after the other: the bytes go to the first
         // disk not yet done.
         self.ctx.update(|p| {
