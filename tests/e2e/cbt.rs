@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::fixtures::libvirt::{virsh, virsh_output, TestVm, URI};
+use crate::fixtures::libvirt::{virsh, TestVm, URI};
 use crate::fixtures::sshd::Sshd;
 use crate::helper::{backup_command, backup_with, helper_binary, stderr, summary};
 use crate::util::{assert_raw_images_equal, describe, random_bytes, sh, Repo};
@@ -62,27 +62,12 @@ fn checkpoints(vm: &TestVm) -> Vec<String> {
         .collect()
 }
 
-/// "None" when the domain runs no job, else the job's type ("?" while libvirt cannot say:
-/// `domjobinfo` fails for a moment as a backup job starts or ends).
-fn job_type(vm: &TestVm) -> String {
-    let out = virsh_output(&["domjobinfo", &vm.name]);
-    if !out.status.success() {
-        return "?".to_owned();
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("Job type:"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
 /// Asserts the VM runs on its own disks with no job, and that nothing of a backup is left in
 /// its directory (scratch files, XML files).
 fn assert_clean(vm: &TestVm) {
     assert_eq!(vm.state(), "running");
     vm.assert_on_original_disks();
-    assert_eq!(job_type(vm), "None", "a backup job is left");
+    assert_eq!(vm.job_type(), "None", "a backup job is left");
     assert!(
         vm.leftover_files().is_empty(),
         "leftovers: {:?}",
@@ -347,7 +332,7 @@ fn cbt_falls_back_when_it_cannot_be_trusted_and_verify_finds_missed_writes() {
 fn wait_for_cleanup(vm: &TestVm, want: &[String]) {
     let start = Instant::now();
     loop {
-        let (job, now) = (job_type(vm), checkpoints(vm));
+        let (job, now) = (vm.job_type(), checkpoints(vm));
         if job == "None" && now == want {
             return;
         }
@@ -416,7 +401,7 @@ fn kill_9_mid_cbt_backup_leaves_no_job_and_the_next_backup_succeeds() {
         .output()
         .expect("run vmstash");
     assert!(!killed.status.success(), "{}", describe(&killed));
-    assert_ne!(job_type(&vm), "None", "the killed backup's job runs on");
+    assert_ne!(vm.job_type(), "None", "the killed backup's job runs on");
     let repair = repo.run(&["vm-repair", "--connect", URI, "--vm", &vm.name]);
     assert!(repair.status.success(), "{}", describe(&repair));
     assert!(
@@ -635,10 +620,10 @@ fn qemu_killed_mid_backup_fails_it_cleanly_and_the_next_backup_falls_back() {
             .spawn()
             .expect("spawn backup");
         let start = Instant::now();
-        while job_type(&vm) == "None" && start.elapsed() < Duration::from_secs(10) {
+        while vm.job_type() == "None" && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let killed = job_type(&vm) != "None";
+        let killed = vm.job_type() != "None";
         if killed {
             sh("kill", &["-9", &qemu_pid(&vm)]);
         }

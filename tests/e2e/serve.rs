@@ -496,29 +496,15 @@ fn hypervisor_over_ssh(sshd: &Sshd) -> String {
     )
 }
 
-/// "None" when the domain runs no job, else the job's type ("?" while libvirt cannot say).
-fn job_type(vm: &TestVm) -> String {
-    let out = crate::fixtures::libvirt::virsh_output(&["domjobinfo", &vm.name]);
-    if !out.status.success() {
-        return "?".to_owned();
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("Job type:"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
 /// The VM runs on its own disks, with no backup job and nothing of a backup left beside it.
 fn assert_vm_clean(vm: &TestVm) {
     assert_eq!(vm.state(), "running");
     vm.assert_on_original_disks();
     let started = Instant::now();
-    while job_type(vm) == "?" && started.elapsed() < Duration::from_secs(10) {
+    while vm.job_type() == "?" && started.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(job_type(vm), "None", "a backup job is left on {}", vm.name);
+    assert_eq!(vm.job_type(), "None", "a backup job is left on {}", vm.name);
     assert!(
         vm.leftover_files().is_empty(),
         "leftovers: {:?}",
@@ -534,13 +520,12 @@ fn backup_request(vm: &TestVm) -> Value {
     json!({"kind": "backup", "hypervisor": "kvm", "repository": "main", "vms": [vm.name]})
 }
 
-#[test]
-fn canceling_a_running_backup_job_leaves_the_vm_on_its_disks_and_no_snapshot() {
-    if !Sshd::available() || !TestVm::available() {
-        return;
-    }
+/// A real VM (named `name`) behind a real sshd, a daemon whose backups read slowly, and a
+/// backup job of the VM that has started reading: (its parts, an operator token, the job's
+/// id).
+fn slow_backup_under_way(name: &str) -> (Sshd, TestVm, Repo, Daemon, String, String) {
     let sshd = Sshd::start();
-    let vm = TestVm::create("srvcancel");
+    let vm = TestVm::create(name);
     let repo = Repo::init();
     let daemon = Daemon::start_with(&repo, "", &hypervisor_over_ssh(&sshd), &[SLOW_READS]);
     let operator = daemon.token("operator", None, None);
@@ -548,6 +533,15 @@ fn canceling_a_running_backup_job_leaves_the_vm_on_its_disks_and_no_snapshot() {
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     let id = job["id"].as_str().expect("id").to_owned();
     daemon.wait_scanning(&operator, &id, Duration::from_secs(60));
+    (sshd, vm, repo, daemon, operator, id)
+}
+
+#[test]
+fn canceling_a_running_backup_job_leaves_the_vm_on_its_disks_and_no_snapshot() {
+    if !Sshd::available() || !TestVm::available() {
+        return;
+    }
+    let (_sshd, vm, repo, daemon, operator, id) = slow_backup_under_way("srvcancel");
     let (status, _) = daemon.json("POST", &format!("/v1/jobs/{id}/cancel"), &operator, None);
     assert_eq!(status, StatusCode::ACCEPTED);
     let job = daemon.wait_final(&operator, &id, Duration::from_secs(120));
@@ -574,15 +568,7 @@ fn a_daemon_killed_mid_backup_fails_the_job_repairs_the_vm_and_backs_it_up_after
     if !Sshd::available() || !TestVm::available() {
         return;
     }
-    let sshd = Sshd::start();
-    let vm = TestVm::create("srvkill");
-    let repo = Repo::init();
-    let daemon = Daemon::start_with(&repo, "", &hypervisor_over_ssh(&sshd), &[SLOW_READS]);
-    let operator = daemon.token("operator", None, None);
-    let (status, job) = daemon.json("POST", "/v1/jobs", &operator, Some(&backup_request(&vm)));
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let id = job["id"].as_str().expect("id").to_owned();
-    daemon.wait_scanning(&operator, &id, Duration::from_secs(60));
+    let (_sshd, vm, repo, daemon, operator, id) = slow_backup_under_way("srvkill");
     let (dir, config) = daemon.kill_9();
     // libvirt finishes what it was asked whatever happens to its client; let it.
     std::thread::sleep(Duration::from_secs(2));
