@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod notify;
 pub mod schedule;
 pub mod scheduler;
 pub mod state_dir;

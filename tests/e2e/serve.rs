@@ -724,3 +724,84 @@ fn a_backup_job_of_a_real_vm_streams_its_events_without_gap_across_a_reconnect()
     let (status, daemon_log) = daemon.stop();
     assert!(status.success(), "{daemon_log}");
 }
+
+/// Reads one HTTP request from `stream` (headers and a Content-Length body), answers
+/// `status`, and returns the body.
+fn answer_one(stream: std::net::TcpStream, status: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut reader = BufReader::new(stream);
+    let mut length = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = l.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).expect("the body");
+    let mut stream = reader.into_inner();
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("answer");
+    body
+}
+
+#[test]
+fn a_failed_job_posts_its_webhook_and_retries_when_refused() {
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let hook_port = hook.local_addr().expect("address").port();
+    let refused_port = free_port();
+    let repo = Repo::init();
+    let extra = format!(
+        "[hypervisors.down]\nuri = \"qemu+ssh://root@127.0.0.1:{refused_port}/system\"\n\
+         [notifications.ops]\nwebhook = \"http://127.0.0.1:{hook_port}/vmstash\"\non = [\"failed\"]\n\
+         [jobs.doomed]\nhypervisor = \"down\"\nrepository = \"main\"\nvms = [\"web1\"]\nnotify = [\"ops\"]\n"
+    );
+    let daemon = Daemon::start(&repo, "", &extra);
+    let operator = daemon.token("operator", None, None);
+    let (status, job) = daemon.json(
+        "POST",
+        "/v1/jobs",
+        &operator,
+        Some(&json!({"kind": "backup", "job": "doomed"})),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().expect("id").to_owned();
+    let job = daemon.wait_final(&operator, &id, Duration::from_secs(60));
+    assert_eq!(job["state"], "failed", "{job}");
+    // The first POST is refused (500); the retry a second later is taken.
+    let started = Instant::now();
+    let (first, _) = hook.accept().expect("the webhook's POST");
+    let refused: Value =
+        serde_json::from_slice(&answer_one(first, "500 Internal Server Error")).expect("JSON");
+    let (second, _) = hook.accept().expect("the retry");
+    let taken: Value = serde_json::from_slice(&answer_one(second, "200 OK")).expect("JSON");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "retried after a wait"
+    );
+    assert_eq!(refused, taken, "the same notification");
+    assert_eq!(taken["event"], "job.finished");
+    assert_eq!(taken["job"]["id"], id.as_str());
+    assert_eq!(taken["job"]["state"], "failed");
+    assert!(taken["job"]["error"].is_string(), "{taken}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("notification ops: the webhook answered 200"),
+        "{log}"
+    );
+}

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use chrono::Utc;
 use vmstash_serve::config::Config;
-use vmstash_serve::jobs::{Job, Notifier};
 use vmstash_serve::state_dir::StateDir;
 use vmstash_serve::tokens::{Role, Tokens};
 
@@ -138,21 +137,6 @@ fn token(g: &Global, config: &Config, t: &TokenCommand) -> Result<ExitCode> {
     Ok(exit::ok())
 }
 
-/// Logs finished jobs (webhooks and email are configured per job; see spec §7).
-struct LogNotifier;
-
-impl Notifier for LogNotifier {
-    fn job_finished(&self, job: &Job, _log_tail: &str) {
-        tracing::info!(
-            job = %job.id,
-            "{:?} job ended: {}{}",
-            job.kind,
-            job.state.name(),
-            job.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-        );
-    }
-}
-
 /// Runs the daemon until SIGTERM or SIGINT.
 fn daemon(g: &Global, config: Config) -> Result<ExitCode> {
     let level = match g.verbose {
@@ -169,7 +153,9 @@ fn daemon(g: &Global, config: Config) -> Result<ExitCode> {
         config: Arc::clone(&config),
         work: Arc::new(work::DaemonWork::new(Arc::clone(&config))),
         catalog: Arc::new(catalog::RepoCatalog::new(Arc::clone(&config))),
-        notifier: Arc::new(LogNotifier),
+        notifier: Arc::new(vmstash_serve::notify::Notifications::new(Arc::clone(
+            &config,
+        ))),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
