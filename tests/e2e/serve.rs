@@ -805,3 +805,49 @@ fn a_failed_job_posts_its_webhook_and_retries_when_refused() {
         "{log}"
     );
 }
+
+#[test]
+fn a_copy_job_copies_what_the_other_repository_lacks() {
+    let repo = Repo::init();
+    let disk = crate::util::sparse_image(
+        repo.dir.path(),
+        "web1.img",
+        8 << 20,
+        &[(1 << 20, crate::util::random_bytes(7, 1 << 20))],
+    );
+    repo.ok(&["backup", "--disk", &disk.display().to_string()]);
+    let offsite = Repo::init();
+    let extra = format!(
+        "[repositories.offsite]\nlocation = \"{}\"\npassword_command = \"printf '%s' '{PASSWORD}'\"\n",
+        offsite.path.display()
+    );
+    let daemon = Daemon::start(&repo, "", &extra);
+    let operator = daemon.token("operator", None, None);
+    let copy = json!({"kind": "copy", "from": "main", "to": "offsite"});
+    let (status, job) = daemon.json("POST", "/v1/jobs", &operator, Some(&copy));
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job = daemon.wait_final(
+        &operator,
+        job["id"].as_str().expect("id"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", daemon.log());
+    let copied = offsite.json(&["snapshots"]);
+    assert_eq!(copied.as_array().map(Vec::len), Some(1), "{copied}");
+    assert_eq!(job["snapshots"][0], copied[0]["id"], "{job}");
+    let out = offsite.restore("latest");
+    assert_raw_images_equal(&out.join("web1.raw"), &disk);
+    // Again: nothing new.
+    let (_, again) = daemon.json("POST", "/v1/jobs", &operator, Some(&copy));
+    let again = daemon.wait_final(
+        &operator,
+        again["id"].as_str().expect("id"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(again["snapshots"], json!([]), "{again}");
+    assert_eq!(
+        offsite.json(&["snapshots"]).as_array().map(Vec::len),
+        Some(1)
+    );
+}

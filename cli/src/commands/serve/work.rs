@@ -1,7 +1,7 @@
 //! The daemon's work, on the engine and this binary's hypervisor code: a job's backup goes
 //! through the same code as `vmstash backup --connect` ([`back_up_vms`]), with its lines and
-//! progress going to the job ([`JobSink`]) instead of the terminal; check, prune and forget
-//! call the engine; a backup the previous daemon left unfinished is repaired like
+//! progress going to the job ([`JobSink`]) instead of the terminal; check, prune, forget and
+//! copy call the engine; a backup the previous daemon left unfinished is repaired like
 //! `vmstash vm-repair`.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::Utc;
 use vmstash_repo::backup::{BackupDisk, BackupReport};
 use vmstash_repo::check::{check, ReadData};
+use vmstash_repo::copy::{copy_snapshots, plan_copy};
 use vmstash_repo::policy;
 use vmstash_repo::prune::{prune, Phase, PruneOptions, PruneProgress};
 use vmstash_repo::selection::{group, GroupBy};
@@ -74,10 +75,10 @@ impl DaemonWork {
                 job: name,
                 prune,
             } => self.forget(repository, name, *prune, ctx),
-            JobRequest::Copy { .. } | JobRequest::Restore { .. } => bail!(
-                "the daemon does not run {:?} jobs yet: run `vmstash copy` or `vmstash restore`",
-                job.kind
-            ),
+            JobRequest::Copy { from, to, vm } => self.copy(from, to, vm.as_deref(), ctx),
+            JobRequest::Restore { .. } => {
+                bail!("the daemon does not run restore jobs yet: run `vmstash restore`")
+            }
         }
     }
 
@@ -217,6 +218,48 @@ impl DaemonWork {
             Some(options) if and_prune => prune_with(&g, options, ctx),
             _ => Ok(()),
         }
+    }
+
+    /// Copies the snapshots of repository `from` (those of VM `vm` when given) that `to`
+    /// lacks into `to`, as `vmstash copy` does.
+    fn copy(&self, from: &str, to: &str, vm: Option<&str>, ctx: &JobContext) -> Result<()> {
+        let src_g = global::for_repository(self.repository(Some(from))?, None);
+        let dst_g = global::for_repository(self.repository(Some(to))?, None);
+        let src = repo::open(&src_g)?;
+        let dst = repo::open(&dst_g)?;
+        if src.config().id == dst.config().id {
+            bail!("repositories {from} and {to} are the same repository; nothing to copy");
+        }
+        let _src_lock = repo::lock_for_reading(&src_g, &src, "copy")?;
+        let _dst_lock = repo::lock_for_writing(&dst_g, &dst, "copy")?;
+        let chosen: Vec<_> = repo::snapshots_warning_of_damage(&src)?
+            .0
+            .snapshots
+            .into_iter()
+            .filter(|(_, m)| vm.is_none_or(|v| m.name == v))
+            .collect();
+        let plan = plan_copy(&dst, chosen).context("listing the destination's snapshots")?;
+        ctx.update(|p| p.bytes_total = plan.bytes());
+        let copied = copy_snapshots(
+            &src,
+            &dst,
+            &plan,
+            &|n| ctx.update(|p| p.bytes_scanned += n),
+            ctx.cancel_token(),
+        )
+        .with_context(|| format!("copying snapshots from {from} to {to}"))?;
+        for c in &copied {
+            ctx.add_snapshot(c.report.id.to_hex());
+        }
+        ctx.log(
+            Level::Info,
+            &format!(
+                "copied {} snapshot(s) from {from} to {to}; {} were there already",
+                copied.len(),
+                plan.present.len()
+            ),
+        );
+        Ok(())
     }
 }
 
