@@ -37,10 +37,6 @@ pub struct Parts {
     pub notifier: Arc<dyn Notifier>,
 }
 
-fn io(what: String) -> impl FnOnce(std::io::Error) -> ServeError {
-    move |source| ServeError::Io { what, source }
-}
-
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(parts: Parts, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let config = Arc::clone(&parts.config);
@@ -74,7 +70,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()>) -> Result<(),
                     std::thread::sleep(TICK);
                 }
             })
-            .map_err(io("starting the ticker thread".into()))?
+            .map_err(ServeError::io("starting the ticker thread".into()))?
     };
     let app = api::router(ApiState {
         runner: runner.clone(),
@@ -97,7 +93,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()>) -> Result<(),
                         .handle(handle)
                         .serve(app)
                         .await
-                        .map_err(io(format!("serving on {listen}")))
+                        .map_err(ServeError::io(format!("serving on {listen}")))
                 }
                 transport => {
                     let files = match transport {
@@ -117,7 +113,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()>) -> Result<(),
                         &files.key,
                     )
                     .await
-                    .map_err(io(format!(
+                    .map_err(ServeError::io(format!(
                         "loading the certificate {} and key {}",
                         files.cert.display(),
                         files.key.display()
@@ -126,7 +122,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()>) -> Result<(),
                         .handle(handle)
                         .serve(app)
                         .await
-                        .map_err(io(format!("serving on {listen}")))
+                        .map_err(ServeError::io(format!("serving on {listen}")))
                 }
             }
         }

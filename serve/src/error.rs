@@ -67,6 +67,13 @@ pub enum ServeError {
     },
 }
 
+impl ServeError {
+    /// An I/O error's wrapper, saying `what` was being done (with the path): for `map_err`.
+    pub fn io(what: String) -> impl FnOnce(std::io::Error) -> ServeError {
+        move |source| ServeError::Io { what, source }
+    }
+}
+
 fn lines(issues: &[ConfigIssue]) -> String {
     issues
         .iter()

@@ -63,6 +63,20 @@ struct Inner {
     live: broadcast::Sender<Arc<Event>>,
 }
 
+impl Inner {
+    /// The kept events after `last`, and whether some after it are no longer kept.
+    fn kept_after(&self, last: u64) -> (Vec<Arc<Event>>, bool) {
+        let oldest = self.buffer.front().map_or(self.next_id, |e| e.id);
+        let kept = self
+            .buffer
+            .iter()
+            .filter(|e| e.id > last)
+            .cloned()
+            .collect();
+        (kept, last.saturating_add(1) < oldest)
+    }
+}
+
 /// The event bus: cheap to clone, shared by the runner and the API.
 #[derive(Clone)]
 pub struct Events {
@@ -133,15 +147,10 @@ impl Events {
                 live,
             };
         };
-        let oldest = inner.buffer.front().map_or(inner.next_id, |e| e.id);
+        let (replay, missed) = inner.kept_after(last);
         Subscription {
-            replay: inner
-                .buffer
-                .iter()
-                .filter(|e| e.id > last)
-                .cloned()
-                .collect(),
-            missed: last.saturating_add(1) < oldest,
+            replay,
+            missed,
             live,
         }
     }
@@ -149,17 +158,7 @@ impl Events {
     /// The kept events after `last` (for a subscriber that fell behind the live channel),
     /// and whether some after it are no longer kept.
     pub fn since(&self, last: u64) -> (Vec<Arc<Event>>, bool) {
-        let inner = self.lock();
-        let oldest = inner.buffer.front().map_or(inner.next_id, |e| e.id);
-        (
-            inner
-                .buffer
-                .iter()
-                .filter(|e| e.id > last)
-                .cloned()
-                .collect(),
-            last.saturating_add(1) < oldest,
-        )
+        self.lock().kept_after(last)
     }
 
     /// The id the next event gets.

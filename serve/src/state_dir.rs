@@ -36,10 +36,6 @@ pub struct StateDir {
     root: PathBuf,
 }
 
-fn io(what: String) -> impl FnOnce(std::io::Error) -> ServeError {
-    move |source| ServeError::Io { what, source }
-}
-
 impl StateDir {
     /// Opens (creating it, mode 0700) the state directory at `root`; refuses one of another
     /// version.
@@ -48,7 +44,7 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(root.join("jobs"))
-            .map_err(io(format!(
+            .map_err(ServeError::io(format!(
                 "creating the state directory {}",
                 root.display()
             )))?;
@@ -68,7 +64,7 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 dir.replace(&version_file, format!("{STATE_VERSION}\n").as_bytes())?;
             }
-            Err(e) => return Err(io(format!("reading {}", version_file.display()))(e)),
+            Err(e) => return Err(ServeError::io(format!("reading {}", version_file.display()))(e)),
         }
         Ok(dir)
     }
@@ -97,7 +93,7 @@ impl StateDir {
             }
             Ok(())
         };
-        write().map_err(io(format!("writing {}", path.display())))
+        write().map_err(ServeError::io(format!("writing {}", path.display())))
     }
 
     fn job_file(&self, id: &JobId) -> PathBuf {
@@ -124,8 +120,8 @@ impl StateDir {
             .create(true)
             .mode(0o600)
             .open(&path)
-            .map_err(io(format!("opening {}", path.display())))?;
-        writeln!(f, "{line}").map_err(io(format!("writing {}", path.display())))
+            .map_err(ServeError::io(format!("opening {}", path.display())))?;
+        writeln!(f, "{line}").map_err(ServeError::io(format!("writing {}", path.display())))
     }
 
     /// A job's log: its last [`MAX_LOG_BYTES`] (empty when it has none yet).
@@ -134,20 +130,20 @@ impl StateDir {
         let mut f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-            Err(e) => return Err(io(format!("opening {}", path.display()))(e)),
+            Err(e) => return Err(ServeError::io(format!("opening {}", path.display()))(e)),
         };
         let len = f
             .metadata()
-            .map_err(io(format!("reading {}", path.display())))?
+            .map_err(ServeError::io(format!("reading {}", path.display())))?
             .len();
         if len > MAX_LOG_BYTES {
             std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(len - MAX_LOG_BYTES))
-                .map_err(io(format!("reading {}", path.display())))?;
+                .map_err(ServeError::io(format!("reading {}", path.display())))?;
         }
         let mut bytes = Vec::new();
         f.take(MAX_LOG_BYTES)
             .read_to_end(&mut bytes)
-            .map_err(io(format!("reading {}", path.display())))?;
+            .map_err(ServeError::io(format!("reading {}", path.display())))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
@@ -157,7 +153,7 @@ impl StateDir {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(format!("removing {}", path.display()))(e)),
+                Err(e) => return Err(ServeError::io(format!("removing {}", path.display()))(e)),
             }
         }
         Ok(())
@@ -167,11 +163,12 @@ impl StateDir {
     /// read (left in place for a person to look at).
     pub fn load_jobs(&self) -> Result<(Vec<Job>, Vec<String>), ServeError> {
         let dir = self.root.join("jobs");
-        let entries = std::fs::read_dir(&dir).map_err(io(format!("listing {}", dir.display())))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(ServeError::io(format!("listing {}", dir.display())))?;
         let mut jobs = Vec::new();
         let mut problems = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(io(format!("listing {}", dir.display())))?;
+            let entry = entry.map_err(ServeError::io(format!("listing {}", dir.display())))?;
             let name = entry.file_name();
             let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;
@@ -203,7 +200,7 @@ impl StateDir {
                 ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(io(format!("reading {}", path.display()))(e)),
+            Err(e) => Err(ServeError::io(format!("reading {}", path.display()))(e)),
         }
     }
 
@@ -218,12 +215,24 @@ impl StateDir {
     }
 }
 
-fn read_job(path: &Path, id: &JobId) -> Result<Job, String> {
-    let f = File::open(path).map_err(|e| e.to_string())?;
+/// At most the first `max` bytes of the file at `path`; `None` when there is no such file.
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, ServeError> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ServeError::io(format!("reading {}", path.display()))(e)),
+    };
     let mut bytes = Vec::new();
-    f.take(MAX_JOB_FILE)
+    f.take(max)
         .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+        .map_err(ServeError::io(format!("reading {}", path.display())))?;
+    Ok(Some(bytes))
+}
+
+fn read_job(path: &Path, id: &JobId) -> Result<Job, String> {
+    let bytes = read_bounded(path, MAX_JOB_FILE)
+        .map_err(|e| e.to_string())?
+        .ok_or("gone while being read")?;
     let job: Job = serde_json::from_slice(&bytes).map_err(|e| format!("damaged: {e}"))?;
     if &job.id != id {
         return Err(format!("holds job {} under another name", job.id));

@@ -30,10 +30,7 @@ pub fn self_signed(state: &StateDir) -> Result<CertFiles, ServeError> {
     if files.cert.exists() && files.key.exists() {
         return Ok(files);
     }
-    std::fs::create_dir_all(&dir).map_err(|source| ServeError::Io {
-        what: format!("creating {}", dir.display()),
-        source,
-    })?;
+    std::fs::create_dir_all(&dir).map_err(ServeError::io(format!("creating {}", dir.display())))?;
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -65,10 +62,8 @@ pub fn self_signed(state: &StateDir) -> Result<CertFiles, ServeError> {
 /// The SHA-256 fingerprint of the first certificate in the PEM file `cert`, as colon-separated
 /// hex (what `openssl x509 -fingerprint -sha256` prints).
 pub fn fingerprint(cert: &Path) -> Result<String, ServeError> {
-    let text = std::fs::read_to_string(cert).map_err(|source| ServeError::Io {
-        what: format!("reading {}", cert.display()),
-        source,
-    })?;
+    let text = std::fs::read_to_string(cert)
+        .map_err(ServeError::io(format!("reading {}", cert.display())))?;
     let body: String = text
         .lines()
         .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::config::is_name;
 use crate::error::ServeError;
-use crate::state_dir::StateDir;
+use crate::state_dir::{read_bounded, StateDir};
 
 /// What every token starts with (so a leaked one is recognisable in logs and scanners).
 pub const PREFIX: &str = "vms_";
@@ -133,23 +133,8 @@ impl Tokens {
     }
 
     fn read(path: &Path) -> Result<Vec<TokenRecord>, ServeError> {
-        let bytes = match std::fs::File::open(path) {
-            Ok(f) => {
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE), &mut bytes)
-                    .map_err(|source| ServeError::Io {
-                        what: format!("reading {}", path.display()),
-                        source,
-                    })?;
-                bytes
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(ServeError::Io {
-                    what: format!("reading {}", path.display()),
-                    source,
-                })
-            }
+        let Some(bytes) = read_bounded(path, MAX_FILE)? else {
+            return Ok(Vec::new());
         };
         let file: TokensFile = serde_json::from_slice(&bytes).map_err(|e| {
             ServeError::State(format!(

@@ -11,7 +11,7 @@ use serde_json::json;
 use vmstash_repo::backend::FileKind;
 use vmstash_repo::policy::{self, Decision, Keep, KeepPolicy, Span};
 use vmstash_repo::repository::SnapshotListing;
-use vmstash_repo::selection::{self, GroupKey, SnapshotFilter, TagList};
+use vmstash_repo::selection::{self, GroupBy, GroupKey, SnapshotFilter, TagList};
 use vmstash_repo::snapshot::Manifest;
 use vmstash_repo::{Id, Repository};
 
@@ -97,9 +97,50 @@ fn keep_policy(a: &ForgetArgs) -> Result<KeepPolicy> {
 }
 
 /// One group's outcome.
-struct GroupPlan {
+/// What a policy decided for one group of snapshots.
+pub struct GroupPlan {
     key: GroupKey,
     decisions: Vec<(Decision, Manifest)>,
+}
+
+/// Applies `policy` at `now` to `considered`, grouped `by`: each group's decisions with their
+/// snapshots.
+pub fn plan_groups(
+    considered: Vec<(Id, Manifest)>,
+    by: &GroupBy,
+    policy: &KeepPolicy,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<GroupPlan> {
+    selection::group(considered, by)
+        .into_iter()
+        .map(|(key, snapshots)| {
+            let decisions = policy::apply(policy, &snapshots, now)
+                .into_iter()
+                .map(|d| {
+                    let m = snapshots
+                        .iter()
+                        .find(|(id, _)| *id == d.id)
+                        .map(|(_, m)| m.clone())
+                        .unwrap_or_else(|| unreachable!("apply decides on the group it is given"));
+                    (d, m)
+                })
+                .collect();
+            GroupPlan { key, decisions }
+        })
+        .collect()
+}
+
+/// The snapshots `plans` remove.
+pub fn removals(plans: &[GroupPlan]) -> Vec<Id> {
+    plans
+        .iter()
+        .flat_map(|p| {
+            p.decisions
+                .iter()
+                .filter(|(d, _)| !d.keep)
+                .map(|(d, _)| d.id)
+        })
+        .collect()
 }
 
 /// Forgets by the policy; prints the table (unless --json) and returns the JSON report.
@@ -118,32 +159,8 @@ fn forget_by_policy(
         .filter(|(_, m)| filter.matches(m))
         .collect();
     let now = chrono::DateTime::<chrono::Utc>::from(SystemTime::now());
-    let plans: Vec<GroupPlan> = selection::group(considered, &a.group_by.unwrap_or_default())
-        .into_iter()
-        .map(|(key, snapshots)| {
-            let decisions = policy::apply(policy, &snapshots, now)
-                .into_iter()
-                .map(|d| {
-                    let m = snapshots
-                        .iter()
-                        .find(|(id, _)| *id == d.id)
-                        .map(|(_, m)| m.clone())
-                        .unwrap_or_else(|| unreachable!("apply decides on the group it is given"));
-                    (d, m)
-                })
-                .collect();
-            GroupPlan { key, decisions }
-        })
-        .collect();
-    let remove: Vec<Id> = plans
-        .iter()
-        .flat_map(|p| {
-            p.decisions
-                .iter()
-                .filter(|(d, _)| !d.keep)
-                .map(|(d, _)| d.id)
-        })
-        .collect();
+    let plans = plan_groups(considered, &a.group_by.unwrap_or_default(), policy, now);
+    let remove = removals(&plans);
     if !g.json {
         for plan in &plans {
             print_group(plan);

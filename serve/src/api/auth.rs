@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 
 use super::{ApiError, ApiState};
+use crate::jobs::resolve::in_scope;
 use crate::tokens::{Role, TokenRecord, Verdict};
 
 /// The window failures are counted in, and how long an address is refused after.
@@ -71,6 +72,11 @@ impl Caller {
     /// The tenant its token is limited to (`None`: every tenant).
     pub fn scope(&self) -> Option<&str> {
         self.token.tenant.as_deref()
+    }
+
+    /// Whether the caller sees an object of `tenant`.
+    pub fn sees(&self, tenant: Option<&str>) -> bool {
+        in_scope(tenant, self.scope())
     }
 
     /// Refuses (403) unless the token's role is at least `role`.

@@ -89,21 +89,18 @@ fn shown_location(location: &str) -> String {
     }
 }
 
-/// The repository `name` if the caller's tenant sees it.
-fn visible_repository<'s>(
-    state: &'s ApiState,
+/// The repository `name` if the caller's tenant sees it (a copy, for a catalog call).
+fn visible_repository(
+    state: &ApiState,
     caller: &Caller,
     name: &str,
-) -> Result<&'s RepositoryDef, ApiError> {
+) -> Result<RepositoryDef, ApiError> {
     state
         .config()
         .repositories
         .get(name)
-        .filter(|r| {
-            caller
-                .scope()
-                .is_none_or(|t| r.tenant.as_deref() == Some(t))
-        })
+        .filter(|r| caller.sees(r.tenant.as_deref()))
+        .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no repository {name:?}")))
 }
 
@@ -123,11 +120,7 @@ pub(super) async fn repositories(
         .config()
         .repositories
         .values()
-        .filter(|r| {
-            caller
-                .scope()
-                .is_none_or(|t| r.tenant.as_deref() == Some(t))
-        })
+        .filter(|r| caller.sees(r.tenant.as_deref()))
         .map(|r| RepositoryInfo {
             name: r.name.clone(),
             location: shown_location(&r.location),
@@ -187,16 +180,10 @@ pub(super) async fn snapshots(
     Path(name): Path<String>,
     Query(q): Query<SnapshotQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    visible_repository(&state, &caller, &name)?;
+    let repo = visible_repository(&state, &caller, &name)?;
     let catalog = state.catalog.clone();
-    let runner = state.runner.clone();
     let list = catalog_call(format!("listing the snapshots of {name}"), move || {
-        let repo = runner
-            .config()
-            .repositories
-            .get(&name)
-            .ok_or_else(|| format!("no repository {name:?}"))?;
-        catalog.snapshots(repo, q.vm.as_deref(), q.tag.as_deref())
+        catalog.snapshots(&repo, q.vm.as_deref(), q.tag.as_deref())
     })
     .await?;
     Ok(Json(Value::Array(list)))
@@ -216,16 +203,10 @@ pub(super) async fn stats(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    visible_repository(&state, &caller, &name)?;
+    let repo = visible_repository(&state, &caller, &name)?;
     let catalog = state.catalog.clone();
-    let runner = state.runner.clone();
     let stats = catalog_call(format!("the statistics of {name}"), move || {
-        let repo = runner
-            .config()
-            .repositories
-            .get(&name)
-            .ok_or_else(|| format!("no repository {name:?}"))?;
-        catalog.stats(repo)
+        catalog.stats(&repo)
     })
     .await?;
     Ok(Json(stats))
@@ -251,38 +232,30 @@ pub(super) async fn snapshot(
             "a snapshot id is 4 to 64 hex digits".into(),
         ));
     }
-    let names: Vec<String> = state
+    let repositories: Vec<RepositoryDef> = state
         .config()
         .repositories
         .values()
-        .filter(|r| {
-            caller
-                .scope()
-                .is_none_or(|t| r.tenant.as_deref() == Some(t))
-        })
-        .map(|r| r.name.clone())
+        .filter(|r| caller.sees(r.tenant.as_deref()))
+        .cloned()
         .collect();
     let catalog = state.catalog.clone();
-    let runner = state.runner.clone();
     let wanted = id.to_ascii_lowercase();
     let found = catalog_call(format!("looking for snapshot {id}"), move || {
         let mut found = Vec::new();
         let mut unreadable = Vec::new();
-        for name in names {
-            let Some(repo) = runner.config().repositories.get(&name) else {
-                continue;
-            };
-            let snapshots = match catalog.snapshots(repo, None, None) {
+        for repo in repositories {
+            let snapshots = match catalog.snapshots(&repo, None, None) {
                 Ok(s) => s,
                 Err(e) => {
-                    unreadable.push(format!("{name}: {e}"));
+                    unreadable.push(format!("{}: {e}", repo.name));
                     continue;
                 }
             };
             for s in snapshots {
                 if s["id"].as_str().is_some_and(|i| i.starts_with(&wanted)) {
                     let mut s = s;
-                    s["repository"] = json!(name);
+                    s["repository"] = json!(repo.name);
                     found.push(s);
                 }
             }
@@ -320,11 +293,7 @@ pub(super) async fn hypervisors(
         .config()
         .hypervisors
         .values()
-        .filter(|h| {
-            caller
-                .scope()
-                .is_none_or(|t| h.tenant.as_deref() == Some(t))
-        })
+        .filter(|h| caller.sees(h.tenant.as_deref()))
         .map(|h| HypervisorInfo {
             name: h.name.clone(),
             uri: shown_location(&h.uri),
@@ -352,11 +321,7 @@ pub(super) async fn schedules(
         .config()
         .jobs
         .values()
-        .filter(|j| {
-            caller
-                .scope()
-                .is_none_or(|t| j.tenant.as_deref() == Some(t))
-        })
+        .filter(|j| caller.sees(j.tenant.as_deref()))
         .map(|j| ScheduleInfo {
             name: j.name.clone(),
             kind: "backup".into(),
@@ -567,11 +532,6 @@ pub(super) async fn cancel_job(
     }
 }
 
-/// Whether a tenant-limited admin may see or manage a token of `tenant`.
-fn manages(caller: &Caller, tenant: Option<&str>) -> bool {
-    caller.scope().is_none_or(|t| tenant == Some(t))
-}
-
 #[utoipa::path(
     get,
     path = "/v1/tokens",
@@ -591,7 +551,7 @@ pub(super) async fn tokens(
     })?;
     let shown = list
         .into_iter()
-        .filter(|t| manages(&caller, t.tenant.as_deref()))
+        .filter(|t| caller.sees(t.tenant.as_deref()))
         .map(|t| TokenInfo {
             id: t.id,
             name: t.name,
@@ -674,7 +634,7 @@ pub(super) async fn revoke_token(
         .list()
         .map_err(|_| ApiError::internal("the tokens cannot be read (see the daemon's log)"))?
         .into_iter()
-        .any(|t| t.id == id && manages(&caller, t.tenant.as_deref()));
+        .any(|t| t.id == id && caller.sees(t.tenant.as_deref()));
     if !visible {
         return Err(ApiError::not_found(format!("no token {id}")));
     }

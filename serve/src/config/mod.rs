@@ -100,7 +100,7 @@ pub enum PasswordSource {
 }
 
 /// `[repositories.<name>]`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RepositoryDef {
     /// Its name in the configuration and the API.
     pub name: String,
@@ -256,10 +256,10 @@ pub struct NotificationDef {
 impl Config {
     /// Reads and checks the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ServeError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ServeError::Io {
-            what: format!("reading the configuration {}", path.display()),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(ServeError::io(format!(
+            "reading the configuration {}",
+            path.display()
+        )))?;
         Config::parse(path, &text)
     }
 

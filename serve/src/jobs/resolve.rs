@@ -43,7 +43,8 @@ pub struct Resolved {
     pub vms: Vec<String>,
 }
 
-fn in_scope(tenant: Option<&str>, scope: Scope<'_>) -> bool {
+/// Whether an object of `tenant` is seen by a caller limited to `scope`.
+pub fn in_scope(tenant: Option<&str>, scope: Scope<'_>) -> bool {
     scope.is_none_or(|s| tenant == Some(s))
 }
 

@@ -19,7 +19,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::context::{JobContext, Level};
 use super::guards::{claims, conflict};
 use super::model::{Job, JobId, JobKind, JobRequest, JobState, Progress, Trigger};
-use super::resolve::{resolve, Scope, SubmitError};
+use super::resolve::{in_scope, resolve, Scope, SubmitError};
 use crate::config::Config;
 use crate::error::ServeError;
 use crate::events::{EventKind, Events};
@@ -219,6 +219,14 @@ impl Runner {
         ))
     }
 
+    /// Saves a job's new state (a failure is logged: the job goes on) and announces it.
+    fn record(&self, job: &Job) {
+        if let Err(e) = self.shared.state.save_job(job) {
+            tracing::warn!(job = %job.id, "cannot save the job: {e}");
+        }
+        self.announce(job);
+    }
+
     fn announce(&self, job: &Job) {
         self.shared
             .events
@@ -339,12 +347,9 @@ impl Runner {
         job.state = JobState::Running;
         job.started = Some(self.shared.clock.now());
         let job = job.clone();
-        if let Err(e) = self.shared.state.save_job(&job) {
-            tracing::warn!(job = %job.id, "cannot save the job: {e}");
-        }
+        self.record(&job);
         let ctx = self.context(&job);
         table.running.insert(job.id.clone(), Arc::clone(&ctx));
-        self.announce(&job);
         let runner = self.clone();
         let handle = std::thread::Builder::new()
             .name(format!("job {}", job.id))
@@ -396,10 +401,7 @@ impl Runner {
         }
         job.snapshots = snapshots;
         let job = job.clone();
-        if let Err(e) = self.shared.state.save_job(&job) {
-            tracing::warn!(job = %job.id, "cannot save the job: {e}");
-        }
-        self.announce(&job);
+        self.record(&job);
         self.trim_history(&mut table);
         drop(table);
         self.follow_up(&job);
@@ -545,10 +547,7 @@ impl Runner {
         job.state = JobState::Canceled;
         job.finished = Some(self.shared.clock.now());
         let job = job.clone();
-        if let Err(e) = self.shared.state.save_job(&job) {
-            tracing::warn!(job = %job.id, "cannot save the job: {e}");
-        }
-        self.announce(&job);
+        self.record(&job);
         self.shared.changed.notify_all();
         Ok(job)
     }
@@ -621,7 +620,7 @@ impl Runner {
 }
 
 fn visible(job: &Job, scope: Scope<'_>) -> bool {
-    scope.is_none_or(|t| job.tenant.as_deref() == Some(t))
+    in_scope(job.tenant.as_deref(), scope)
 }
 
 /// A queued or running backup that already covers every VM `wanted` names.

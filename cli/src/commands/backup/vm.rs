@@ -91,13 +91,13 @@ pub fn back_up_vms(
     // share of the connection, the helper's start, the snapshot and the commit included.
     let mut since = Instant::now();
     let say = |m: &str| sink.say(m);
-    let repo = repo::open(g)?;
     if hv.qmp_socket().is_some() {
         bail!(
             "{} is a QEMU's QMP socket, not libvirt: back it up with `vmstash backup --connect`",
             hv.uri()
         );
     }
+    let repo = repo::open(g)?;
     if !a.no_helper {
         if let Err(why) = hv.start_helper() {
             say(&format!(

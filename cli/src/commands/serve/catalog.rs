@@ -3,12 +3,12 @@
 //! (its key derived once) and kept.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use serde_json::Value;
 use vmstash_repo::Repository;
 use vmstash_serve::api::Catalog;
-use vmstash_serve::config::{Config, RepositoryDef};
+use vmstash_serve::config::RepositoryDef;
 
 use super::global;
 use crate::commands::snapshots::snapshot_json;
@@ -16,21 +16,13 @@ use crate::commands::stats::measure;
 use crate::output::describe;
 use crate::repo;
 
-/// The catalog of the configured repositories.
+/// The catalog of the configured repositories, each opened on first use.
+#[derive(Default)]
 pub struct RepoCatalog {
     open: Mutex<HashMap<String, Repository>>,
-    _config: Arc<Config>,
 }
 
 impl RepoCatalog {
-    /// The catalog of `config`'s repositories.
-    pub fn new(config: Arc<Config>) -> RepoCatalog {
-        RepoCatalog {
-            open: Mutex::new(HashMap::new()),
-            _config: config,
-        }
-    }
-
     fn with_repo<T>(
         &self,
         def: &RepositoryDef,

@@ -152,7 +152,7 @@ fn daemon(g: &Global, config: Config) -> Result<ExitCode> {
     let parts = vmstash_serve::daemon::Parts {
         config: Arc::clone(&config),
         work: Arc::new(work::DaemonWork::new(Arc::clone(&config))),
-        catalog: Arc::new(catalog::RepoCatalog::new(Arc::clone(&config))),
+        catalog: Arc::new(catalog::RepoCatalog::default()),
         notifier: Arc::new(vmstash_serve::notify::Notifications::new(Arc::clone(
             &config,
         ))),

@@ -11,9 +11,8 @@ use chrono::Utc;
 use vmstash_repo::backup::{BackupDisk, BackupReport};
 use vmstash_repo::check::{check, ReadData};
 use vmstash_repo::copy::{copy_snapshots, plan_copy};
-use vmstash_repo::policy;
 use vmstash_repo::prune::{prune, Phase, PruneOptions, PruneProgress};
-use vmstash_repo::selection::{group, GroupBy};
+use vmstash_repo::selection::GroupBy;
 use vmstash_serve::config::{Config, HypervisorDef, JobDef, RepositoryDef};
 use vmstash_serve::jobs::model::DiskProgress;
 use vmstash_serve::jobs::{Job, JobContext, JobRequest, Level, Work};
@@ -22,7 +21,7 @@ use super::global;
 use crate::args::{BackupArgs, CbtMode, Global};
 use crate::commands::backup::cbt_summary::CbtSummary;
 use crate::commands::backup::{back_up_vms, BackupSink};
-use crate::commands::forget::remove_all;
+use crate::commands::forget::{plan_groups, removals, remove_all};
 use crate::commands::vm_repair::repair_libvirt_vm;
 use crate::libvirt::hypervisor::Hypervisor;
 use crate::output::{describe, human};
@@ -199,15 +198,13 @@ impl DaemonWork {
                 .into_iter()
                 .filter(|(_, m)| def.vms.contains(&m.name))
                 .collect();
-            let now = Utc::now();
-            let mut remove = Vec::new();
-            for (_, snapshots) in group(considered, &GroupBy::default()) {
-                for d in policy::apply(&retention.policy, &snapshots, now) {
-                    if !d.keep {
-                        remove.push(d.id);
-                    }
-                }
-            }
+            let plans = plan_groups(
+                considered,
+                &GroupBy::default(),
+                &retention.policy,
+                Utc::now(),
+            );
+            let remove = removals(&plans);
             remove_all(&repo, &remove)?
         };
         ctx.log(
