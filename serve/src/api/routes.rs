@@ -226,7 +226,7 @@ pub(super) async fn snapshot(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !(4..=64).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "a snapshot id is 4 to 64 hex digits".into(),
