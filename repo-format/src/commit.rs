@@ -184,22 +184,30 @@ impl<'a> Committer<'a> {
     /// Stores `plain` as a blob with the given id unless it is already known; returns whether
     /// it was new. The caller computed `id`.
     pub fn save(&self, ty: BlobType, id: Id, plain: &[u8]) -> Result<bool> {
+        self.save_counted(ty, id, plain)
+            .map(|stored| stored.is_some())
+    }
+
+    /// [`Committer::save`], returning the bytes the blob takes in its pack when it was new.
+    pub fn save_counted(&self, ty: BlobType, id: Id, plain: &[u8]) -> Result<Option<u64>> {
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(Error::Aborted);
         }
         if self.reuse(&id) || !locked(&self.claimed).insert(id) {
-            return Ok(false);
+            return Ok(None);
         }
         let raw_length = u32::try_from(plain.len())
             .ok()
             .filter(|&l| l <= MAX_BLOB_LEN)
             .ok_or_else(|| Error::InvalidParameter("blob larger than 8 MiB".into()))?;
         let level = self.repo.config().compression_level;
-        let full = FRAMED.with(|framed| {
+        let (full, stored) = FRAMED.with(|framed| {
             let mut framed = framed.borrow_mut();
             framed.clear();
             payload::encode_into(plain, level, &mut framed);
+            let stored = u64::try_from(framed.len()).unwrap_or(u64::MAX);
             self.append(ty, id, raw_length, &framed)
+                .map(|full| (full, stored))
         })?;
         self.shared.blobs.fetch_add(1, Ordering::Relaxed);
         self.shared
@@ -208,7 +216,7 @@ impl<'a> Committer<'a> {
         if let Some(pack) = full {
             self.upload(pack)?;
         }
-        Ok(true)
+        Ok(Some(stored))
     }
 
     /// A free open-pack slot of `ty` (the first one no other thread holds).

@@ -83,7 +83,7 @@ pub use cancel::CancelToken;
 pub use disk_reader::DiskReader;
 pub use error::{Error, Result};
 pub use id::Id;
-pub use progress::{NoProgress, Progress};
+pub use progress::{ChunkDone, NoProgress, Progress};
 pub use repository::Repository;
 pub use source::DiskSource;
 pub use version::FORMAT_VERSION;

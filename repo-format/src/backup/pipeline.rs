@@ -31,7 +31,7 @@ use crate::chunkmap::{chunk_count, is_zero, ChunkMapWriter};
 use crate::commit::Committer;
 use crate::direct::AlignedBuf;
 use crate::id::Id;
-use crate::progress::Progress;
+use crate::progress::{ChunkDone, Progress};
 use crate::source::DiskSource;
 use crate::{Error, Result};
 
@@ -110,7 +110,10 @@ struct Done {
     disk: usize,
     no: u64,
     id: Id,
-    new: bool,
+    /// The bytes read from the source for the chunk.
+    read: u64,
+    /// The bytes it added to the repository when it was new.
+    stored: Option<u64>,
 }
 
 /// Chunk buffers in flight: a few per worker and one per reader, within [`BUFFER_BUDGET`]
@@ -232,9 +235,15 @@ pub(super) fn back_up_disks(
                     };
                     c.chunks += 1;
                     c.zero += u64::from(d.id.is_zero());
-                    c.new += u64::from(d.new);
+                    c.new += u64::from(d.stored.is_some());
                     let start = d.no.saturating_mul(chunk);
-                    progress.advance(chunk.min(job.src.size().saturating_sub(start)));
+                    progress.chunk_done(&ChunkDone {
+                        bytes: chunk.min(job.src.size().saturating_sub(start)),
+                        read: d.read,
+                        stored: d.stored.unwrap_or(0),
+                        new: d.stored.is_some(),
+                        zero: d.id.is_zero(),
+                    });
                     if let Err(e) = map.put(d.no, d.id) {
                         shared.abort.store(true, Ordering::Relaxed);
                         keep_first(&mut first_err, e);
@@ -358,24 +367,36 @@ fn hash_chunks(
 
 fn hash_chunk(committer: &Committer<'_>, job: &Job) -> Result<Done> {
     let (disk, no) = (job.disk, job.no);
+    let read = match &job.content {
+        Content::Data(_, len) => u64::try_from(*len).unwrap_or(u64::MAX),
+        Content::Known(_) | Content::Zero => 0,
+    };
     match &job.content {
         Content::Data(buf, len) if !is_zero(buf.slice(*len)) => {
             let bytes = buf.slice(*len);
             let id = Id::of(bytes);
-            let new = committer.save(BlobType::Data, id, bytes)?;
-            Ok(Done { disk, no, id, new })
+            let stored = committer.save_counted(BlobType::Data, id, bytes)?;
+            Ok(Done {
+                disk,
+                no,
+                id,
+                read,
+                stored,
+            })
         }
         Content::Known(id) => Ok(Done {
             disk,
             no,
             id: *id,
-            new: false,
+            read,
+            stored: None,
         }),
         Content::Data(..) | Content::Zero => Ok(Done {
             disk,
             no,
             id: Id::ZERO,
-            new: false,
+            read,
+            stored: None,
         }),
     }
 }

@@ -23,7 +23,7 @@ use crate::exit::{self, usage};
 use crate::output::{self, human, print_json};
 use crate::{interrupt, repo, source};
 
-pub use sink::BackupSink;
+pub use sink::{BackupSink, SinkProgress};
 pub use vm::back_up_vms;
 
 /// Runs `vmstash backup`.
@@ -110,7 +110,7 @@ pub fn store(
         .map(|d| format!("{} ({})", d.name, d.source))
         .collect();
     let snapshot = plan.name.clone();
-    let report = back_up(repo, plan, &|n| sink.advance(n), cancel);
+    let report = back_up(repo, plan, &SinkProgress(sink), cancel);
     sink.ended(report.as_ref().ok());
     if matches!(report, Err(vmstash_repo::Error::Cancelled)) {
         sink.say(&format!(

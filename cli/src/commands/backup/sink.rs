@@ -6,6 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use indicatif::ProgressBar;
 use vmstash_repo::backup::{BackupDisk, BackupReport};
+use vmstash_repo::{ChunkDone, Progress};
 
 use super::cbt_summary::CbtSummary;
 use super::print_summary;
@@ -19,13 +20,29 @@ pub trait BackupSink: Sync {
     fn say(&self, line: &str);
     /// The disks of snapshot `name` are about to be read.
     fn starting(&self, name: &str, disks: &[BackupDisk]);
-    /// `bytes` more guest bytes are done.
-    fn advance(&self, bytes: u64);
+    /// One more chunk is done (read and stored, found unchanged, or known to be zeros).
+    fn chunk_done(&self, done: &ChunkDone);
     /// The reading of the snapshot ended; `report` when it was stored.
     fn ended(&self, report: Option<&BackupReport>);
     /// A VM's snapshot is stored and the VM is back on its disks: its summary, with the
     /// changed-block tracking summary when it was used.
     fn summary(&self, report: &BackupReport, cbt: Option<&CbtSummary>);
+}
+
+/// The engine's progress, into a sink.
+pub struct SinkProgress<'a>(pub &'a dyn BackupSink);
+
+impl Progress for SinkProgress<'_> {
+    fn advance(&self, bytes: u64) {
+        self.0.chunk_done(&ChunkDone {
+            bytes,
+            ..ChunkDone::default()
+        });
+    }
+
+    fn chunk_done(&self, done: &ChunkDone) {
+        self.0.chunk_done(done);
+    }
 }
 
 /// The terminal: lines on stderr (unless `--quiet`), a progress bar, the summary on stdout.
@@ -70,14 +87,14 @@ impl BackupSink for Terminal<'_> {
         *self.bar.lock().unwrap_or_else(PoisonError::into_inner) = Some(bar);
     }
 
-    fn advance(&self, bytes: u64) {
+    fn chunk_done(&self, done: &ChunkDone) {
         if let Some(bar) = self
             .bar
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
         {
-            bar.inc(bytes);
+            bar.inc(done.bytes);
         }
     }
 
