@@ -236,7 +236,7 @@ pub struct MountArgs {
 }
 
 /// Passphrases for LUKS volumes inside the guests' disks.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct LuksArgs {
     /// A file holding a passphrase for the guests' LUKS volumes (a trailing newline is not
     /// part of it); repeatable: each volume is opened with the first that fits. Without one,

@@ -542,6 +542,24 @@ fn canceling_a_running_backup_job_leaves_the_vm_on_its_disks_and_no_snapshot() {
         return;
     }
     let (_sshd, vm, repo, daemon, operator, id) = slow_backup_under_way("srvcancel");
+    // The counters move with every chunk while the job runs, not only at its end.
+    let started = Instant::now();
+    loop {
+        let (_, job) = daemon.json("GET", &format!("/v1/jobs/{id}"), &operator, None);
+        assert_eq!(job["state"], "running", "{job}");
+        let p = &job["progress"];
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+        if n("chunks_new") > 0 {
+            assert!(n("bytes_read") > 0 && n("bytes_stored") > 0, "{job}");
+            assert!(n("bytes_scanned") < n("bytes_total"), "{job}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no new chunk counted while running: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (status, _) = daemon.json("POST", &format!("/v1/jobs/{id}/cancel"), &operator, None);
     assert_eq!(status, StatusCode::ACCEPTED);
     let job = daemon.wait_final(&operator, &id, Duration::from_secs(120));
@@ -701,6 +719,22 @@ fn a_backup_job_of_a_real_vm_streams_its_events_without_gap_across_a_reconnect()
         widest < Duration::from_millis(2500),
         "a {widest:?} gap between progress events"
     );
+    // The counters only grow.
+    let counters: Vec<(u64, u64, u64)> = all
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| {
+            let p = &e.data["progress"];
+            let n = |k: &str| p[k].as_u64().unwrap_or(0);
+            (n("bytes_read"), n("bytes_stored"), n("chunks_new"))
+        })
+        .collect();
+    assert!(
+        counters
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1 && w[0].2 <= w[1].2),
+        "counters went back: {counters:?}"
+    );
     // The snapshot restores bit for bit, and the VM is back on its own disks.
     let snapshots = finished.data["snapshots"]
         .as_array()
@@ -849,5 +883,287 @@ fn a_copy_job_copies_what_the_other_repository_lacks() {
     assert_eq!(
         offsite.json(&["snapshots"]).as_array().map(Vec::len),
         Some(1)
+    );
+}
+
+/// The `[server]` line that lets restore jobs write below `dir`.
+fn restore_dirs(dir: &std::path::Path) -> String {
+    format!("restore_dirs = [\"{}\"]", dir.display())
+}
+
+#[test]
+fn a_restore_job_writes_below_restore_dirs_only_and_never_over_an_image() {
+    let repo = Repo::init();
+    let disk = crate::util::sparse_image(
+        repo.dir.path(),
+        "web1.img",
+        8 << 20,
+        &[(3 << 20, crate::util::random_bytes(11, 1 << 20))],
+    );
+    repo.ok(&["backup", "--disk", &disk.display().to_string()]);
+    let allowed = repo.dir.path().join("restores");
+    let outside = repo.dir.path().join("outside");
+    std::fs::create_dir_all(&allowed).expect("mkdir");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, allowed.join("escape")).expect("symlink");
+    let daemon = Daemon::start(&repo, &restore_dirs(&allowed), "");
+    let operator = daemon.token("operator", None, None);
+    let restore = |target: &std::path::Path| {
+        json!({"kind": "restore", "repository": "main", "snapshot": "latest",
+               "vm": "web1", "target": target.display().to_string()})
+    };
+    let run = |target: &std::path::Path| {
+        let (status, job) = daemon.json("POST", "/v1/jobs", &operator, Some(&restore(target)));
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        daemon.wait_final(
+            &operator,
+            job["id"].as_str().expect("id"),
+            Duration::from_secs(60),
+        )
+    };
+
+    // Outside restore_dirs: refused before a job exists.
+    let (status, body) = daemon.json("POST", "/v1/jobs", &operator, Some(&restore(&outside)));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("restore_dirs"), "{body}");
+    // Inside by its name, outside through a symbolic link: the job fails and writes nothing.
+    let job = run(&allowed.join("escape/r"));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap_or("").contains("restore_dirs"),
+        "{job}"
+    );
+    assert_eq!(std::fs::read_dir(&outside).expect("ls").count(), 0);
+    // `name` needs `define`; a tenant's token needs one of its hypervisors.
+    let mut named = restore(&allowed.join("n"));
+    named["name"] = json!("web1-copy");
+    let (status, body) = daemon.json("POST", "/v1/jobs", &operator, Some(&named));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let acme = daemon.token("operator", Some("acme"), None);
+    let mut theirs = restore(&allowed.join("a"));
+    theirs["repository"] = json!("acme");
+    let (status, body) = daemon.json("POST", "/v1/jobs", &acme, Some(&theirs));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("hypervisor"), "{body}");
+
+    // Below restore_dirs: the disk, bit for bit, with its progress.
+    let target = allowed.join("web1-r");
+    let job = run(&target);
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", daemon.log());
+    assert_raw_images_equal(&target.join("web1.raw"), &disk);
+    assert_eq!(job["progress"]["bytes_total"], json!(8 << 20), "{job}");
+    assert_eq!(job["progress"]["bytes_scanned"], json!(8 << 20), "{job}");
+    let log = daemon
+        .request(
+            "GET",
+            &format!("/v1/jobs/{}/log", job["id"].as_str().expect("id")),
+            Some(&operator),
+            None,
+        )
+        .text()
+        .expect("the job's log");
+    assert!(log.contains("web1.raw"), "{log}");
+    // Again into the same directory: refused, the image untouched.
+    let before = sha256_file(&target.join("web1.raw"));
+    let again = run(&target);
+    assert_eq!(again["state"], "failed", "{again}");
+    assert!(
+        again["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already exists"),
+        "{again}"
+    );
+    assert_eq!(sha256_file(&target.join("web1.raw")), before);
+}
+
+#[test]
+fn a_restore_job_writes_onto_a_hypervisor_over_sftp_and_defines_the_vm() {
+    let sshd = Sshd::start();
+    let vm = TestVm::create("srvrest");
+    let repo = Repo::init();
+    repo.ok(&[
+        "backup",
+        "--connect",
+        crate::fixtures::libvirt::URI,
+        "--vm",
+        &vm.name,
+    ]);
+    let daemon = Daemon::start(&repo, "", &hypervisor_over_ssh(&sshd));
+    let operator = daemon.token("operator", None, None);
+    let target = vm.dir.join("restored");
+    let clone = format!("{}-clone", vm.name);
+    let request = json!({"kind": "restore", "repository": "main", "snapshot": "latest",
+        "hypervisor": "kvm", "target": target.display().to_string(),
+        "define": true, "name": clone});
+    let (status, job) = daemon.json("POST", "/v1/jobs", &operator, Some(&request));
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job = daemon.wait_final(
+        &operator,
+        job["id"].as_str().expect("id"),
+        Duration::from_secs(120),
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_eq!(job["state"], "succeeded", "{job}\n{}", daemon.log());
+        assert_raw_images_equal(&target.join("vda.raw"), &vm.vda_source);
+        assert_raw_images_equal(&target.join("vdb.raw"), &vm.vdb);
+        let xml = crate::fixtures::libvirt::virsh(&["dumpxml", &clone]);
+        assert!(
+            xml.contains(&target.join("vda.raw").display().to_string()),
+            "{xml}"
+        );
+        let original = vm.dumpxml();
+        let uuid = original
+            .split_once("<uuid>")
+            .and_then(|(_, rest)| rest.split_once("</uuid>"))
+            .map(|(u, _)| u.to_owned())
+            .expect("the VM's UUID");
+        assert!(!xml.contains(&uuid), "the clone kept the VM's UUID: {xml}");
+    }));
+    let _ = crate::fixtures::libvirt::virsh_output(&["undefine", &clone]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// A real SMTP server (aiosmtpd from the test venv) on a free loopback port, delivering into
+/// a maildir; killed on drop. `None` when aiosmtpd is missing outside CI.
+struct SmtpServer {
+    child: Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    fn start() -> Option<SmtpServer> {
+        let python = vmstash_test_support::test_venv().join("bin/python");
+        let has = Command::new(&python)
+            .args(["-c", "import aiosmtpd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "prerequisite missing under CI: aiosmtpd in {}",
+                python.display()
+            );
+            eprintln!("SKIPPED: aiosmtpd is missing (run scripts/install-deps.sh)");
+            return None;
+        }
+        let maildir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir.path().join("mail"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < START_PATIENCE,
+                "aiosmtpd did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(SmtpServer {
+            child,
+            port,
+            maildir,
+        })
+    }
+
+    /// The messages delivered so far, as text.
+    fn messages(&self) -> Vec<String> {
+        let new = self.maildir.path().join("mail/new");
+        std::fs::read_dir(new)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_failed_job_emails_the_end_of_its_log_through_smtp() {
+    let Some(smtp) = SmtpServer::start() else {
+        return;
+    };
+    let refused_port = free_port();
+    let repo = Repo::init();
+    let extra = format!(
+        "[hypervisors.down]\nuri = \"qemu+ssh://root@127.0.0.1:{refused_port}/system\"\n\
+         [notifications.ops]\non = [\"failed\"]\nemail_to = [\"Ops <ops@example.com>\", \"oncall@example.com\"]\n\
+         email_from = \"vmstash@example.com\"\nsmtp_server = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_security = \"plain\"\n\
+         [jobs.doomed]\nhypervisor = \"down\"\nrepository = \"main\"\nvms = [\"web1\"]\nnotify = [\"ops\"]\n",
+        smtp.port
+    );
+    let daemon = Daemon::start(&repo, "", &extra);
+    let operator = daemon.token("operator", None, None);
+    let (status, job) = daemon.json(
+        "POST",
+        "/v1/jobs",
+        &operator,
+        Some(&json!({"kind": "backup", "job": "doomed"})),
+    );
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().expect("id").to_owned();
+    let job = daemon.wait_final(&operator, &id, Duration::from_secs(60));
+    assert_eq!(job["state"], "failed", "{job}");
+    let started = Instant::now();
+    let mail = loop {
+        if let Some(m) = smtp.messages().pop() {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no email arrived\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The body may be quoted-printable (long lines): undo its soft line breaks and `=3D`.
+    let mail = mail
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    assert!(
+        mail.contains("Subject: vmstash: backup doomed failed"),
+        "{mail}"
+    );
+    assert!(mail.contains("From: vmstash@example.com"), "{mail}");
+    assert!(
+        mail.contains("ops@example.com") && mail.contains("oncall@example.com"),
+        "{mail}"
+    );
+    assert!(mail.contains(&format!("job {id}: failed")), "{mail}");
+    let error = job["error"].as_str().expect("the job's error");
+    let first_words: String = error.chars().take(30).collect();
+    assert!(
+        mail.contains(&first_words),
+        "the error {error:?} is not in {mail}"
+    );
+    assert!(mail.contains("lines of its log:"), "{mail}");
+    assert_eq!(smtp.messages().len(), 1, "one email for one job");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "notification ops: the email was taken by 127.0.0.1:{} (250",
+            smtp.port
+        )),
+        "{log}"
     );
 }

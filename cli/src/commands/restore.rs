@@ -28,8 +28,112 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     if a.snapshot.contains(':') {
         return super::restore_files::run(g, a);
     }
-    let repo = &repo::open(g)?;
     let started = Instant::now();
+    let sink = BarSink {
+        bar: progress::bytes(g, 0, "restore"),
+    };
+    let cancel = interrupt::cancel_on_signals()?;
+    let done = match restore_snapshot(g, a, &sink, &cancel)? {
+        Restored::Done(done) => done,
+        Restored::Canceled { disk, written } => {
+            sink.bar.finish_and_clear();
+            eprintln!(
+                "vmstash: interrupted: the partly written image of disk {disk} was removed{}; the repository was not changed",
+                if written.is_empty() { String::new() } else { format!(" (restored before: {})", written.join(", ")) }
+            );
+            return Ok(ExitCode::from(exit::INTERRUPTED));
+        }
+    };
+    sink.bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if g.json {
+        print_json(
+            &json!({"message_type": "summary", "snapshot_id": done.id.to_hex(),
+            "files": done.files,
+            "bytes": done.bytes, "duration_seconds": secs}),
+        );
+    } else if !g.quiet {
+        for p in &done.files {
+            line(format_args!("restored {p}"));
+        }
+        if let Some(name) = &done.defined {
+            line(format_args!(
+                "defined VM {name}; start it with `virsh start {name}`"
+            ));
+        }
+        line(format_args!(
+            "snapshot {} restored: {} in {secs:.1} s",
+            done.id.short(),
+            human(done.bytes)
+        ));
+    }
+    Ok(exit::ok())
+}
+
+/// What a restore tells while it runs.
+pub trait RestoreSink: Sync {
+    /// The bytes of the disks to restore, once known.
+    fn total(&self, bytes: u64);
+    /// `bytes` more were written.
+    fn advance(&self, bytes: u64);
+    /// Something the user should know (QEMU pass-through left out of a defined VM).
+    fn warn(&self, line: &str);
+}
+
+/// The terminal's progress bar.
+struct BarSink {
+    bar: indicatif::ProgressBar,
+}
+
+impl RestoreSink for BarSink {
+    fn total(&self, bytes: u64) {
+        self.bar.set_length(bytes);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn warn(&self, line: &str) {
+        self.bar.suspend(|| eprintln!("vmstash: warning: {line}"));
+    }
+}
+
+/// How a restore ended.
+pub enum Restored {
+    /// Every disk was restored.
+    Done(RestoreDone),
+    /// Canceled while disk `disk` was written; its partial image was removed.
+    Canceled {
+        /// The disk being written.
+        disk: String,
+        /// The images restored before it.
+        written: Vec<String>,
+    },
+}
+
+/// A finished restore.
+pub struct RestoreDone {
+    /// The snapshot restored.
+    pub id: vmstash_repo::Id,
+    /// The files written (as the destination's host names them).
+    pub files: Vec<String>,
+    /// The bytes of the disks restored.
+    pub bytes: u64,
+    /// The VM defined, with `define`.
+    pub defined: Option<String>,
+}
+
+/// Restores the disks of snapshot `a.snapshot` (and its domain XML or QEMU configuration)
+/// into `a.target`, and defines the VM when `a.define` says so: what `vmstash restore` and a
+/// daemon's restore job do. Nothing is written when an image exists already.
+pub fn restore_snapshot(
+    g: &Global,
+    a: &RestoreArgs,
+    sink: &dyn RestoreSink,
+    cancel: &CancelToken,
+) -> Result<Restored> {
+    let repo = &repo::open(g)?;
     let _lock = repo::lock_for_reading(g, repo, "restore")?;
     let (listing, _) = repo::snapshots_warning_of_damage(repo)?;
     let (id, m) = listing.find(&a.snapshot, &a.filter.filter())?;
@@ -43,68 +147,55 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let dest = Dest::open(g, &a.target)?;
     check_targets(&dest, &disks, a.format)?;
     let index = Arc::new(repo.load_index().context("loading the repository index")?);
-    let total = disks.iter().map(|d| d.size).sum();
-    let bar = progress::bytes(g, total, "restore");
-    let mut written = Vec::new();
-    let cancel = interrupt::cancel_on_signals()?;
+    let bytes = disks.iter().map(|d| d.size).sum();
+    sink.total(bytes);
+    let mut files = Vec::new();
     for &disk in &disks {
         let reader = DiskReader::new(repo.clone(), Arc::clone(&index), Arc::new(disk.clone()))
             .zero_lost(a.zero_lost);
-        let restored = restore_disk(&reader, &dest, a.format, &bar, &cancel);
+        let restored = restore_disk(&reader, &dest, a.format, sink, cancel);
         if cancel.is_cancelled() {
-            bar.finish_and_clear();
-            eprintln!(
-                "vmstash: interrupted: the partly written image of disk {} was removed{}; the repository was not changed",
-                disk.name,
-                if written.is_empty() { String::new() } else { format!(" (restored before: {})", written.join(", ")) }
-            );
-            return Ok(ExitCode::from(exit::INTERRUPTED));
+            return Ok(Restored::Canceled {
+                disk: disk.name.clone(),
+                written: files,
+            });
         }
         let path = restored
             .with_context(|| format!("restoring disk {} of snapshot {}", disk.name, id.short()))?;
-        written.push(path);
+        files.push(path);
     }
     if let Some(xml) = &m.domain_xml {
         dest.write_file("domain.xml", xml.as_bytes())?;
-        written.push(dest.display("domain.xml"));
+        files.push(dest.display("domain.xml"));
     }
     if let Some(qemu) = &m.qemu {
         dest.write_file(QEMU_CONFIG_FILE, &qemu_config_json(qemu)?)?;
-        written.push(dest.display(QEMU_CONFIG_FILE));
+        files.push(dest.display(QEMU_CONFIG_FILE));
     }
-    if a.define {
-        let defined = define_vm(g, &m, a, &dest, &disks)?;
-        written.push(defined);
-    }
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    if g.json {
-        print_json(
-            &json!({"message_type": "summary", "snapshot_id": id.to_hex(),
-            "files": written,
-            "bytes": total, "duration_seconds": secs}),
-        );
-    } else if !g.quiet {
-        for p in &written {
-            line(format_args!("restored {p}"));
-        }
-        line(format_args!(
-            "snapshot {} restored: {} in {secs:.1} s",
-            id.short(),
-            human(total)
-        ));
-    }
-    Ok(exit::ok())
+    let defined = if a.define {
+        let (name, file) = define_vm(g, &m, a, &dest, &disks, sink)?;
+        files.push(file);
+        Some(name)
+    } else {
+        None
+    };
+    Ok(Restored::Done(RestoreDone {
+        id,
+        files,
+        bytes,
+        defined,
+    }))
 }
 
-/// Defines the restored VM on the hypervisor; returns the XML file used.
+/// Defines the restored VM on the hypervisor; returns its name and the XML file used.
 fn define_vm(
     g: &Global,
     m: &Manifest,
     a: &RestoreArgs,
     dest: &Dest,
     disks: &[&Disk],
-) -> Result<String> {
+    sink: &dyn RestoreSink,
+) -> Result<(String, String)> {
     let xml = m.domain_xml.as_deref().context(
         "this snapshot has no domain XML (a backup of disk files, not of a VM); there is nothing to define",
     )?;
@@ -123,7 +214,7 @@ fn define_vm(
     };
     let defined = rewrite_for_define(xml, &restored, &options)?;
     for removed in &defined.removed {
-        eprintln!("vmstash: warning: QEMU pass-through left out of the defined VM (it may name files, devices or sockets of the backed-up host): {removed}");
+        sink.warn(&format!("QEMU pass-through left out of the defined VM (it may name files, devices or sockets of the backed-up host): {removed}"));
     }
     let new_xml = defined.xml;
     let name = a.name.clone().unwrap_or_else(|| m.name.clone());
@@ -140,12 +231,7 @@ fn define_vm(
     hv.virsh
         .define(&dest.path(&file))
         .with_context(|| format!("defining {name}"))?;
-    if !g.quiet && !g.json {
-        line(format_args!(
-            "defined VM {name}; start it with `virsh start {name}`"
-        ));
-    }
-    Ok(dest.display(&file))
+    Ok((name, dest.display(&file)))
 }
 
 fn extension(format: RestoreFormat) -> &'static str {
@@ -204,7 +290,7 @@ fn restore_disk(
     reader: &DiskReader,
     dest: &Dest,
     format: RestoreFormat,
-    bar: &indicatif::ProgressBar,
+    sink: &dyn RestoreSink,
     cancel: &CancelToken,
 ) -> Result<String> {
     let disk = reader.disk();
@@ -218,7 +304,7 @@ fn restore_disk(
             // An object store wants more requests in flight than there are cores; each reads
             // a run of blobs (up to 8 MiB), so half as many threads as requests keep it busy.
             threads::io_workers().max(reader.repository().backend().requests_in_flight() / 2),
-            &|n| bar.inc(n),
+            &|n| sink.advance(n),
             cancel,
         )?;
         dest.finish(partial)?;

@@ -18,8 +18,8 @@ use vmstash_repo::selection::TagList;
 use super::raw;
 use super::{
     CheckDef, Config, Email, HypervisorDef, JobDef, NotificationDef, NotifyOn, PasswordSource,
-    RepositoryDef, Retention, Server, Transport, VmSelection, DEFAULT_KEEP_HISTORY, DEFAULT_LISTEN,
-    DEFAULT_MAX_AUTH_FAILURES, DEFAULT_MAX_JOBS, DEFAULT_STATE_DIR,
+    RepositoryDef, Retention, Server, SmtpSecurity, Transport, VmSelection, DEFAULT_KEEP_HISTORY,
+    DEFAULT_LISTEN, DEFAULT_MAX_AUTH_FAILURES, DEFAULT_MAX_JOBS, DEFAULT_STATE_DIR,
 };
 use crate::error::{ConfigIssue, ServeError};
 use crate::schedule::Schedule;
@@ -172,6 +172,7 @@ impl Checker<'_> {
             1,
             1_000_000,
         );
+        let restore_dirs = self.restore_dirs(s.restore_dirs);
         Server {
             listen,
             transport,
@@ -185,7 +186,32 @@ impl Checker<'_> {
             time_zone: self.zone(s.time_zone.as_ref()).unwrap_or(Tz::UTC),
             keep_history: keep_history.unwrap_or(DEFAULT_KEEP_HISTORY),
             max_auth_failures: max_auth_failures.unwrap_or(DEFAULT_MAX_AUTH_FAILURES),
+            restore_dirs,
         }
+    }
+
+    /// `restore_dirs`: absolute paths without `..`, so that "below one of them" means what
+    /// it says.
+    fn restore_dirs(&mut self, dirs: Vec<Spanned<PathBuf>>) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for d in dirs {
+            let path = d.get_ref();
+            let dotdot = path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+            if !path.is_absolute() || dotdot {
+                self.issue(
+                    d.span(),
+                    format!(
+                        "restore_dirs: {} is not an absolute path without '..'",
+                        path.display()
+                    ),
+                );
+            } else {
+                out.push(d.into_inner());
+            }
+        }
+        out
     }
 
     /// A whole number in `min..=max`, or an issue.
@@ -354,15 +380,34 @@ impl Checker<'_> {
             None
         } else {
             let port = self.bounded(n.smtp_port.as_ref(), "smtp_port", 1, 65_535);
+            let security = self.smtp_security(n.smtp_security.as_ref());
+            let to: Vec<_> = n
+                .email_to
+                .iter()
+                .filter_map(|a| self.mailbox(a, "email_to"))
+                .collect();
             match (n.email_from, n.smtp_server) {
-                (Some(from), Some(server)) => Some(Email {
-                    to: n.email_to,
-                    from,
-                    server,
-                    port: port.and_then(|p| u16::try_from(p).ok()).unwrap_or(587),
-                    user: n.smtp_user,
-                    password_file: n.smtp_password_file,
-                }),
+                (Some(from), Some(server)) => {
+                    if security == SmtpSecurity::Plain && !is_loopback_host(&server) {
+                        let at = n.smtp_security.as_ref().map_or(name.span(), Spanned::span);
+                        self.issue(
+                            at,
+                            format!("smtp_security = \"plain\" to {server}: plain SMTP goes to a loopback server only (localhost, 127.0.0.1, ::1); use starttls or tls"),
+                        );
+                    }
+                    let from = self.mailbox(&from, "email_from");
+                    from.map(|from| Email {
+                        to,
+                        from,
+                        server,
+                        port: port
+                            .and_then(|p| u16::try_from(p).ok())
+                            .unwrap_or(security.default_port()),
+                        security,
+                        user: n.smtp_user,
+                        password_file: n.smtp_password_file,
+                    })
+                }
                 _ => {
                     self.issue(name.span(), "email_to needs email_from and smtp_server");
                     None
@@ -384,6 +429,37 @@ impl Checker<'_> {
             webhook: n.webhook.map(Spanned::into_inner),
             email,
         })
+    }
+
+    /// An email address (`Name <addr>` or `addr`), or an issue.
+    fn mailbox(&mut self, text: &Spanned<String>, key: &str) -> Option<lettre::message::Mailbox> {
+        match text.get_ref().parse::<lettre::message::Mailbox>() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.issue(
+                    text.span(),
+                    format!("{key}: {:?} is not an email address ({e})", text.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn smtp_security(&mut self, v: Option<&Spanned<String>>) -> SmtpSecurity {
+        match v.map(|v| v.get_ref().as_str()) {
+            None | Some("starttls") => SmtpSecurity::StartTls,
+            Some("tls") => SmtpSecurity::Tls,
+            Some("plain") => SmtpSecurity::Plain,
+            Some(other) => {
+                if let Some(v) = v {
+                    self.issue(
+                        v.span(),
+                        format!("smtp_security = {other:?}: use starttls, tls or plain"),
+                    );
+                }
+                SmtpSecurity::StartTls
+            }
+        }
     }
 
     fn job(&mut self, name: &Spanned<String>, j: raw::Job, known: &Known<'_>) -> Option<JobDef> {
@@ -639,4 +715,14 @@ pub(crate) fn is_name(s: &str) -> bool {
 
 fn tenant_name(t: Option<&str>) -> String {
     t.map_or_else(|| "(none)".to_owned(), |t| format!("{t:?}"))
+}
+
+/// Whether an SMTP server name is this host: `localhost` or a loopback address.
+fn is_loopback_host(server: &str) -> bool {
+    server.eq_ignore_ascii_case("localhost")
+        || server
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

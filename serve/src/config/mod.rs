@@ -72,6 +72,9 @@ pub struct Server {
     /// Failed authentications an address may make in a minute before it is refused (429)
     /// for a minute.
     pub max_auth_failures: usize,
+    /// The directories of the daemon's host that restore jobs without a hypervisor may
+    /// write below (§6.3); none: such restores are refused.
+    pub restore_dirs: Vec<PathBuf>,
 }
 
 /// How the API's connections are secured (§5).
@@ -223,21 +226,45 @@ pub enum NotifyOn {
     Succeeded,
 }
 
-/// Email through SMTP (STARTTLS).
-#[derive(Debug)]
+/// Email through SMTP.
+#[derive(Debug, Clone)]
 pub struct Email {
     /// Recipients.
-    pub to: Vec<String>,
+    pub to: Vec<lettre::message::Mailbox>,
     /// Sender.
-    pub from: String,
+    pub from: lettre::message::Mailbox,
     /// SMTP server.
     pub server: String,
     /// Its port.
     pub port: u16,
+    /// How the connection is secured.
+    pub security: SmtpSecurity,
     /// Login, when the server needs one.
     pub user: Option<String>,
     /// The login's password file.
     pub password_file: Option<PathBuf>,
+}
+
+/// How the connection to an SMTP server is secured (`smtp_security`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// Plain, then upgraded with STARTTLS, which must succeed (default; port 587).
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS: only to an SMTP server on a loopback address (port 25).
+    Plain,
+}
+
+impl SmtpSecurity {
+    /// The port used when `smtp_port` is not given.
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpSecurity::StartTls => 587,
+            SmtpSecurity::Tls => 465,
+            SmtpSecurity::Plain => 25,
+        }
+    }
 }
 
 /// `[notifications.<name>]`.

@@ -37,6 +37,8 @@ pub(super) struct Server {
     pub time_zone: Option<Spanned<String>>,
     pub keep_history: Option<Spanned<i64>>,
     pub max_auth_failures: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub restore_dirs: Vec<Spanned<PathBuf>>,
 }
 
 /// `[repositories.<name>]`.
@@ -134,10 +136,11 @@ pub(super) struct Notification {
     pub on: Vec<Spanned<String>>,
     pub webhook: Option<Spanned<String>>,
     #[serde(default)]
-    pub email_to: Vec<String>,
-    pub email_from: Option<String>,
+    pub email_to: Vec<Spanned<String>>,
+    pub email_from: Option<Spanned<String>>,
     pub smtp_server: Option<String>,
     pub smtp_port: Option<Spanned<i64>>,
+    pub smtp_security: Option<Spanned<String>>,
     pub smtp_user: Option<String>,
     pub smtp_password_file: Option<PathBuf>,
 }

@@ -246,3 +246,78 @@ fn a_broken_toml_file_names_its_line() {
         .to_string();
     assert!(shown.contains("vmstash.toml:1:"), "{shown}");
 }
+
+#[test]
+fn email_addresses_and_plain_smtp_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let email = |lines: &str| {
+        config_text(dir.path(), "").replace(
+            "[notifications.ops]\n",
+            &format!("[notifications.ops]\nemail_from = \"vmstash@example.com\"\n{lines}"),
+        )
+    };
+    let text =
+        email("email_to = [\"Ops <ops@example.com>\"]\nsmtp_server = \"smtp.example.com\"\n");
+    let c = parse(dir.path(), &text).expect("valid");
+    let e = c.notifications["ops"].email.as_ref().expect("email");
+    assert_eq!((e.port, e.security), (587, SmtpSecurity::StartTls));
+    assert_eq!(e.to[0].email.to_string(), "ops@example.com");
+    let text = email(
+        "email_to = [\"ops@example.com\"]\nsmtp_server = \"localhost\"\nsmtp_security = \"plain\"\n",
+    );
+    let e = parse(dir.path(), &text).expect("valid").notifications["ops"]
+        .email
+        .clone()
+        .expect("email");
+    assert_eq!((e.port, e.security), (25, SmtpSecurity::Plain));
+
+    let found = issues(
+        dir.path(),
+        &email("email_to = [\"ops at example\"]\nsmtp_server = \"smtp.example.com\"\n"),
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("email_to: \"ops at example\" is not an email address")),
+        "{found:?}"
+    );
+    let found = issues(
+        dir.path(),
+        &email("email_to = [\"ops@example.com\"]\nsmtp_server = \"smtp.example.com\"\nsmtp_security = \"plain\"\n"),
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("plain SMTP goes to a loopback server only")),
+        "{found:?}"
+    );
+    let found = issues(
+        dir.path(),
+        &email("email_to = [\"ops@example.com\"]\nsmtp_server = \"smtp.example.com\"\nsmtp_security = \"ssl\"\n"),
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("use starttls, tls or plain")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn restore_dirs_are_absolute_without_parent_components() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "").replace(
+        "[server]\n",
+        "[server]\nrestore_dirs = [\"/var/lib/vmstash/restore\", \"relative\", \"/a/../etc\"]\n",
+    );
+    let found = issues(dir.path(), &text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].contains("relative is not an absolute path"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("/a/../etc is not an absolute path"),
+        "{found:?}"
+    );
+}

@@ -23,6 +23,20 @@ pub enum JobKind {
     Copy,
 }
 
+impl JobKind {
+    /// The kind's name, as the API writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
+            JobKind::Check => "check",
+            JobKind::Forget => "forget",
+            JobKind::Prune => "prune",
+            JobKind::Copy => "copy",
+        }
+    }
+}
+
 /// Where a job is in its life. The last three are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -125,18 +139,26 @@ pub enum JobRequest {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         vms: Vec<String>,
     },
-    /// Restore a snapshot's disks.
+    /// Restore a snapshot's disks (`<disk>.raw`) and domain XML into a directory.
     Restore {
         /// The repository.
         repository: String,
-        /// The snapshot (id or unique prefix).
+        /// The snapshot: an id, a unique prefix of one, or `latest`.
         snapshot: String,
-        /// Where: a directory here, or `sftp://host/dir`.
+        /// With `latest`: the newest snapshot of this VM.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vm: Option<String>,
+        /// The configured hypervisor whose host gets the files (over SFTP) and defines the
+        /// VM; none: the daemon's host, below one of `restore_dirs`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hypervisor: Option<String>,
+        /// The directory (absolute; created when missing).
         target: String,
         /// Define the restored VM in libvirt.
         #[serde(default)]
         define: bool,
-        /// The restored VM's name.
+        /// The restored VM's name (with `define`; it then also gets a new UUID and new MAC
+        /// addresses).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },

@@ -4,7 +4,7 @@
 use vmstash_repo::check::ReadData;
 
 use super::model::{JobKind, JobRequest};
-use crate::config::{Config, JobDef};
+use crate::config::{Config, HypervisorDef, JobDef};
 
 /// Who is asking: the tenant a token is limited to (`None`: every tenant).
 pub type Scope<'a> = Option<&'a str>;
@@ -60,6 +60,20 @@ fn repository(
         .filter(|r| in_scope(r.tenant.as_deref(), scope))
         .map(|r| r.tenant.clone())
         .ok_or_else(|| SubmitError::NotFound(format!("no repository {name:?}")))
+}
+
+/// The hypervisor `name`, if the scope sees it and it is of `tenant`.
+fn hypervisor_def<'c>(
+    config: &'c Config,
+    name: &str,
+    tenant: Option<&str>,
+    scope: Scope<'_>,
+) -> Result<&'c HypervisorDef, SubmitError> {
+    config
+        .hypervisors
+        .get(name)
+        .filter(|h| in_scope(h.tenant.as_deref(), scope) && h.tenant.as_deref() == tenant)
+        .ok_or_else(|| SubmitError::NotFound(format!("no hypervisor {name:?}")))
 }
 
 fn configured_job<'c>(
@@ -133,11 +147,7 @@ pub fn resolve(
                 ));
             };
             let tenant = repository(config, repo, scope)?;
-            let hv_def = config
-                .hypervisors
-                .get(hv)
-                .filter(|h| in_scope(h.tenant.as_deref(), scope) && h.tenant == tenant)
-                .ok_or_else(|| SubmitError::NotFound(format!("no hypervisor {hv:?}")))?;
+            let hv_def = hypervisor_def(config, hv, tenant.as_deref(), scope)?;
             if vms.is_empty() || vms.iter().any(|v| v.is_empty() || v.contains('/')) {
                 return Err(SubmitError::Invalid(
                     "\"vms\" names the VMs to back up (at least one; names, not globs)".into(),
@@ -155,16 +165,65 @@ pub fn resolve(
         JobRequest::Restore {
             repository: repo,
             snapshot,
+            hypervisor: hv,
             target,
+            name,
+            define,
             ..
         } => {
             let tenant = repository(config, repo, scope)?;
-            if snapshot.is_empty() || target.is_empty() {
+            if snapshot.is_empty() {
                 return Err(SubmitError::Invalid(
-                    "a restore names a snapshot and a target".into(),
+                    "a restore names a snapshot (an id, a prefix of one, or \"latest\")".into(),
                 ));
             }
-            Ok(plain(repo, tenant))
+            if name.is_some() && !define {
+                return Err(SubmitError::Invalid(
+                    "\"name\" names the VM a restore defines: it needs \"define\": true".into(),
+                ));
+            }
+            let target_path = std::path::Path::new(target);
+            if !target_path.is_absolute()
+                || target_path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(SubmitError::Invalid(format!(
+                    "target {target:?} is not an absolute directory without '..'"
+                )));
+            }
+            let mut r = plain(repo, tenant.clone());
+            match hv {
+                Some(hv) => {
+                    r.hypervisor = Some(
+                        hypervisor_def(config, hv, tenant.as_deref(), scope)?
+                            .name
+                            .clone(),
+                    );
+                }
+                None if scope.is_some() => {
+                    return Err(SubmitError::Invalid(
+                        "a tenant's restore names one of its hypervisors (\"hypervisor\"): the daemon's own host is not a tenant's".into(),
+                    ));
+                }
+                None if !config
+                    .server
+                    .restore_dirs
+                    .iter()
+                    .any(|d| target_path.starts_with(d)) =>
+                {
+                    return Err(SubmitError::Invalid(format!(
+                        "target {target:?} is not below one of the server's restore_dirs ({}); name a hypervisor to restore onto its host",
+                        if config.server.restore_dirs.is_empty() {
+                            "none are configured".to_owned()
+                        } else {
+                            config.server.restore_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                        }
+                    )));
+                }
+                None => {}
+            }
+            Ok(r)
         }
         JobRequest::Check {
             repository: repo,

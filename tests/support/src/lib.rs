@@ -20,5 +20,5 @@ mod s3;
 mod sshd;
 
 pub use fault_proxy::{FaultKind, FaultProxy, Faults, Injection};
-pub use s3::{S3Error, S3Server, DEFAULT_S3_VENV};
+pub use s3::{venv as test_venv, S3Error, S3Server, DEFAULT_S3_VENV};
 pub use sshd::{keygen, run, Sshd, SshdError, SSHD};

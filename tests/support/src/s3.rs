@@ -454,8 +454,9 @@ impl Drop for S3Server {
     }
 }
 
-/// The venv that holds the servers: `$VMSTASH_S3_VENV`, else [`DEFAULT_S3_VENV`].
-fn venv() -> PathBuf {
+/// The venv that holds the test servers (S3, SMTP): `$VMSTASH_S3_VENV`, else
+/// [`DEFAULT_S3_VENV`].
+pub fn venv() -> PathBuf {
     match std::env::var_os(VENV_VAR) {
         Some(path) if !path.is_empty() => PathBuf::from(path),
         _ => PathBuf::from(DEFAULT_S3_VENV),

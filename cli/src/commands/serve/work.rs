@@ -13,17 +13,20 @@ use vmstash_repo::check::{check, ReadData};
 use vmstash_repo::copy::{copy_snapshots, plan_copy};
 use vmstash_repo::prune::{prune, Phase, PruneOptions, PruneProgress};
 use vmstash_repo::selection::GroupBy;
+use vmstash_repo::ChunkDone;
 use vmstash_serve::config::{Config, HypervisorDef, JobDef, RepositoryDef};
 use vmstash_serve::jobs::model::DiskProgress;
 use vmstash_serve::jobs::{Job, JobContext, JobRequest, Level, Work};
 
 use super::global;
-use crate::args::{BackupArgs, CbtMode, Global};
+use crate::args::{BackupArgs, CbtMode, FilterArgs, Global, LuksArgs, RestoreArgs, RestoreFormat};
 use crate::commands::backup::cbt_summary::CbtSummary;
 use crate::commands::backup::{back_up_vms, BackupSink};
 use crate::commands::forget::{plan_groups, removals, remove_all};
+use crate::commands::restore::{restore_snapshot, RestoreSink, Restored};
 use crate::commands::vm_repair::repair_libvirt_vm;
 use crate::libvirt::hypervisor::Hypervisor;
+use crate::libvirt::uri::{ConnectUri, Transport};
 use crate::output::{describe, human};
 use crate::repo;
 
@@ -75,9 +78,7 @@ impl DaemonWork {
                 prune,
             } => self.forget(repository, name, *prune, ctx),
             JobRequest::Copy { from, to, vm } => self.copy(from, to, vm.as_deref(), ctx),
-            JobRequest::Restore { .. } => {
-                bail!("the daemon does not run restore jobs yet: run `vmstash restore`")
-            }
+            JobRequest::Restore { .. } => self.restore(job, ctx),
         }
     }
 
@@ -137,6 +138,107 @@ impl DaemonWork {
             outcome.names.len(),
             names.join(", ")
         )
+    }
+
+    /// Restores a snapshot into a directory of the daemon's host (below one of
+    /// `restore_dirs`) or of a configured hypervisor's (over SFTP), as `vmstash restore` does,
+    /// and defines the VM there when asked.
+    fn restore(&self, job: &Job, ctx: &JobContext) -> Result<()> {
+        let JobRequest::Restore {
+            repository,
+            snapshot,
+            vm,
+            hypervisor,
+            target,
+            define,
+            name,
+        } = &job.request
+        else {
+            bail!("not a restore job");
+        };
+        let hypervisor = hypervisor
+            .as_deref()
+            .map(|h| self.hypervisor(Some(h)))
+            .transpose()?;
+        let g = global::for_repository(self.repository(Some(repository))?, hypervisor);
+        let (location, connect) = match hypervisor {
+            Some(h) => match ConnectUri::parse(&h.uri)?.transport {
+                Transport::Ssh { user, host, port } => {
+                    let user = user.map_or(String::new(), |u| format!("{u}@"));
+                    let port = port.map_or(String::new(), |p| format!(":{p}"));
+                    (
+                        format!("sftp://{user}{host}{port}{target}"),
+                        Some(h.uri.clone()),
+                    )
+                }
+                Transport::Local => {
+                    self.check_local_target(target)?;
+                    (target.clone(), Some(h.uri.clone()))
+                }
+            },
+            None => {
+                self.check_local_target(target)?;
+                (target.clone(), None)
+            }
+        };
+        let a = RestoreArgs {
+            snapshot: snapshot.clone(),
+            target: location,
+            filter: FilterArgs {
+                vms: vm.iter().cloned().collect(),
+                hosts: Vec::new(),
+                tags: Vec::new(),
+            },
+            luks: LuksArgs::default(),
+            disks: Vec::new(),
+            format: RestoreFormat::Raw,
+            zero_lost: false,
+            define: *define,
+            name: name.clone(),
+            connect: connect.filter(|_| *define),
+            keep_qemu_passthrough: false,
+        };
+        let sink = JobRestore { ctx };
+        match restore_snapshot(&g, &a, &sink, ctx.cancel_token())? {
+            Restored::Done(done) => {
+                ctx.log(
+                    Level::Info,
+                    &format!(
+                        "snapshot {} restored ({}): {}",
+                        done.id.short(),
+                        human(done.bytes),
+                        done.files.join(", ")
+                    ),
+                );
+                if let Some(name) = done.defined {
+                    ctx.log(Level::Info, &format!("defined VM {name}"));
+                }
+                Ok(())
+            }
+            Restored::Canceled { disk, written } => bail!(
+                "canceled: the partly written image of disk {disk} was removed{}",
+                if written.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (restored before: {})", written.join(", "))
+                }
+            ),
+        }
+    }
+
+    /// Refuses a directory of the daemon's host that is not below one of `restore_dirs` once
+    /// symbolic links are resolved.
+    fn check_local_target(&self, target: &str) -> Result<()> {
+        let dirs = &self.config.server.restore_dirs;
+        let resolved = resolve_existing_prefix(std::path::Path::new(target));
+        let below = dirs.iter().any(|d| {
+            let d = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+            resolved.starts_with(d)
+        });
+        if !below {
+            bail!("{target} is not below one of the server's restore_dirs");
+        }
+        Ok(())
     }
 
     fn check(&self, repository: &str, subset: Option<&str>, ctx: &JobContext) -> Result<()> {
@@ -260,6 +362,25 @@ impl DaemonWork {
     }
 }
 
+/// `path` with its longest existing prefix resolved (symbolic links followed) and the rest
+/// kept as written.
+fn resolve_existing_prefix(path: &std::path::Path) -> std::path::PathBuf {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                at = parent;
+            }
+            _ => return path.to_owned(),
+        }
+    }
+}
+
 /// Prunes the repository of `g`, its phases' progress going to the job.
 fn prune_with(g: &Global, options: &PruneOptions, ctx: &JobContext) -> Result<()> {
     let repo = repo::open(g)?;
@@ -341,15 +462,22 @@ impl BackupSink for JobSink<'_> {
             .log(Level::Info, &format!("{name}: reading {}", what.join(", ")));
     }
 
-    fn advance(&self, bytes: u64) {
+    fn chunk_done(&self, done: &ChunkDone) {
         if let Some(delay) = self.delay {
             std::thread::sleep(delay);
         }
         // The engine reads a snapshot's disks one after the other: the bytes go to the first
         // disk not yet done.
         self.ctx.update(|p| {
-            p.bytes_scanned += bytes;
-            let mut left = bytes;
+            p.bytes_scanned += done.bytes;
+            p.bytes_read += done.read;
+            p.bytes_stored += done.stored;
+            if done.new {
+                p.chunks_new += 1;
+            } else if !done.zero {
+                p.chunks_known += 1;
+            }
+            let mut left = done.bytes;
             for d in p
                 .disks
                 .iter_mut()
@@ -365,17 +493,8 @@ impl BackupSink for JobSink<'_> {
         });
     }
 
-    fn ended(&self, report: Option<&BackupReport>) {
-        let Some(report) = report else { return };
-        self.ctx.update(|p| {
-            for c in &report.disks {
-                p.bytes_read += c.read;
-                p.chunks_new += c.new;
-                p.chunks_known += c.chunks.saturating_sub(c.new + c.zero);
-            }
-            p.bytes_stored += report.manifest.summary.bytes_added;
-        });
-    }
+    /// The counters moved with every chunk (see [`JobSink::chunk_done`]).
+    fn ended(&self, _report: Option<&BackupReport>) {}
 
     fn summary(&self, report: &BackupReport, cbt: Option<&CbtSummary>) {
         self.ctx.add_snapshot(report.id.to_hex());
@@ -397,6 +516,25 @@ impl BackupSink for JobSink<'_> {
         if let Some(cbt) = cbt {
             self.ctx.log(Level::Info, &cbt.line());
         }
+    }
+}
+
+/// A restore's progress and warnings, into its job.
+struct JobRestore<'a> {
+    ctx: &'a JobContext,
+}
+
+impl RestoreSink for JobRestore<'_> {
+    fn total(&self, bytes: u64) {
+        self.ctx.update(|p| p.bytes_total = bytes);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.ctx.update(|p| p.bytes_scanned += bytes);
+    }
+
+    fn warn(&self, line: &str) {
+        self.ctx.log(Level::Warn, line);
     }
 }
 
