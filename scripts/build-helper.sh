@@ -14,12 +14,14 @@ cd "$ROOT"
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
   cargo build --release --locked -p vmstash-hashblocks --features helper-bin \
   --bin vmstash-hashblocks --target "$TARGET"
-built="target/$TARGET/release/vmstash-hashblocks"
+# The target directory cargo used: CARGO_TARGET_DIR when set (relative to the root), else target.
+OUT="${CARGO_TARGET_DIR:-target}"
+built="$OUT/$TARGET/release/vmstash-hashblocks"
 if ldd "$built" 2>&1 | grep -q "=>"; then
   echo "build-helper: $built is dynamically linked; refusing to install it" >&2
   exit 1
 fi
-mkdir -p target/release
-install -m 0755 "$built" target/release/vmstash-hashblocks.tmp
-mv -f target/release/vmstash-hashblocks.tmp target/release/vmstash-hashblocks
-echo "build-helper: installed target/release/vmstash-hashblocks ($(stat -c %s target/release/vmstash-hashblocks) bytes, static)"
+mkdir -p "$OUT/release"
+install -m 0755 "$built" "$OUT/release/vmstash-hashblocks.tmp"
+mv -f "$OUT/release/vmstash-hashblocks.tmp" "$OUT/release/vmstash-hashblocks"
+echo "build-helper: installed $OUT/release/vmstash-hashblocks ($(stat -c %s "$OUT/release/vmstash-hashblocks") bytes, static)"
