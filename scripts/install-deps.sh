@@ -30,6 +30,12 @@ PACKAGES=(
   qemu-system-x86        # qemu-system-x86_64 (TCG; no KVM needed)
   fuse3                  # fusermount3: `vmstash mount` without root, and its tests
   python3-venv           # python3 -m venv: the S3 test servers' venv (below)
+  # The dashboard's end-to-end test (tests/e2e/dashboard.rs) drives a real browser
+  # over WebDriver. Debian's own builds: a test tool's browser download cannot be
+  # fetched on these machines, and the two packages come from one source, so the
+  # driver always matches the browser's version.
+  chromium               # /usr/bin/chromium, run headless by the test
+  chromium-driver        # /usr/bin/chromedriver, the WebDriver server the test talks to
 )
 
 # qemu-utils (qemu-img, qemu-io, qemu-nbd) is installed by a SECOND apt-get

@@ -9,6 +9,7 @@ mod cbt;
 mod cli;
 mod concurrency;
 mod damage;
+mod dashboard;
 mod env_smoke;
 mod failures;
 mod fixtures;

@@ -21,15 +21,15 @@ use crate::util::{assert_raw_images_equal, bin, sha256_file, Repo, PASSWORD};
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A running daemon on a free loopback port with its own state directory; killed on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     dir: tempfile::TempDir,
     config: PathBuf,
-    base: String,
+    pub(crate) base: String,
     client: Client,
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -44,7 +44,12 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] with `env` added to the daemon's environment.
-    fn start_with(repo: &Repo, server: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start_with(
+        repo: &Repo,
+        server: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let pass = dir.path().join("pass");
         std::fs::write(&pass, format!("{PASSWORD}\n")).expect("write");
@@ -77,7 +82,7 @@ impl Daemon {
     }
 
     /// Runs the daemon of `config` (its state in `dir`) with `env` added to its environment;
-    /// returns once it answers.
+    /// returns once it answers (over HTTP when the configuration says `plain_http = true`).
     fn spawn(dir: tempfile::TempDir, config: PathBuf, env: &[(&str, &str)]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -93,16 +98,20 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("start the daemon");
-        let port = std::fs::read_to_string(&config)
-            .expect("config")
+        let text = std::fs::read_to_string(&config).expect("config");
+        let port = text
             .lines()
             .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
             .and_then(|l| l.trim_end_matches('"').parse::<u16>().ok())
             .expect("the port");
+        let plain = text.contains("plain_http = true");
         let cert = dir.path().join("state/tls/cert.pem");
         let started = Instant::now();
         let mut daemon = Daemon {
-            base: format!("https://127.0.0.1:{port}"),
+            base: format!(
+                "{}://127.0.0.1:{port}",
+                if plain { "http" } else { "https" }
+            ),
             client: Client::new(),
             config,
             child: Some(child),
@@ -114,17 +123,21 @@ impl Daemon {
                 "the daemon did not answer: {}",
                 daemon.log()
             );
-            if let Ok(pem) = std::fs::read(&cert) {
-                // Trust exactly the daemon's own certificate.
-                let client = reqwest::Certificate::from_pem(&pem)
-                    .ok()
-                    .and_then(|c| Client::builder().tls_certs_only([c]).build().ok());
-                if let Some(client) = client {
-                    daemon.client = client;
-                    let health = daemon.client.get(daemon.url("/v1/health")).send();
-                    if health.is_ok_and(|r| r.status() == StatusCode::OK) {
-                        return daemon;
-                    }
+            // Over HTTPS, trust exactly the daemon's own certificate.
+            let client = if plain {
+                Some(Client::new())
+            } else {
+                std::fs::read(&cert).ok().and_then(|pem| {
+                    reqwest::Certificate::from_pem(&pem)
+                        .ok()
+                        .and_then(|c| Client::builder().tls_certs_only([c]).build().ok())
+                })
+            };
+            if let Some(client) = client {
+                daemon.client = client;
+                let health = daemon.client.get(daemon.url("/v1/health")).send();
+                if health.is_ok_and(|r| r.status() == StatusCode::OK) {
+                    return daemon;
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -142,7 +155,7 @@ impl Daemon {
     }
 
     /// Waits until job `id` is in a final state; returns it.
-    fn wait_final(&self, token: &str, id: &str, patience: Duration) -> Value {
+    pub(crate) fn wait_final(&self, token: &str, id: &str, patience: Duration) -> Value {
         let started = Instant::now();
         loop {
             let (_, job) = self.json("GET", &format!("/v1/jobs/{id}"), token, None);
@@ -162,7 +175,7 @@ impl Daemon {
     }
 
     /// Waits until job `id` runs and has scanned something; returns it.
-    fn wait_scanning(&self, token: &str, id: &str, patience: Duration) -> Value {
+    pub(crate) fn wait_scanning(&self, token: &str, id: &str, patience: Duration) -> Value {
         let started = Instant::now();
         loop {
             let (_, job) = self.json("GET", &format!("/v1/jobs/{id}"), token, None);
@@ -178,16 +191,16 @@ impl Daemon {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
     /// A new token (`vmstash serve token create`).
-    fn token(&self, role: &str, tenant: Option<&str>, expires: Option<&str>) -> String {
+    pub(crate) fn token(&self, role: &str, tenant: Option<&str>, expires: Option<&str>) -> String {
         let mut c = Command::new(bin());
         c.args(["serve", "--config"]).arg(&self.config);
         c.args(["token", "create", "--role", role]);
@@ -202,7 +215,7 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         method: &str,
         path: &str,
@@ -220,7 +233,7 @@ impl Daemon {
         r.send().expect("request")
     }
 
-    fn json(
+    pub(crate) fn json(
         &self,
         method: &str,
         path: &str,
@@ -487,7 +500,7 @@ fn is_final(e: &Sse) -> bool {
 }
 
 /// The `[hypervisors.kvm]` table of `sshd`'s libvirt, reached as `qemu+ssh://`.
-fn hypervisor_over_ssh(sshd: &Sshd) -> String {
+pub(crate) fn hypervisor_over_ssh(sshd: &Sshd) -> String {
     format!(
         "[hypervisors.kvm]\nuri = \"qemu+ssh://root@127.0.0.1:{}/system\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
         sshd.port,
@@ -497,7 +510,7 @@ fn hypervisor_over_ssh(sshd: &Sshd) -> String {
 }
 
 /// The VM runs on its own disks, with no backup job and nothing of a backup left beside it.
-fn assert_vm_clean(vm: &TestVm) {
+pub(crate) fn assert_vm_clean(vm: &TestVm) {
     assert_eq!(vm.state(), "running");
     vm.assert_on_original_disks();
     let started = Instant::now();
@@ -516,7 +529,7 @@ fn assert_vm_clean(vm: &TestVm) {
 /// seconds (the test VM's disks are small).
 const SLOW_READS: (&str, &str) = ("VMSTASH_TEST_PROGRESS_DELAY_MS", "200");
 
-fn backup_request(vm: &TestVm) -> Value {
+pub(crate) fn backup_request(vm: &TestVm) -> Value {
     json!({"kind": "backup", "hypervisor": "kvm", "repository": "main", "vms": [vm.name]})
 }
 
