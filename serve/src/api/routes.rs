@@ -24,6 +24,9 @@ use crate::tokens::Role;
 const MAX_IDEMPOTENCY_KEY: usize = 64;
 /// The most jobs one list returns.
 const MAX_LIST: usize = 1000;
+/// The longest a token made through the API may be valid: a hundred years. More would reach
+/// times that RFC 3339 cannot write (and, at some point, that chrono cannot add up to).
+const MAX_EXPIRES_DAYS: u32 = 36_500;
 
 /// Every `/v1` route.
 pub fn v1() -> Router<ApiState> {
@@ -570,7 +573,7 @@ pub(super) async fn tokens(
     tag = "admin",
     description = "Makes a token; its secret is in this answer only.",
     request_body = NewToken,
-    responses((status = 201, body = CreatedToken), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 403, description = "the token's role is too weak", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 422, description = "not a token request", body = ErrorBody)),
+    responses((status = 201, body = CreatedToken), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 403, description = "the token's role is too weak", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 422, description = "not a token request (or expires_days over 36500)", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn create_token(
@@ -594,9 +597,16 @@ pub(super) async fn create_token(
         (None, t) => t.map(str::to_owned),
     };
     let now = chrono::Utc::now();
-    let expires = new
-        .expires_days
-        .map(|d| now + chrono::TimeDelta::days(i64::from(d)));
+    let expires = match new.expires_days {
+        None => None,
+        Some(d) if d <= MAX_EXPIRES_DAYS => Some(now + chrono::TimeDelta::days(i64::from(d))),
+        Some(d) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("expires_days {d}: at most {MAX_EXPIRES_DAYS}; leave it out for no expiry"),
+            ))
+        }
+    };
     let (secret, record) = state
         .tokens
         .create(&new.name, new.role, tenant.as_deref(), expires, now)
