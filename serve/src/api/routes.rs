@@ -1,6 +1,6 @@
 //! The `/v1` routes (spec/SERVE.md §6), one small handler each.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -15,6 +15,7 @@ use super::types::{
 use crate::jobs::model::rfc3339_text;
 
 use super::auth::Caller;
+use super::extract::{Path, Query};
 use super::{sse, ApiError, ApiState};
 use crate::config::RepositoryDef;
 use crate::jobs::{CancelError, Job, JobRequest, SubmitError, Trigger};
@@ -174,7 +175,7 @@ pub(super) struct SnapshotQuery {
     tag = "viewer",
     description = "A repository's snapshots, newest first (as `vmstash snapshots --json`).",
     params(("name" = String, Path, description = "the repository"), ("vm" = Option<String>, Query, description = "only this VM's"), ("tag" = Option<String>, Query, description = "only those with this tag")),
-    responses((status = 200, body = Vec<serde_json::Value>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody)),
+    responses((status = 200, body = Vec<serde_json::Value>), (status = 400, description = "a query parameter that does not parse (or is repeated)", body = ErrorBody), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn snapshots(
@@ -359,7 +360,7 @@ pub(super) struct JobQuery {
     tag = "viewer",
     description = "Jobs the caller's tenant sees, newest first.",
     params(("state" = Option<String>, Query, description = "only jobs in this state"), ("kind" = Option<String>, Query, description = "only jobs of this kind"), ("limit" = Option<usize>, Query, description = "at most this many (1000 at most)")),
-    responses((status = 200, body = Vec<Job>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody)),
+    responses((status = 200, body = Vec<Job>), (status = 400, description = "a query parameter that does not parse (limit: not a number from 0 up)", body = ErrorBody), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn jobs(
