@@ -21,8 +21,8 @@ use crate::util::{assert_raw_images_equal, bin, sha256_file, Repo, PASSWORD};
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A running daemon on a free loopback port with its own state directory; killed on drop.
-struct Daemon {
-    dir: tempfile::TempDir,
+pub(crate) struct Daemon {
+    pub(crate) dir: tempfile::TempDir,
     config: PathBuf,
     base: String,
     client: Client,
@@ -39,7 +39,7 @@ fn free_port() -> u16 {
 impl Daemon {
     /// Starts `vmstash serve` with repository `main` (the test repository), a repository
     /// `acme` of tenant acme, `server` lines added to `[server]`, and `extra` tables.
-    fn start(repo: &Repo, server: &str, extra: &str) -> Daemon {
+    pub(crate) fn start(repo: &Repo, server: &str, extra: &str) -> Daemon {
         Daemon::start_with(repo, server, extra, &[])
     }
 
@@ -178,16 +178,16 @@ impl Daemon {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
     /// A new token (`vmstash serve token create`).
-    fn token(&self, role: &str, tenant: Option<&str>, expires: Option<&str>) -> String {
+    pub(crate) fn token(&self, role: &str, tenant: Option<&str>, expires: Option<&str>) -> String {
         let mut c = Command::new(bin());
         c.args(["serve", "--config"]).arg(&self.config);
         c.args(["token", "create", "--role", role]);
@@ -233,7 +233,7 @@ impl Daemon {
     }
 
     /// SIGTERM, and the exit status once it stopped.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().expect("running");
         crate::util::sh("kill", &["-TERM", &child.id().to_string()]);
         let status = child.wait().expect("wait");
