@@ -221,7 +221,7 @@ pub(super) async fn stats(
     path = "/v1/snapshots/{id}",
     tag = "viewer",
     description = "One snapshot by id or unique prefix, in any repository the caller sees.",
-    params(("id" = String, Path, description = "the snapshot's id or a unique prefix of it")),
+    params(("id" = String, Path, description = "the snapshot's id or a unique prefix of it", pattern = "^[0-9a-fA-F]{4,64}$")),
     responses((status = 200, body = serde_json::Value), (status = 400, description = "not 4 to 64 hex digits", body = ErrorBody), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 409, description = "the prefix is ambiguous", body = ErrorBody)),
     security(("bearer" = []))
 )]
