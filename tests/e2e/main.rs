@@ -24,6 +24,7 @@ mod repair;
 mod roundtrip;
 mod s3;
 mod serve;
+mod serve_schema;
 mod ssh;
 mod util;
 mod vectors;

@@ -22,7 +22,7 @@ const START_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A running daemon on a free loopback port with its own state directory; killed on drop.
 pub(crate) struct Daemon {
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     config: PathBuf,
     pub(crate) base: String,
     client: Client,
@@ -39,7 +39,7 @@ pub(crate) fn free_port() -> u16 {
 impl Daemon {
     /// Starts `vmstash serve` with repository `main` (the test repository), a repository
     /// `acme` of tenant acme, `server` lines added to `[server]`, and `extra` tables.
-    fn start(repo: &Repo, server: &str, extra: &str) -> Daemon {
+    pub(crate) fn start(repo: &Repo, server: &str, extra: &str) -> Daemon {
         Daemon::start_with(repo, server, extra, &[])
     }
 
@@ -246,7 +246,7 @@ impl Daemon {
     }
 
     /// SIGTERM, and the exit status once it stopped.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().expect("running");
         crate::util::sh("kill", &["-TERM", &child.id().to_string()]);
         let status = child.wait().expect("wait");

@@ -3,6 +3,7 @@
 //! blocking work (reading a repository) runs on tokio's blocking threads.
 
 pub mod auth;
+pub mod extract;
 pub mod openapi;
 pub mod routes;
 pub mod sse;

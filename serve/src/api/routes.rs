@@ -1,6 +1,6 @@
 //! The `/v1` routes (spec/SERVE.md §6), one small handler each.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -15,6 +15,7 @@ use super::types::{
 use crate::jobs::model::rfc3339_text;
 
 use super::auth::Caller;
+use super::extract::{Path, Query};
 use super::{sse, ApiError, ApiState};
 use crate::config::RepositoryDef;
 use crate::jobs::{CancelError, Job, JobRequest, SubmitError, Trigger};
@@ -24,6 +25,9 @@ use crate::tokens::Role;
 const MAX_IDEMPOTENCY_KEY: usize = 64;
 /// The most jobs one list returns.
 const MAX_LIST: usize = 1000;
+/// The longest a token made through the API may be valid: a hundred years. More would reach
+/// times that RFC 3339 cannot write (and, at some point, that chrono cannot add up to).
+const MAX_EXPIRES_DAYS: u32 = 36_500;
 
 /// Every `/v1` route.
 pub fn v1() -> Router<ApiState> {
@@ -171,7 +175,7 @@ pub(super) struct SnapshotQuery {
     tag = "viewer",
     description = "A repository's snapshots, newest first (as `vmstash snapshots --json`).",
     params(("name" = String, Path, description = "the repository"), ("vm" = Option<String>, Query, description = "only this VM's"), ("tag" = Option<String>, Query, description = "only those with this tag")),
-    responses((status = 200, body = Vec<serde_json::Value>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody)),
+    responses((status = 200, body = Vec<serde_json::Value>), (status = 400, description = "a query parameter that does not parse (or is repeated)", body = ErrorBody), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn snapshots(
@@ -217,7 +221,7 @@ pub(super) async fn stats(
     path = "/v1/snapshots/{id}",
     tag = "viewer",
     description = "One snapshot by id or unique prefix, in any repository the caller sees.",
-    params(("id" = String, Path, description = "the snapshot's id or a unique prefix of it")),
+    params(("id" = String, Path, description = "the snapshot's id or a unique prefix of it", pattern = "^[0-9a-fA-F]{4,64}$")),
     responses((status = 200, body = serde_json::Value), (status = 400, description = "not 4 to 64 hex digits", body = ErrorBody), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 409, description = "the prefix is ambiguous", body = ErrorBody)),
     security(("bearer" = []))
 )]
@@ -356,7 +360,7 @@ pub(super) struct JobQuery {
     tag = "viewer",
     description = "Jobs the caller's tenant sees, newest first.",
     params(("state" = Option<String>, Query, description = "only jobs in this state"), ("kind" = Option<String>, Query, description = "only jobs of this kind"), ("limit" = Option<usize>, Query, description = "at most this many (1000 at most)")),
-    responses((status = 200, body = Vec<Job>), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody)),
+    responses((status = 200, body = Vec<Job>), (status = 400, description = "a query parameter that does not parse (limit: not a number from 0 up)", body = ErrorBody), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn jobs(
@@ -570,7 +574,7 @@ pub(super) async fn tokens(
     tag = "admin",
     description = "Makes a token; its secret is in this answer only.",
     request_body = NewToken,
-    responses((status = 201, body = CreatedToken), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 403, description = "the token's role is too weak", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 422, description = "not a token request", body = ErrorBody)),
+    responses((status = 201, body = CreatedToken), (status = 401, description = "no, a wrong or an expired token", body = ErrorBody), (status = 403, description = "the token's role is too weak", body = ErrorBody), (status = 404, description = "no such object (or another tenant's)", body = ErrorBody), (status = 422, description = "not a token request (or expires_days over 36500)", body = ErrorBody)),
     security(("bearer" = []))
 )]
 pub(super) async fn create_token(
@@ -594,9 +598,16 @@ pub(super) async fn create_token(
         (None, t) => t.map(str::to_owned),
     };
     let now = chrono::Utc::now();
-    let expires = new
-        .expires_days
-        .map(|d| now + chrono::TimeDelta::days(i64::from(d)));
+    let expires = match new.expires_days {
+        None => None,
+        Some(d) if d <= MAX_EXPIRES_DAYS => Some(now + chrono::TimeDelta::days(i64::from(d))),
+        Some(d) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("expires_days {d}: at most {MAX_EXPIRES_DAYS}; leave it out for no expiry"),
+            ))
+        }
+    };
     let (secret, record) = state
         .tokens
         .create(&new.name, new.role, tenant.as_deref(), expires, now)

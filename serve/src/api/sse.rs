@@ -8,13 +8,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::stream::{self, Stream};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::Caller;
+use super::extract::Path;
 use super::{ApiError, ApiState};
 use crate::events::{Event, EventKind, Events};
 

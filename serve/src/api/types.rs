@@ -122,7 +122,8 @@ pub struct NewToken {
     pub role: Role,
     /// Limit it to this tenant (a tenant's admin makes its own tenant's only).
     pub tenant: Option<String>,
-    /// Days it is valid; none: no expiry.
+    /// Days it is valid (at most 36500, a hundred years); none: no expiry.
+    #[schema(minimum = 0, maximum = 36500)]
     pub expires_days: Option<u32>,
 }
 
