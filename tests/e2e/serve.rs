@@ -1180,3 +1180,41 @@ fn a_failed_job_emails_the_end_of_its_log_through_smtp() {
         "{log}"
     );
 }
+
+#[test]
+fn token_create_refuses_an_expiry_past_the_calendar() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("vmstash.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nstate_dir = \"{}\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .expect("config");
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args([
+            "token",
+            "create",
+            "--role",
+            "viewer",
+            "--expires",
+            "100000000000y",
+        ])
+        .output()
+        .expect("token create");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::util::describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--expires: too far in the future"),
+        "{}",
+        crate::util::describe(&out)
+    );
+}

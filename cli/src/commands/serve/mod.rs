@@ -89,10 +89,15 @@ fn token(g: &Global, config: &Config, t: &TokenCommand) -> Result<ExitCode> {
         } => {
             let role = Role::parse(role).ok_or_else(|| usage("--role viewer|operator|admin"))?;
             let now = Utc::now();
+            let too_far = || usage("--expires: too far in the future");
             let expires = expires
-                .map(|d| chrono::TimeDelta::from_std(d).map(|d| now + d))
-                .transpose()
-                .map_err(|_| usage("--expires: too far in the future"))?;
+                .map(|d| {
+                    chrono::TimeDelta::from_std(d)
+                        .ok()
+                        .and_then(|d| now.checked_add_signed(d))
+                        .ok_or_else(too_far)
+                })
+                .transpose()?;
             let (secret, record) = tokens.create(name, role, tenant.as_deref(), expires, now)?;
             if g.json {
                 crate::output::print_json(&serde_json::json!({
