@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::backend::{relative_path, FileKind};
+use crate::cancel::CancelToken;
 use crate::id::Id;
 use crate::index::{IndexedPack, MasterIndex};
 use crate::pack;
@@ -149,6 +150,17 @@ pub fn check(
     read: ReadData,
     on_pack: &(dyn Fn(u64) + Sync),
 ) -> Result<CheckReport> {
+    check_until(repo, read, on_pack, &CancelToken::new())
+}
+
+/// [`check`], stopping with [`Error::Cancelled`] between packs once `cancel` is set (a check
+/// only reads: nothing is left to undo).
+pub fn check_until(
+    repo: &Repository,
+    read: ReadData,
+    on_pack: &(dyn Fn(u64) + Sync),
+    cancel: &CancelToken,
+) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let mut index_files = Vec::new();
     for (name, _) in repo.backend().list(FileKind::Index)? {
@@ -177,7 +189,10 @@ pub fn check(
             .filter_map(|p| sizes.get(&p.id.to_hex()).map(|size| (p, *size)))
             .collect();
         let chosen = read.select(candidates);
-        bad_blobs.extend(read_packs(repo, &chosen, &mut report, on_pack)?);
+        bad_blobs.extend(read_packs(repo, &chosen, &mut report, on_pack, cancel)?);
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
     }
     check_snapshots(repo, &index, &bad_blobs, &mut report)?;
     Ok(report)
@@ -255,6 +270,7 @@ fn read_packs(
     packs: &[&IndexedPack],
     report: &mut CheckReport,
     on_pack: &(dyn Fn(u64) + Sync),
+    cancel: &CancelToken,
 ) -> Result<HashSet<Id>> {
     let work = Mutex::new(packs.iter().copied());
     let found = Mutex::new(PackFindings::default());
@@ -265,7 +281,9 @@ fn read_packs(
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .next();
-                let Some(p) = next else { return };
+                let Some(p) = next.filter(|_| !cancel.is_cancelled()) else {
+                    return;
+                };
                 let result = verify_pack(repo, p);
                 let size = result.as_ref().map_or(0, |n| *n);
                 let mut f = found

@@ -800,12 +800,21 @@ function snapshotRows(repo, s) {
 
 function restoreForm(repo, s, close) {
   const vm = snapVm(s);
+  // Where: a configured hypervisor's host (over SFTP), or the daemon's own host (only below
+  // its restore_dirs; a tenant's token must choose a hypervisor).
+  const where = h('select', { 'data-testid': 'restore-hypervisor' },
+    h('option', { value: '' }, "the daemon's host"));
+  api('/v1/hypervisors').then((list) => {
+    where.append(...list.map((hv) => h('option', { value: hv.name }, hv.name)));
+    if (list.length) where.value = list[0].name;
+  }).catch(showError);
   const target = h('input', { type: 'text', required: true, 'data-testid': 'restore-target', placeholder: `/var/lib/libvirt/images/${vm}-restored`, spellcheck: 'false' });
   const define = h('input', { type: 'checkbox', 'data-testid': 'restore-define' });
   const name = h('input', { type: 'text', 'data-testid': 'restore-name', placeholder: `${vm}-restored`, spellcheck: 'false' });
   const submit = h('button', { type: 'submit', 'data-testid': 'restore-submit' }, 'restore');
   const form = h('form', { class: 'restore-form', 'data-testid': 'restore-form' },
     h('span', { class: 'muted' }, `Restore ${s.short_id || s.id} of ${vm}`),
+    h('label', {}, 'onto ', where),
     h('label', {}, 'target directory ', target),
     h('label', {}, define, ' define the VM'),
     h('label', {}, 'as ', name),
@@ -814,7 +823,8 @@ function restoreForm(repo, s, close) {
   form.addEventListener('submit', guard(async (e) => {
     e.preventDefault();
     const body = { kind: 'restore', repository: repo, snapshot: s.id, target: target.value.trim(), define: define.checked };
-    if (name.value.trim()) body.name = name.value.trim();
+    if (where.value) body.hypervisor = where.value;
+    if (define.checked && name.value.trim()) body.name = name.value.trim();
     if (!body.target) { target.focus(); return; }
     submit.disabled = true;
     try {

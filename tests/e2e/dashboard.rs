@@ -2,7 +2,8 @@
 //! through Debian's chromedriver over WebDriver (the thirtyfour crate), against the real
 //! daemon. One test logs in with an operator token over HTTPS (the daemon's self-signed
 //! certificate), backs a real libvirt VM up with "back up now" and watches the progress bar
-//! and the snapshot list, and cancels a job started through the API; the other, over
+//! and the snapshot list, cancels a job started through the API, and restores the snapshot
+//! onto the hypervisor from its row; the other, over
 //! `plain_http`, refuses a wrong token and shows a viewer no button to start or cancel a job,
 //! which the API refuses anyway.
 //!
@@ -21,7 +22,7 @@ use thirtyfour::prelude::*;
 use crate::fixtures::libvirt::TestVm;
 use crate::fixtures::sshd::Sshd;
 use crate::serve::{assert_vm_clean, backup_request, free_port, hypervisor_over_ssh, Daemon};
-use crate::util::{have, random_bytes, sparse_image, Repo, PASSWORD};
+use crate::util::{assert_raw_images_equal, have, random_bytes, sparse_image, Repo, PASSWORD};
 
 /// Debian's Chromium (package chromium).
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -143,6 +144,12 @@ impl Browser {
     fn click(&self, css: &str) {
         let el = self.run(&format!("find {css}"), self.driver().find(By::Css(css)));
         self.run(&format!("click {css}"), el.click());
+    }
+
+    /// Types `text` into the first input `css` selects.
+    fn type_into(&self, css: &str, text: &str) {
+        let input = self.run(&format!("find {css}"), self.driver().find(By::Css(css)));
+        self.run(&format!("type into {css}"), input.send_keys(text));
     }
 
     fn log_in(&self, token: &str) {
@@ -381,6 +388,33 @@ fn the_dashboard_backs_up_a_vm_with_progress_and_snapshots_and_cancels_a_job() {
         1,
         "one day of the calendar has the backup"
     );
+
+    // "Restore" on the snapshot's row: onto the hypervisor (the form's first choice), into a
+    // new directory there; the job succeeds and the disk is the VM's, bit for bit.
+    let row = format!("{group} [data-testid=snapshot-row][data-snapshot-id=\"{snapshot}\"]");
+    browser.click(&format!("{row} [data-testid=restore]"));
+    browser.wait("the hypervisor to restore onto", |b| {
+        b.count("[data-testid=restore-hypervisor] option[value=kvm]") == 1
+    });
+    let target = vm.dir.join("restored-from-the-dashboard");
+    browser.type_into(
+        "[data-testid=restore-target]",
+        &target.display().to_string(),
+    );
+    browser.click("[data-testid=restore-submit]");
+    let restore = browser.wait_for("the restore job's row", PATIENCE, |b| {
+        b.job_ids().into_iter().find(|j| *j != other && *j != id)
+    });
+    let job = daemon.wait_final(&operator, &restore, BACKUP_PATIENCE);
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", daemon.log());
+    assert_eq!(job["kind"], "restore", "{job}");
+    assert_eq!(job["request"]["hypervisor"], "kvm", "{job}");
+    assert_eq!(job["request"]["snapshot"], snapshot.as_str(), "{job}");
+    assert_raw_images_equal(&target.join("vda.raw"), &vm.vda_source);
+    browser.wait("the restore's row, succeeded", |b| {
+        b.job_row(&restore)
+            .is_some_and(|r| r["state"] == "succeeded")
+    });
 }
 
 #[test]

@@ -393,6 +393,15 @@ fn every_route_refuses_missing_wrong_expired_weak_and_other_tenants_tokens() {
     assert!(checked >= 16, "{checked} routes checked");
     let (status, _) = daemon.json("GET", "/v1/whoami", &admin, None);
     assert_eq!(status, StatusCode::OK);
+    // A path no route serves: 404 in the API's error form.
+    let (status, body) = daemon.json("GET", "/v1/jobs/", &admin, None);
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no such route: /v1/jobs/")),
+        "{body}"
+    );
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }

@@ -467,3 +467,60 @@ fn unchanged_chunks_take_the_parents_ids_without_being_read() {
     assert_eq!(verified.disks[0].cbt_mismatches, 1);
     assert_eq!(verified.disks[0].new, 1, "chunk 7 as it really is");
 }
+
+/// Sums what [`Progress::chunk_done`] reports.
+#[derive(Default)]
+struct Counted {
+    bytes: AtomicU64,
+    read: AtomicU64,
+    stored: AtomicU64,
+    new: AtomicU64,
+    zero: AtomicU64,
+}
+
+impl crate::Progress for Counted {
+    fn advance(&self, _bytes: u64) {
+        unreachable!("a backup reports chunks through chunk_done");
+    }
+
+    fn chunk_done(&self, done: &crate::ChunkDone) {
+        self.bytes.fetch_add(done.bytes, Ordering::Relaxed);
+        self.read.fetch_add(done.read, Ordering::Relaxed);
+        self.stored.fetch_add(done.stored, Ordering::Relaxed);
+        self.new.fetch_add(u64::from(done.new), Ordering::Relaxed);
+        self.zero.fetch_add(u64::from(done.zero), Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn each_chunk_reports_what_was_read_and_stored() {
+    let (_, repo) = memory_repository();
+    let bytes = disk_bytes(11, 20);
+    let plan = plan_of(vec![("vda", FakeDisk::new(bytes.clone(), 2))]);
+    let counted = Counted::default();
+    let report = back_up(&repo, plan, &counted, &CancelToken::new()).expect("backup");
+    let c = &report.disks[0];
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    assert_eq!(n(&counted.bytes), u64::try_from(bytes.len()).expect("n"));
+    assert_eq!(n(&counted.new), c.new);
+    assert_eq!(n(&counted.zero), c.zero);
+    assert_eq!(n(&counted.read), c.read);
+    assert!(n(&counted.stored) > 0, "new chunks take room");
+    // Again: every chunk is known, nothing is stored.
+    let again = Counted::default();
+    let plan = plan_of(vec![("vda", FakeDisk::new(bytes, 2))]);
+    back_up(&repo, plan, &again, &CancelToken::new()).expect("backup");
+    assert_eq!((n(&again.new), n(&again.stored)), (0, 0));
+}
+
+#[test]
+fn a_cancelled_check_stops_with_cancelled() {
+    let (_, repo) = memory_repository();
+    let plan = plan_of(vec![("vda", FakeDisk::new(disk_bytes(5, 10), 1))]);
+    back_up(&repo, plan, &NoProgress, &CancelToken::new()).expect("backup");
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    let err = crate::check::check_until(&repo, crate::check::ReadData::All, &|_| {}, &cancel)
+        .expect_err("cancelled");
+    assert!(matches!(err, Error::Cancelled), "{err}");
+}

@@ -116,8 +116,17 @@ pub fn router(state: ApiState) -> axum::Router {
             axum::routing::get(openapi::openapi_json),
         )
         .merge(ui::routes())
+        .fallback(no_such_route)
         .with_state(state)
         .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// 404 for a path no route serves, in the API's `{"error"}` form like every other error.
+async fn no_such_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no such route: {}; the API's routes are listed in /v1/openapi.json",
+        uri.path()
+    ))
 }
 
 /// Headers every answer carries: no caching of API data, no sniffing, no framing.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::Utc;
 use vmstash_repo::backup::{BackupDisk, BackupReport};
-use vmstash_repo::check::{check, ReadData};
+use vmstash_repo::check::{check_until, ReadData};
 use vmstash_repo::copy::{copy_snapshots, plan_copy};
 use vmstash_repo::prune::{prune, Phase, PruneOptions, PruneProgress};
 use vmstash_repo::selection::GroupBy;
@@ -249,7 +249,12 @@ impl DaemonWork {
             .unwrap_or(ReadData::None);
         let repo = repo::open(&g)?;
         let _lock = repo::lock_for_reading(&g, &repo, "check")?;
-        let report = check(&repo, read, &|n| ctx.update(|p| p.bytes_scanned += n))?;
+        let report = check_until(
+            &repo,
+            read,
+            &|n| ctx.update(|p| p.bytes_scanned += n),
+            ctx.cancel_token(),
+        )?;
         for w in &report.warnings {
             ctx.log(Level::Warn, w);
         }
