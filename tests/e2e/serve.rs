@@ -814,18 +814,17 @@ fn answer_one(stream: std::net::TcpStream, status: &str) -> Vec<u8> {
     body
 }
 
-#[test]
-fn a_failed_job_posts_its_webhook_and_retries_when_refused() {
-    let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
-    let hook_port = hook.local_addr().expect("address").port();
+/// A daemon whose configured job `doomed` fails (its hypervisor's port refuses) and tells
+/// notification `ops` (on failure, with `ops_lines`), and that job run once and failed:
+/// (the daemon, the job's id, the job).
+fn a_failed_job_notifying(repo: &Repo, ops_lines: &str) -> (Daemon, String, Value) {
     let refused_port = free_port();
-    let repo = Repo::init();
     let extra = format!(
         "[hypervisors.down]\nuri = \"qemu+ssh://root@127.0.0.1:{refused_port}/system\"\n\
-         [notifications.ops]\nwebhook = \"http://127.0.0.1:{hook_port}/vmstash\"\non = [\"failed\"]\n\
+         [notifications.ops]\non = [\"failed\"]\n{ops_lines}\
          [jobs.doomed]\nhypervisor = \"down\"\nrepository = \"main\"\nvms = [\"web1\"]\nnotify = [\"ops\"]\n"
     );
-    let daemon = Daemon::start(&repo, "", &extra);
+    let daemon = Daemon::start(repo, "", &extra);
     let operator = daemon.token("operator", None, None);
     let (status, job) = daemon.json(
         "POST",
@@ -837,6 +836,18 @@ fn a_failed_job_posts_its_webhook_and_retries_when_refused() {
     let id = job["id"].as_str().expect("id").to_owned();
     let job = daemon.wait_final(&operator, &id, Duration::from_secs(60));
     assert_eq!(job["state"], "failed", "{job}");
+    (daemon, id, job)
+}
+
+#[test]
+fn a_failed_job_posts_its_webhook_and_retries_when_refused() {
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let hook_port = hook.local_addr().expect("address").port();
+    let repo = Repo::init();
+    let (daemon, id, _) = a_failed_job_notifying(
+        &repo,
+        &format!("webhook = \"http://127.0.0.1:{hook_port}/vmstash\"\n"),
+    );
     // The first POST is refused (500); the retry a second later is taken.
     let started = Instant::now();
     let (first, _) = hook.accept().expect("the webhook's POST");
@@ -1123,27 +1134,15 @@ fn a_failed_job_emails_the_end_of_its_log_through_smtp() {
     let Some(smtp) = SmtpServer::start() else {
         return;
     };
-    let refused_port = free_port();
     let repo = Repo::init();
-    let extra = format!(
-        "[hypervisors.down]\nuri = \"qemu+ssh://root@127.0.0.1:{refused_port}/system\"\n\
-         [notifications.ops]\non = [\"failed\"]\nemail_to = [\"Ops <ops@example.com>\", \"oncall@example.com\"]\n\
-         email_from = \"vmstash@example.com\"\nsmtp_server = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_security = \"plain\"\n\
-         [jobs.doomed]\nhypervisor = \"down\"\nrepository = \"main\"\nvms = [\"web1\"]\nnotify = [\"ops\"]\n",
-        smtp.port
+    let (daemon, id, job) = a_failed_job_notifying(
+        &repo,
+        &format!(
+            "email_to = [\"Ops <ops@example.com>\", \"oncall@example.com\"]\n\
+             email_from = \"vmstash@example.com\"\nsmtp_server = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_security = \"plain\"\n",
+            smtp.port
+        ),
     );
-    let daemon = Daemon::start(&repo, "", &extra);
-    let operator = daemon.token("operator", None, None);
-    let (status, job) = daemon.json(
-        "POST",
-        "/v1/jobs",
-        &operator,
-        Some(&json!({"kind": "backup", "job": "doomed"})),
-    );
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let id = job["id"].as_str().expect("id").to_owned();
-    let job = daemon.wait_final(&operator, &id, Duration::from_secs(60));
-    assert_eq!(job["state"], "failed", "{job}");
     let started = Instant::now();
     let mail = loop {
         if let Some(m) = smtp.messages().pop() {
